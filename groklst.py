@@ -1,0 +1,412 @@
+"""GrokLST: the model registry, configuration and command line.
+
+    python groklst.py list [PATTERN]                    models with kind, scales, parameters
+    python groklst.py make-demo data/demo               write the synthetic demo dataset
+    python groklst.py stats data/groklst --split trainval   normalisation statistics as YAML
+    python groklst.py convert-checkpoint IN.pth OUT.pth [--config CFG]   original -> this toolkit
+
+Every model has the signature forward(lr_lst, hr_guidance=None) on normalised tensors:
+lr_lst (B, 1, h, w) -> (B, 1, h*scale, w*scale). The registry is the plain dict MODELS.
+"""
+import argparse
+import copy
+import difflib
+import fnmatch
+import inspect
+import os
+import re
+import sys
+
+import torch
+import yaml
+
+from models.baselines import Bicubic, Bilinear
+from models.mocolsk import MoCoLSKNet
+
+MODELS = {
+    "bicubic": Bicubic,
+    "bilinear": Bilinear,
+    "mocolsk": MoCoLSKNet,
+}
+
+# Papers of the registered models (README table and `list`).
+PAPERS = {
+    "bicubic": "Keys, IEEE TASSP 1981",
+    "bilinear": "-",
+    "mocolsk": "Dai et al., GrokLST, arXiv 2409.19835 (2024)",
+}
+
+
+def list_models(pattern="*"):
+    """Registered model names matching a shell-style pattern, sorted."""
+    return sorted(n for n in MODELS if fnmatch.fnmatch(n, pattern))
+
+
+def get_model_class(name):
+    if name not in MODELS:
+        close = difflib.get_close_matches(name, MODELS, n=3, cutoff=0.5)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise KeyError(f"unknown model {name!r}.{hint} Registered: {', '.join(list_models())}")
+    return MODELS[name]
+
+
+def create_model(name, **kwargs):
+    """Build a registered model. kwargs go to the constructor (None values are dropped);
+    unknown kwargs raise a TypeError that lists the valid ones."""
+    cls = get_model_class(name)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    valid = model_arguments(cls)
+    unknown = [k for k in kwargs if k not in valid]
+    if unknown:
+        raise TypeError(f"model {name!r} has no argument {unknown[0]!r}; valid: {', '.join(valid)}")
+    if kwargs.get("scale", 8) not in cls.scales:
+        raise ValueError(f"model {name!r} supports scales {list(cls.scales)}, not {kwargs['scale']}")
+    return cls(**kwargs)
+
+
+def model_arguments(cls):
+    """{argument: default} of a model constructor."""
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    return {p.name: p.default for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
+def count_parameters(name, scale):
+    """Parameters of a model at its default settings, built on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = create_model(name, scale=scale)
+    return sum(p.numel() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------- configuration
+
+BANDS = ["dem", "deepblue", "blue", "green", "red", "vre", "nir", "ndmvi", "ndvi", "ndwi"]
+
+# Every key a config may set, with its default. `model` holds the model name plus any of
+# the model's constructor arguments (checked against its signature).
+DEFAULTS = {
+    "model": {"name": None},
+    "data": {
+        "root": "data/groklst",
+        "scale": 8,
+        "guidance_bands": BANDS,       # any subset, any order; SISR models load none
+        "train_split": "train",        # the paper trained on trainval and validated on test:
+        "val_split": "val",            # configs/paper_protocol_*.yaml reproduce that
+        "test_split": "test",
+        "hr_crop": None,               # random HR training crops (multiple of scale); None = whole tiles
+        "num_workers": 0,
+        "cache": False,                # memory-mappable .npy copies of the rasters (see data.py)
+    },
+    "norm": {
+        "lst": {"method": "zscore", "mean": 282.51, "std": 14.59, "min": 243.53, "max": 320.85},
+        "guidance": {"method": "zscore", "stats": {}},
+    },
+    "train": {
+        "max_iters": 10000,
+        "batch_size": 1,               # per process (GPU); the paper used 4 GPUs x 1
+        "grad_accum": 1,
+        "lr": 1.0e-4,
+        "weight_decay": 1.0e-5,
+        "betas": [0.9, 0.999],
+        "restart_period": 2500,        # cosine annealing with warm restarts (per iteration)
+        "eta_min": 1.0e-7,
+        "warmup_iters": 0,
+        "loss": "l1",                  # l1 | smooth_l1 | mse, over valid pixels, in Kelvin
+        "clip_grad": None,             # max gradient norm, or None
+        "val_interval": 1000,
+        "log_interval": 100,
+        "amp": "none",                 # none | bf16 | fp16 (model under autocast; loss in float32)
+        "compile": False,
+        "seed": 0,
+        "deterministic": False,
+    },
+    "work_dir": None,                  # default work_dirs/<config name>
+}
+
+LIST_KEYS_FREE = {("norm", "guidance", "stats")}  # dicts whose keys are not fixed (band names)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _read_yaml(path):
+    try:
+        with open(path) as f:
+            cfg = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: a config must be a mapping")
+    return cfg
+
+
+def _merge(base, update):
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _coerce(value):
+    """YAML 1.1 reads '1e-4' as a string; read such strings as floats."""
+    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)", value):
+        return float(value)
+    return value
+
+
+def _check(key, value, default):
+    """Type-check a config value against its default; returns the (coerced) value."""
+    value = _coerce(value)
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, (list, tuple)):
+        ok = isinstance(value, (list, tuple, str)) if key.startswith("model.") else isinstance(value, list)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, dict):
+        ok = isinstance(value, dict)
+    else:
+        ok = True
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: expected {type(default).__name__} (default {default!r})")
+    return value
+
+
+def _validate(cfg, defaults, path=()):
+    for k, v in cfg.items():
+        key = ".".join(path + (k,))
+        if path == ("model",):
+            continue  # checked against the model's signature in validate_model
+        if k not in defaults:
+            raise ConfigError(f"unknown config key {key!r}; valid keys here: {', '.join(sorted(defaults))}")
+        if path + (k,) in LIST_KEYS_FREE:
+            continue
+        if isinstance(defaults[k], dict) and isinstance(v, dict):
+            _validate(v, defaults[k], path + (k,))
+        else:
+            cfg[k] = _check(key, v, defaults[k])
+
+
+def validate_model(cfg):
+    name = cfg["model"].get("name")
+    if not name:
+        raise ConfigError("model.name is not set")
+    try:
+        cls = get_model_class(name)
+    except KeyError as e:
+        raise ConfigError(e.args[0]) from None
+    args = model_arguments(cls)
+    for k, v in cfg["model"].items():
+        if k == "name":
+            continue
+        if k in ("scale", "guidance_channels"):
+            raise ConfigError(f"model.{k} is derived from data.scale / data.guidance_bands; set those instead")
+        if k not in args:
+            raise ConfigError(f"unknown config key 'model.{k}' for model {name!r}; "
+                              f"valid: {', '.join(a for a in args if a not in ('scale', 'guidance_channels'))}")
+        default = args[k] if args[k] is not inspect.Parameter.empty else None
+        cfg["model"][k] = _check(f"model.{k}", v, default)
+    if cfg["data"]["scale"] not in cls.scales:
+        raise ConfigError(f"model {name!r} supports scales {list(cls.scales)}, not data.scale={cfg['data']['scale']}")
+
+
+def parse_override(text):
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key.sub=value")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value) if value.strip() else None
+
+
+def load_config(path, overrides=()):
+    """Read a YAML config (with at most one `_base_`, relative to the file), apply `key.sub=value`
+    overrides, check every key and type. Returns a plain dict; cfg['name'] is the file stem."""
+    cfg = _read_yaml(path)
+    base = cfg.pop("_base_", None)
+    if base is not None:
+        base_path = os.path.join(os.path.dirname(path), base)
+        base_cfg = _read_yaml(base_path)
+        if "_base_" in base_cfg:
+            raise ConfigError(f"{base_path}: a _base_ config may not have a _base_ itself")
+        cfg = _merge(base_cfg, cfg)
+    cfg.pop("name", None)
+    _validate(cfg, DEFAULTS)
+    cfg = _merge(DEFAULTS, cfg)
+    for text in overrides:
+        key, value = parse_override(text)
+        node, parts = cfg, key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"override {key!r}: {'.'.join(parts[:i + 1])} is not a section")
+            node = node[part]
+        update = value
+        for part in reversed(parts):
+            update = {part: update}
+        _validate(update, DEFAULTS)  # raises on unknown keys / wrong types
+        cfg = _merge(cfg, update)
+    validate_model(cfg)
+    cfg["name"] = os.path.splitext(os.path.basename(path))[0]
+    if cfg["work_dir"] is None:
+        cfg["work_dir"] = os.path.join("work_dirs", cfg["name"])
+    return cfg
+
+
+def model_kind(cfg):
+    return get_model_class(cfg["model"]["name"]).kind
+
+
+def guidance_bands(cfg):
+    """Bands the model reads: the configured ones for GISR models, none for SISR."""
+    return list(cfg["data"]["guidance_bands"]) if model_kind(cfg) == "gisr" else []
+
+
+def build_model(cfg):
+    """The configured model (scale and guidance channels from the data section)."""
+    kwargs = {k: v for k, v in cfg["model"].items() if k != "name"}
+    kwargs["scale"] = cfg["data"]["scale"]
+    if model_kind(cfg) == "gisr":
+        if not cfg["data"]["guidance_bands"]:
+            raise ConfigError(f"model {cfg['model']['name']!r} is guided but data.guidance_bands is empty")
+        kwargs["guidance_channels"] = len(cfg["data"]["guidance_bands"])
+    return create_model(cfg["model"]["name"], **kwargs)
+
+
+def build_normalizer(cfg):
+    from data import Normalizer
+    try:
+        return Normalizer(cfg["norm"], guidance_bands(cfg))
+    except (KeyError, ValueError) as e:
+        raise ConfigError(str(e.args[0])) from None
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def clean_state_dict(state):
+    """Strip wrapper prefixes anywhere in the keys: 'generator.' (mmagic), 'module.' (DDP),
+    '_orig_mod.' (torch.compile)."""
+    out = {}
+    for k, v in state.items():
+        k = re.sub(r"(^|\.)(module|_orig_mod)\.", r"\1", k)
+        k = re.sub(r"^generator\.", "", k)
+        out[k] = v
+    return out
+
+
+def load_weights(model, path):
+    """Load model weights from a checkpoint of this toolkit or of the original (mmagic) one."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    state = ckpt.get("model", ckpt.get("state_dict", ckpt)) if isinstance(ckpt, dict) else ckpt
+    state = clean_state_dict(state)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise KeyError(f"{path}: checkpoint does not fit the model: missing {missing[:5]}"
+                       f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+                       f"{'...' if len(unexpected) > 5 else ''}")
+    return ckpt
+
+
+def downscale(model, normalizer, lr_lst, hr_guidance=None, amp="none"):
+    """Kelvin in, Kelvin out: normalise, run the model (optionally under autocast), decode in
+    float32. lr_lst (B, 1, h, w) K, hr_guidance (B, C, H, W) physical units or None."""
+    x = normalizer.encode_lst(lr_lst)
+    g = normalizer.encode_guidance(hr_guidance) if hr_guidance is not None else None
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+        out = model(x, g)
+    return normalizer.decode_lst(out)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def cmd_list(args):
+    rows = []
+    for name in list_models(args.pattern):
+        cls = MODELS[name]
+        counts = [f"x{s} {count_parameters(name, s):,}" for s in cls.scales]
+        rows.append((name, cls.kind, ",".join(map(str, cls.scales)), "  ".join(counts)))
+    print(f"{'model':10s} {'kind':5s} {'scales':7s} parameters")
+    for r in rows:
+        print(f"{r[0]:10s} {r[1]:5s} {r[2]:7s} {r[3]}")
+
+
+def cmd_stats(args):
+    from data import compute_stats
+    stats = compute_stats(args.root, args.split, args.bands.split(",") if args.bands else BANDS)
+    lr = {2: "60m", 4: "120m", 8: "240m"}
+    print(f"# statistics of {args.root} split {args.split}; paste under `norm:`")
+    for scale, res in lr.items():
+        if res in stats["lst"]:
+            print(f"# x{scale}: lst: {{method: zscore, {', '.join(f'{k}: {v}' for k, v in stats['lst'][res].items())}}}")
+    print("guidance:\n  method: zscore\n  stats:")
+    for band, v in stats["guidance"].items():
+        print(f"    {band}: {{{', '.join(f'{k}: {x}' for k, x in v.items())}}}")
+
+
+def cmd_make_demo(args):
+    from data import make_demo
+    make_demo(args.root, n_tiles=args.tiles, size=args.size, seed=args.seed)
+    print(f"wrote demo dataset to {args.root}")
+
+
+def cmd_convert(args):
+    """Original (mmagic) checkpoint -> this toolkit's format."""
+    ckpt = torch.load(args.src, map_location="cpu", weights_only=False)
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
+    state = {k: v for k, v in clean_state_dict(state).items() if torch.is_tensor(v)}
+    if args.config:
+        cfg = load_config(args.config)
+        model = build_model(cfg)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            sys.exit(f"{args.src}: does not fit {args.config}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        name = cfg["model"]["name"]
+    else:
+        name = None
+    torch.save({"model": state, "model_name": name, "iter": 0, "source": os.path.basename(args.src)}, args.dst)
+    print(f"wrote {args.dst} ({len(state)} tensors)")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="groklst.py", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("list", help="registered models")
+    s.add_argument("pattern", nargs="?", default="*")
+    s.set_defaults(func=cmd_list)
+    s = sub.add_parser("stats", help="normalisation statistics of a dataset split, as YAML")
+    s.add_argument("root")
+    s.add_argument("--split", default="trainval")
+    s.add_argument("--bands", default=None, help="comma-separated guidance bands (default: the 10 GrokLST bands)")
+    s.set_defaults(func=cmd_stats)
+    s = sub.add_parser("make-demo", help="write the small synthetic demo dataset")
+    s.add_argument("root")
+    s.add_argument("--tiles", type=int, default=48)
+    s.add_argument("--size", type=int, default=128, help="HR tile side in pixels (multiple of 8)")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_make_demo)
+    s = sub.add_parser("convert-checkpoint", help="original GrokLST (mmagic) checkpoint -> this toolkit")
+    s.add_argument("src")
+    s.add_argument("dst")
+    s.add_argument("--config", default=None, help="check that the weights fit this config's model")
+    s.set_defaults(func=cmd_convert)
+    args = p.parse_args(argv)
+    try:
+        args.func(args)
+    except (ConfigError, KeyError, ValueError) as e:
+        sys.exit(f"error: {e.args[0] if e.args else e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""Bicubic and bilinear interpolation: the parameter-free baselines of the GrokLST benchmark.
+
+They have the same interface as every model, so they can be trained (a no-op), tested and
+used for scene prediction without a checkpoint. Interpolation is linear in the input, so
+doing it on normalised LST gives the same Kelvin result as doing it on Kelvin.
+PyTorch's bicubic uses a = -0.75 with clamped borders (align_corners=False), as the
+original toolkit's `nn.Upsample(mode="bicubic")` skip connection.
+"""
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Interpolation(nn.Module):
+    """Upsample the LR LST by `scale`. lr_lst (B, 1, h, w) -> (B, 1, h*scale, w*scale)."""
+
+    kind = "sisr"
+    scales = (2, 4, 8)
+    lr_multiple = 1
+    unused_parameters = ()
+    mode = "bicubic"
+
+    def __init__(self, scale: int = 8):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, lr_lst, hr_guidance=None):
+        return F.interpolate(lr_lst, scale_factor=self.scale, mode=self.mode, align_corners=False)
+
+
+class Bicubic(Interpolation):
+    mode = "bicubic"
+
+
+class Bilinear(Interpolation):
+    mode = "bilinear"
