@@ -21,20 +21,54 @@ import torch
 import yaml
 
 from models.baselines import Bicubic, Bilinear
+from models.cfgn import CFGN
+from models.ctn import CTNet
+from models.dbpn import DBPN
+from models.dctlsa import DCTLSA
+from models.edsr import EDSR
+from models.fen import FENet
+from models.fenet import FeNet
+from models.han import HAN
+from models.haunet import HAUNet
 from models.mocolsk import MoCoLSKNet
+from models.omni import OmniSR
+from models.rcan import RCAN
+from models.rdn import RDN
+from models.safmn import SAFMN
+from models.san import SAN
+from models.srcnn import SRCNN
+from models.srfbn import SRFBN
 
 MODELS = {
+    # baselines
     "bicubic": Bicubic,
     "bilinear": Bilinear,
+    # guided (GISR)
     "mocolsk": MoCoLSKNet,
+    # single-image (SISR)
+    "srfbn": SRFBN,
+    "srcnn": SRCNN,
+    "san": SAN,
+    "rdn": RDN,
+    "rcan": RCAN,
+    "han": HAN,
+    "edsr": EDSR,
+    "dbpn": DBPN,
+    "cfgn": CFGN,
+    "ctn": CTNet,
+    "dctlsa": DCTLSA,
+    "fen": FENet,
+    "fenet": FeNet,
+    "haunet": HAUNet,
+    "omni": OmniSR,
+    "safmn": SAFMN,
 }
 
-# Papers of the registered models (README table and `list`).
-PAPERS = {
-    "bicubic": "Keys, IEEE TASSP 1981",
-    "bilinear": "-",
-    "mocolsk": "Dai et al., GrokLST, arXiv 2409.19835 (2024)",
-}
+
+def paper(name):
+    """A model's reference: the first line of its model file's docstring."""
+    doc = sys.modules[MODELS[name].__module__].__doc__ or ""
+    return doc.strip().splitlines()[0] if doc.strip() else "-"
 
 
 def list_models(pattern="*"):
@@ -59,8 +93,9 @@ def create_model(name, **kwargs):
     unknown = [k for k in kwargs if k not in valid]
     if unknown:
         raise TypeError(f"model {name!r} has no argument {unknown[0]!r}; valid: {', '.join(valid)}")
-    if kwargs.get("scale", 8) not in cls.scales:
-        raise ValueError(f"model {name!r} supports scales {list(cls.scales)}, not {kwargs['scale']}")
+    scale = kwargs.get("scale", valid.get("scale"))
+    if scale not in cls.scales:
+        raise ValueError(f"model {name!r} supports scales {list(cls.scales)}, not {scale}")
     return cls(**kwargs)
 
 
@@ -113,6 +148,7 @@ DEFAULTS = {
         "loss": "l1",                  # l1 | smooth_l1 | mse, over valid pixels, in Kelvin
         "clip_grad": None,             # max gradient norm, or None
         "val_interval": 1000,
+        "ckpt_interval": None,         # last.pth every N iterations (default: val_interval)
         "log_interval": 100,
         "amp": "none",                 # none | bf16 | fp16 (model under autocast; loss in float32)
         "compile": False,
@@ -326,6 +362,86 @@ def downscale(model, normalizer, lr_lst, hr_guidance=None, amp="none"):
     with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
         out = model(x, g)
     return normalizer.decode_lst(out)
+
+
+# --------------------------------------------------------------------------- distributed + evaluation
+
+
+def setup_distributed():
+    """torchrun environment -> (rank, world_size, device). NCCL on CUDA, gloo on CPU.
+    Without torchrun: (0, 1, cuda if available else cpu)."""
+    if "RANK" not in os.environ:
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    import torch.distributed as dist
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        device = torch.device("cpu")
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def teardown_distributed():
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def gather(obj):
+    """All ranks' objects as a list on every rank (just [obj] when not distributed)."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _batch_to(item, device):
+    return {k: v[None].to(device) if torch.is_tensor(v) else v for k, v in item.items()}
+
+
+@torch.no_grad()
+def evaluate(model, normalizer, dataset, device, amp="none", save_dir=None, progress=False):
+    """Per-image metrics over a dataset, sharded over ranks (image i on rank i % world), gathered
+    and averaged in dataset order: the same numbers as one process. Returns
+    ({metric: mean}, [(name, per-image metrics)]). save_dir: write each prediction as a
+    float32 Kelvin GeoTIFF (NaN where the LR input had no data), georeferenced like its target."""
+    from data import write_geotiff, read_geotiff
+    from metrics import average, image_metrics
+    rank, world = 0, 1
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    was_training = model.training
+    model.eval()
+    rows = []
+    indices = range(rank, len(dataset), world)
+    for n, i in enumerate(indices):
+        batch = _batch_to(dataset[i], device)
+        pred = downscale(model, normalizer, batch["lr_lst"], batch.get("hr_guidance"), amp)
+        rows.append((i, batch["name"], image_metrics(pred, batch["hr_lst"], batch["mask"])[0].tolist()))
+        if save_dir:
+            scale = pred.shape[-1] // batch["lr_lst"].shape[-1]
+            holes = torch.isnan(batch["lr_lst"]).float()
+            holes = torch.nn.functional.interpolate(holes, scale_factor=scale, mode="nearest") > 0
+            out = torch.where(holes, float("nan"), pred)[0, 0].cpu().numpy()
+            hr_path = dataset.paths[i]["hr_lst"]
+            geo = read_geotiff(hr_path)[1]["geo"] if hr_path.endswith((".tif", ".tiff")) else None
+            os.makedirs(save_dir, exist_ok=True)
+            write_geotiff(os.path.join(save_dir, batch["name"] + ".tif"), out, geo)
+        if progress and rank == 0:
+            print(f"\r  {n + 1}/{len(indices)} images", end="", file=sys.stderr, flush=True)
+    if progress and rank == 0:
+        print(file=sys.stderr)
+    model.train(was_training)
+    rows = sorted(r for part in gather(rows) for r in part)
+    means, count = average([r[2] for r in rows])
+    means["images"] = count
+    return means, [(r[1], r[2]) for r in rows]
 
 
 # --------------------------------------------------------------------------- CLI

@@ -1,4 +1,4 @@
-"""Bicubic and bilinear interpolation: the parameter-free baselines of the GrokLST benchmark.
+"""Bicubic and bilinear interpolation: the parameter-free baselines (Keys, IEEE TASSP 1981, for bicubic).
 
 They have the same interface as every model, so they can be trained (a no-op), tested and
 used for scene prediction without a checkpoint. Interpolation is linear in the input, so

@@ -365,6 +365,8 @@ class MoCoLSKNet(nn.Module):
             raise ValueError(f"pooling={pooling!r}: expected ppm, avg, max or avgmax")
         if lsk_input not in ("lst", "guidance"):
             raise ValueError(f"lsk_input={lsk_input!r}: expected 'lst' or 'guidance'")
+        if num_feats < reduction:
+            raise ValueError(f"num_feats={num_feats} < reduction={reduction}: channel attention would have no channels")
         if scale not in PROJECTION:
             raise ValueError(f"scale={scale}: expected one of {sorted(PROJECTION)}")
         self.scale, self.num_stages, self.checkpointing = scale, num_stages, checkpointing

@@ -1,0 +1,80 @@
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+
+import groklst
+from groklst import ConfigError, load_config
+
+from conftest import ROOT
+
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_every_config_loads(path):
+    cfg = load_config(path)
+    if cfg["model"]["name"] in groklst.MODELS:
+        assert cfg["data"]["scale"] in groklst.MODELS[cfg["model"]["name"]].scales
+        groklst.build_normalizer(cfg)  # stats exist for every band the model reads
+
+
+def test_overrides_are_typed():
+    cfg = load_config(os.path.join(ROOT, "configs/mocolsk_x8.yaml"),
+                      ["train.lr=3e-4", "train.max_iters=20", "model.num_feats=16", "data.hr_crop=64", "train.compile=true"])
+    assert cfg["train"]["lr"] == 3e-4 and isinstance(cfg["train"]["lr"], float)
+    assert cfg["train"]["max_iters"] == 20 and cfg["model"]["num_feats"] == 16 and cfg["data"]["hr_crop"] == 64
+    assert cfg["train"]["compile"] is True and cfg["name"] == "mocolsk_x8"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=fast", r"train.lr='fast': expected float"),
+    ("train.max_iters=1.5", r"train.max_iters=1.5: expected int"),
+    ("train.max_iter=3", r"unknown config key 'train.max_iter'; valid keys here: .*max_iters"),
+    ("model.num_featz=3", r"unknown config key 'model.num_featz' for model 'mocolsk'; valid: num_feats"),
+    ("model.name=mocolks", r"Did you mean 'mocolsk'"),
+    ("model.scale=4", r"derived from data.scale"),
+    ("data.scale=3", r"supports scales \[2, 4, 8\], not data.scale=3"),
+    ("train", r"expected key.sub=value"),
+])
+def test_override_errors(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(os.path.join(ROOT, "configs/mocolsk_x8.yaml"), [override])
+
+
+def test_base_chain_limited_to_one(tmp_path):
+    (tmp_path / "a.yaml").write_text("model: {name: bicubic}\n")
+    (tmp_path / "b.yaml").write_text("_base_: a.yaml\n")
+    (tmp_path / "c.yaml").write_text("_base_: b.yaml\n")
+    assert load_config(str(tmp_path / "b.yaml"))["model"]["name"] == "bicubic"
+    with pytest.raises(ConfigError, match="may not have a _base_ itself"):
+        load_config(str(tmp_path / "c.yaml"))
+    (tmp_path / "d.yaml").write_text("model: {name: bicubic}\nbogus: 1\n")
+    with pytest.raises(ConfigError, match="unknown config key 'bogus'"):
+        load_config(str(tmp_path / "d.yaml"))
+
+
+def test_registry():
+    assert groklst.list_models("bi*") == ["bicubic", "bilinear"]
+    with pytest.raises(KeyError, match="Did you mean 'mocolsk'"):
+        groklst.create_model("mocolks")
+    with pytest.raises(TypeError, match="has no argument 'num_featz'"):
+        groklst.create_model("mocolsk", num_featz=3)
+    model = groklst.create_model("bicubic", scale=4)
+    assert sum(p.numel() for p in model.parameters()) == 0
+    for name, cls in groklst.MODELS.items():
+        assert cls.kind in ("sisr", "gisr") and set(cls.scales) <= {2, 4, 8}, name
+        assert groklst.paper(name) != "-", name
+
+
+def test_clean_state_dict():
+    keys = ["generator.module.lst_stem.weight", "module.a.b", "_orig_mod.c", "generator.d", "x.module.y"]
+    assert list(groklst.clean_state_dict(dict.fromkeys(keys)).keys()) == ["lst_stem.weight", "a.b", "c", "d", "x.y"]
+
+
+def test_cli_list():
+    out = subprocess.run([sys.executable, "groklst.py", "list"], cwd=ROOT, capture_output=True, text=True, check=True)
+    line = next(l for l in out.stdout.splitlines() if l.startswith("mocolsk "))
+    assert "x2 20,011,833" in line and "x4 25,430,841" in line and "x8 40,913,721" in line and "gisr" in line

@@ -1,0 +1,94 @@
+"""Every registered model x scale: the original's parameter count, the forward contract,
+gradients, an optimizer step, and that its file runs when copied alone."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import groklst
+
+from conftest import ROOT
+
+# Parameter counts of the original toolkit (GrokCV/GrokLST d5c4740, its configs), per scale.
+REFERENCE = {
+    "ahmf": {2: 2509864, 4: 2542954, 8: 3362476}, "codon": {4: 1871320, 8: 1871320},
+    "cunet": {2: 1093839, 4: 1093839, 8: 1093839}, "dagf": {2: 2442223, 4: 2442223, 8: 2442223},
+    "dct": {2: 486897, 4: 486897, 8: 486897}, "dgf": {2: 4553, 4: 4553, 8: 4553},
+    "djf": {2: 110755, 4: 110755, 8: 110755}, "djfr": {2: 136295, 4: 136295, 8: 136295},
+    "dkn": {2: 1169046, 4: 1169046, 8: 1169046}, "dsrn": {2: 45495171, 4: 45495171, 8: 45495171},
+    "fdkn": {2: 613720, 4: 735328, 8: 1221760}, "fdsr": {2: 642577, 4: 642577, 8: 642577},
+    "mocolsk": {2: 20011833, 4: 25430841, 8: 40913721}, "msg": {2: 198108, 4: 326240, 8: 454372},
+    "dmsg": {2: 198108, 4: 326240, 8: 454372},
+    "p2p": {2: 201185, 4: 201185, 8: 201185}, "pac": {2: 150641, 4: 189089, 8: 227537},
+    "pmba": {2: 17740242, 4: 25080274, 8: 46051794}, "rsag": {4: 12026779, 8: 57492097},
+    "sgnet": {2: 20227937, 4: 25335221, 8: 39927461}, "suft": {2: 15734938, 4: 22014106, 8: 39954586},
+    "svlrm": {2: 376834, 4: 376834, 8: 376834}, "act": {2: 46027393, 4: 46175105, 8: 46322817},
+    "cfgn": {2: 528520, 4: 533716, 8: 554500}, "ctn": {2: 400321, 4: 411337},
+    "dbpn": {2: 5940852, 4: 10413684, 8: 23193204}, "dctlsa": {2: 862514, 4: 868466, 8: 892274},
+    "edsr": {2: 1367553, 4: 1515265, 8: 1662977}, "egasr": {2: 35443298, 4: 35591010, 8: 35738722},
+    "fen": {2: 635778, 4: 673154, 8: 710530}, "fenet": {2: 346204, 4: 351400, 8: 372184},
+    "han": {2: 63603807, 4: 64194143, 8: 64784479}, "haunet": {2: 8983710, 4: 9003162, 8: 9080970},
+    "ngswin": {2: 992542, 4: 999466}, "omni": {2: 2827716, 4: 2834640, 8: 2862336},
+    "rcan": {2: 15442337, 4: 15590049, 8: 15737761}, "rdn": {2: 22121089, 4: 22268801, 8: 24336769},
+    "safmn": {2: 222052, 4: 225952, 8: 241552}, "san": {2: 15710470, 4: 15858182, 8: 16005894},
+    "srcnn": {2: 8129, 4: 8129, 8: 8129}, "srfbn": {2: 279536, 4: 480240, 8: 1053680},
+    "swinir": {2: 11748093, 4: 11895805, 8: 12043517},
+    "bicubic": {2: 0, 4: 0, 8: 0}, "bilinear": {2: 0, 4: 0, 8: 0},
+}
+CASES = [(n, s) for n in groklst.list_models() for s in groklst.MODELS[n].scales]
+
+
+def test_registry_is_complete():
+    """The 20 SISR and 21 GISR models of the original toolkit, plus the two baselines."""
+    missing = sorted(set(REFERENCE) - set(groklst.MODELS))
+    assert not missing, f"not registered yet: {missing}"
+    assert set(groklst.MODELS) == set(REFERENCE)
+
+
+@pytest.mark.parametrize("name, scale", CASES, ids=[f"{n}-x{s}" for n, s in CASES])
+def test_parameter_count_and_scales(name, scale):
+    assert set(groklst.MODELS[name].scales) == set(REFERENCE[name])
+    assert groklst.count_parameters(name, scale) == REFERENCE[name][scale]
+
+
+@pytest.mark.parametrize("name, scale", CASES, ids=[f"{n}-x{s}" for n, s in CASES])
+def test_forward_backward_step(name, scale):
+    cls = groklst.MODELS[name]
+    torch.manual_seed(0)
+    model = groklst.create_model(name, scale=scale)
+    lr = max(8, cls.lr_multiple)
+    lr = -(-lr // cls.lr_multiple) * cls.lr_multiple
+    x = torch.randn(2, 1, lr, lr + cls.lr_multiple)  # batch 2, not square
+    g = torch.randn(2, 10, lr * scale, (lr + cls.lr_multiple) * scale) if cls.kind == "gisr" else None
+    out = model(x, g)
+    assert out.shape == (2, 1, lr * scale, (lr + cls.lr_multiple) * scale)
+    assert torch.isfinite(out).all()
+    params = list(model.named_parameters())
+    if not params:
+        return
+    out.abs().mean().backward()
+    unused = tuple(model.unused_parameters)
+    no_grad = [n for n, p in params if p.grad is None and not n.startswith(unused)]
+    assert not no_grad, f"parameters without gradient: {no_grad[:5]}"
+    before = [p.detach().clone() for _, p in params]
+    torch.optim.AdamW(model.parameters(), lr=1e-3).step()
+    assert any(not torch.equal(b, p) for b, (_, p) in zip(before, params))
+
+
+FILES = sorted({sys.modules[c.__module__].__file__ for c in groklst.MODELS.values()})
+
+
+@pytest.mark.parametrize("path", FILES, ids=os.path.basename)
+def test_model_file_imports_alone(path, tmp_path):
+    shutil.copy(path, tmp_path)
+    module = os.path.splitext(os.path.basename(path))[0]
+    code = f"import sys; sys.path = [p for p in sys.path if p not in ('', {ROOT!r})]; import {module}"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(tmp_path)))
+    assert out.returncode == 0, out.stderr[-2000:]
+    source = open(path).read()
+    for forbidden in ("import numpy", "einops", "timm", "mmcv", "mmagic", "mmengine", "scipy"):
+        assert forbidden not in source, f"{path} uses {forbidden}"
