@@ -21,6 +21,10 @@ import torch
 import yaml
 
 from models.baselines import Bicubic, Bilinear
+from models.dkn import DKN, FDKN
+from models.pac import PAC
+from models.dagf import DAGF
+from models.ahmf import AHMF
 from models.cfgn import CFGN
 from models.ctn import CTNet
 from models.dbpn import DBPN
@@ -45,6 +49,11 @@ MODELS = {
     "bilinear": Bilinear,
     # guided (GISR)
     "mocolsk": MoCoLSKNet,
+    "ahmf": AHMF,
+    "dagf": DAGF,
+    "dkn": DKN,
+    "fdkn": FDKN,
+    "pac": PAC,
     # single-image (SISR)
     "srfbn": SRFBN,
     "srcnn": SRCNN,
