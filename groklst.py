@@ -21,6 +21,10 @@ import torch
 import yaml
 
 from models.baselines import Bicubic, Bilinear
+from models.ngswin import NGswin
+from models.act import ACT
+from models.egasr import EGASR
+from models.swinir import SwinIR
 from models.dkn import DKN, FDKN
 from models.pac import PAC
 from models.dagf import DAGF
@@ -55,6 +59,10 @@ MODELS = {
     "fdkn": FDKN,
     "pac": PAC,
     # single-image (SISR)
+    "ngswin": NGswin,
+    "act": ACT,
+    "egasr": EGASR,
+    "swinir": SwinIR,
     "srfbn": SRFBN,
     "srcnn": SRCNN,
     "san": SAN,
@@ -486,6 +494,17 @@ def cmd_make_demo(args):
     print(f"wrote demo dataset to {args.root}")
 
 
+def cmd_prepare(args):
+    """Whole co-registered scenes -> a GrokLST-layout dataset (tiles, LR LST, spatial-block split,
+    stats.yaml); see prepare.py."""
+    from prepare import format_summary, prepare, scenes_from_args
+    summary = prepare(scenes_from_args(args.lst, args.guidance, args.scenes), args.out, band_names=args.band_names,
+                      tile=args.tile, step=args.step, block=args.block, scales=args.scales, split=args.split,
+                      seed=args.seed, max_nodata=args.max_nodata, lr_max_nodata=args.lr_max_nodata,
+                      degradation=args.degradation, sigma=args.sigma, progress=True)
+    print(format_summary(summary))
+
+
 def cmd_convert(args):
     """Original (mmagic) checkpoint -> this toolkit's format."""
     ckpt = torch.load(args.src, map_location="cpu", weights_only=False)
@@ -502,6 +521,15 @@ def cmd_convert(args):
         name = None
     torch.save({"model": state, "model_name": name, "iter": 0, "source": os.path.basename(args.src)}, args.dst)
     print(f"wrote {args.dst} ({len(state)} tensors)")
+
+
+def cmd_predict(args):
+    """Downscale a whole GeoTIFF scene, tiled and blended, georeferencing kept (scene.py)."""
+    from scene import predict
+    predict(args.config, args.lst, args.out, guidance=args.guidance, guidance_dir=args.guidance_dir,
+            checkpoint=args.checkpoint, overrides=args.overrides, tile=args.tile, overlap=args.overlap,
+            batch=args.batch, device=args.device, amp=args.amp, nodata=args.nodata, png=args.png)
+    print(f"wrote {args.out}")
 
 
 def main(argv=None):
@@ -521,11 +549,46 @@ def main(argv=None):
     s.add_argument("--size", type=int, default=128, help="HR tile side in pixels (multiple of 8)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_make_demo)
+    s = sub.add_parser("prepare", help="cut whole LST + guidance scenes into a GrokLST-layout dataset")
+    s.add_argument("--lst", action="append", default=[], help="LST scene GeoTIFF (K); repeat for several scenes")
+    s.add_argument("--guidance", action="append", default=[], help="its co-registered guidance GeoTIFF; one per --lst")
+    s.add_argument("--scenes", default=None, help="text file with one 'LST_PATH GUIDANCE_PATH' pair per line")
+    s.add_argument("--band-names", nargs="+", default=None, help="guidance band names (default: the file's)")
+    s.add_argument("--out", required=True, help="output dataset folder (must not hold a dataset yet)")
+    s.add_argument("--tile", type=int, default=512, help="HR tile side in pixels (multiple of the largest scale)")
+    s.add_argument("--step", type=int, default=256, help="tile step in pixels (tile/2: 50%% overlap)")
+    s.add_argument("--block", type=int, default=None, help="split block side in pixels (default --tile; a multiple of it)")
+    s.add_argument("--scales", type=int, nargs="+", default=[2, 4, 8])
+    s.add_argument("--split", type=float, nargs=3, default=[0.6, 0.1, 0.3], metavar=("TRAIN", "VAL", "TEST"))
+    s.add_argument("--seed", type=int, default=0, help="seed of the block shuffle")
+    s.add_argument("--max-nodata", type=float, default=0.0, help="skip tiles with a larger no-data fraction")
+    s.add_argument("--lr-max-nodata", type=float, default=0.0,
+                   help="a coarse pixel is NaN when a larger fraction of its fine pixels is NaN")
+    s.add_argument("--degradation", choices=["wald", "gaussian"], default="wald",
+                   help="wald: block mean (default); gaussian: Gaussian blur + decimation")
+    s.add_argument("--sigma", type=float, default=None, help="Gaussian sigma in HR pixels (default scale/2)")
+    s.set_defaults(func=cmd_prepare)
     s = sub.add_parser("convert-checkpoint", help="original GrokLST (mmagic) checkpoint -> this toolkit")
     s.add_argument("src")
     s.add_argument("dst")
     s.add_argument("--config", default=None, help="check that the weights fit this config's model")
     s.set_defaults(func=cmd_convert)
+    s = sub.add_parser("predict", help="downscale a whole GeoTIFF scene (tiled), georeferencing kept")
+    s.add_argument("config")
+    s.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
+    s.add_argument("--lst", required=True, help="LR LST GeoTIFF, Kelvin")
+    s.add_argument("--guidance", nargs="+", default=[], help="one multi-band GeoTIFF, or one file per band (dem.tif ...)")
+    s.add_argument("--guidance-dir", default=None, help="folder of guidance GeoTIFFs (bands by name or file stem)")
+    s.add_argument("--out", required=True, help="output GeoTIFF (float32 Kelvin)")
+    s.add_argument("--checkpoint", default=None, help="weights (not needed for bicubic / bilinear)")
+    s.add_argument("--tile", type=int, default=None, help="tile side in LR pixels (default 512 // scale)")
+    s.add_argument("--overlap", type=int, default=None, help="tile overlap in LR pixels (default tile // 4)")
+    s.add_argument("--batch", type=int, default=4, help="tiles per forward")
+    s.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    s.add_argument("--amp", default="none", choices=["none", "bf16"], help="bf16 autocast (CUDA only)")
+    s.add_argument("--nodata", type=float, default=None, help="output no-data value (default NaN)")
+    s.add_argument("--png", action="store_true", help="also write <out>.png with a colour bar (needs matplotlib)")
+    s.set_defaults(func=cmd_predict)
     args = p.parse_args(argv)
     try:
         args.func(args)

@@ -169,7 +169,7 @@ def train(cfg, args, rank, world, device):
     def checkpoint(it):
         return dict(model=groklst.clean_state_dict(raw_model.state_dict()), optimizer=optimizer.state_dict(),
                     scaler=scaler.state_dict(), iter=it, best_rmse=best_rmse, rng=groklst.gather(rng_state()),
-                    config=cfg, model_name=cfg["model"]["name"], torch_version=torch.__version__)
+                    config=cfg, model_name=cfg["model"]["name"], torch_version=str(torch.__version__))
 
     ckpt_interval = t["ckpt_interval"] or t["val_interval"]
     stream = batches(train_set, t, rank, world, start_iter * t["grad_accum"], d["num_workers"])
