@@ -15,6 +15,7 @@ Units: LST in Kelvin, DEM in metres, reflectances unitless (0..1), indices in [-
 No-data (NaN, or the GeoTIFF's GDAL_NODATA value) is read as NaN and masked; it never
 reaches the loss or the metrics as a number.
 """
+import hashlib
 import math
 import os
 import re
@@ -193,8 +194,35 @@ def read_mat(path, fields):
     return np.stack(arrays)
 
 
-def read_lst(path):
+def cached(path, fields, read, cache_dir):
+    """read() through a memory-mapped .npy copy in cache_dir (None: no cache). The copy's name
+    holds the source's size and mtime, so a changed source is re-read; writes are atomic."""
+    if cache_dir is None:
+        return read()
+    st = os.stat(path)
+    source = hashlib.sha1(f"{os.path.abspath(path)}|{'-'.join(fields)}".encode()).hexdigest()[:16]
+    prefix = f"{os.path.splitext(os.path.basename(path))[0]}.{source}."
+    key = f"{prefix}{st.st_size}.{st.st_mtime_ns}.npy"
+    cache = os.path.join(cache_dir, key)
+    if os.path.exists(cache):
+        return np.load(cache, mmap_mode="r")
+    array = read()
+    os.makedirs(cache_dir, exist_ok=True)
+    for old in os.listdir(cache_dir):  # stale copies of the same source and fields
+        if old.startswith(prefix) and old != key:
+            os.remove(os.path.join(cache_dir, old))
+    tmp = f"{cache}.tmp{os.getpid()}.npy"
+    np.save(tmp, array)
+    os.replace(tmp, cache)
+    return array
+
+
+def read_lst(path, cache_dir=None):
     """One LST raster -> float32 (1, H, W) Kelvin, no-data as NaN."""
+    return cached(path, ["lst"], lambda: _read_lst(path), cache_dir)
+
+
+def _read_lst(path):
     if path.endswith(".mat"):
         return read_mat(path, [LST_FIELD])
     array, _ = read_geotiff(path)
@@ -203,7 +231,12 @@ def read_lst(path):
     return array
 
 
-def read_guidance(path, bands):
+def read_guidance(path, bands, cache_dir=None):
+    """Guidance raster -> float32 (len(bands), H, W); see _read_guidance."""
+    return cached(path, list(bands), lambda: _read_guidance(path, bands), cache_dir)
+
+
+def _read_guidance(path, bands):
     """Guidance raster -> float32 (len(bands), H, W), bands picked by name in the given order.
 
     .mat: one variable per band. GeoTIFF: one multi-band file whose band descriptions name the
@@ -277,13 +310,15 @@ class GrokLSTDataset(torch.utils.data.Dataset):
     pure function of (seed, epoch, index), so resumed runs see identical crops.
     """
 
-    def __init__(self, root, split, scale, guidance_bands=(), hr_crop=None, seed=0):
+    def __init__(self, root, split, scale, guidance_bands=(), hr_crop=None, seed=0, cache=False):
         if scale not in LR_FOLDERS:
             raise DataError(f"scale {scale} not supported (GrokLST has {sorted(LR_FOLDERS)})")
         if not os.path.isdir(root):
             raise DataError(f"{root}: dataset folder not found")
         self.root, self.scale, self.bands = root, scale, list(guidance_bands)
         self.hr_crop, self.seed, self.epoch = hr_crop, seed, 0
+        # cache: memory-mapped float32 .npy copies under <root>/.cache, rebuilt when a source changes
+        self.cache_dir = os.path.join(root, ".cache") if cache else None
         if hr_crop is not None and hr_crop % scale:
             raise DataError(f"data.hr_crop={hr_crop} is not a multiple of scale {scale}")
         self.names = read_split(root, split)
@@ -303,21 +338,21 @@ class GrokLSTDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         p = self.paths[index]
-        lr, hr = read_lst(p["lr_lst"]), read_lst(p["hr_lst"])
+        lr, hr = read_lst(p["lr_lst"], self.cache_dir), read_lst(p["hr_lst"], self.cache_dir)
         s = self.scale
         if hr.shape[1] != lr.shape[1] * s or hr.shape[2] != lr.shape[2] * s:
             raise DataError(f"{p['lr_lst']}: LR shape {lr.shape[1:]} x scale {s} does not match "
                             f"HR {p['hr_lst']} shape {hr.shape[1:]}")
         item = {"lr_lst": lr, "hr_lst": hr}
         if self.bands:
-            gui = read_guidance(p["hr_guidance"], self.bands)
+            gui = read_guidance(p["hr_guidance"], self.bands, self.cache_dir)
             if gui.shape[1:] != hr.shape[1:]:
                 raise DataError(f"{p['hr_guidance']}: guidance shape {gui.shape[1:]} does not match "
                                 f"HR LST {p['hr_lst']} shape {hr.shape[1:]}")
             item["hr_guidance"] = gui
         if self.hr_crop is not None:
             item = self._crop(item, index)
-        out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in item.items()}
+        out = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in item.items()}  # copies memmaps
         out["mask"] = torch.isfinite(out["hr_lst"])
         out["name"], out["index"] = self.names[index], index
         return out

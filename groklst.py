@@ -465,6 +465,13 @@ def evaluate(model, normalizer, dataset, device, amp="none", save_dir=None, prog
 
 
 def cmd_list(args):
+    if args.markdown:
+        print("| model | kind | scales | parameters (x2 / x4 / x8) | paper |\n|---|---|---|---|---|")
+        for name in list_models(args.pattern):
+            cls = MODELS[name]
+            counts = " / ".join(f"{count_parameters(name, s):,}" if s in cls.scales else "-" for s in (2, 4, 8))
+            print(f"| {name} | {cls.kind} | {', '.join(f'x{s}' for s in cls.scales)} | {counts} | {paper(name)} |")
+        return
     rows = []
     for name in list_models(args.pattern):
         cls = MODELS[name]
@@ -532,11 +539,17 @@ def cmd_predict(args):
     print(f"wrote {args.out}")
 
 
+def cmd_bench(args):
+    import bench
+    bench.main(args)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="groklst.py", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("list", help="registered models")
     s.add_argument("pattern", nargs="?", default="*")
+    s.add_argument("--markdown", action="store_true", help="the README's model table")
     s.set_defaults(func=cmd_list)
     s = sub.add_parser("stats", help="normalisation statistics of a dataset split, as YAML")
     s.add_argument("root")
@@ -577,7 +590,7 @@ def main(argv=None):
     s.add_argument("config")
     s.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
     s.add_argument("--lst", required=True, help="LR LST GeoTIFF, Kelvin")
-    s.add_argument("--guidance", nargs="+", default=[], help="one multi-band GeoTIFF, or one file per band (dem.tif ...)")
+    s.add_argument("--guidance", nargs="+", default=[], help="one multi-band GeoTIFF, or one file per band (dem.tif)")
     s.add_argument("--guidance-dir", default=None, help="folder of guidance GeoTIFFs (bands by name or file stem)")
     s.add_argument("--out", required=True, help="output GeoTIFF (float32 Kelvin)")
     s.add_argument("--checkpoint", default=None, help="weights (not needed for bicubic / bilinear)")
@@ -589,6 +602,21 @@ def main(argv=None):
     s.add_argument("--nodata", type=float, default=None, help="output no-data value (default NaN)")
     s.add_argument("--png", action="store_true", help="also write <out>.png with a colour bar (needs matplotlib)")
     s.set_defaults(func=cmd_predict)
+    s = sub.add_parser("bench", help="speed and memory of models (see bench.py)")
+    s.add_argument("models", nargs="+", help="model names, or 'all'")
+    s.add_argument("--scale", type=int, default=8)
+    s.add_argument("--hr", type=int, default=512, help="HR side in pixels")
+    s.add_argument("--batch", type=int, default=1)
+    s.add_argument("--train", action="store_true", help="time a training step instead of a forward")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    s.add_argument("--compile", action="store_true")
+    s.add_argument("--checkpointing", action="store_true", help="MoCoLSK-Net: recompute the HR reconstruction")
+    s.add_argument("--steps", type=int, default=3)
+    s.add_argument("--warmup", type=int, default=1)
+    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--json", default="bench.json")
+    s.set_defaults(func=cmd_bench)
     args = p.parse_args(argv)
     try:
         args.func(args)

@@ -116,8 +116,8 @@ def train(cfg, args, rank, world, device):
         torch.backends.cudnn.benchmark = False
         torch.use_deterministic_algorithms(True, warn_only=True)
     bands = groklst.guidance_bands(cfg)
-    train_set = GrokLSTDataset(d["root"], d["train_split"], d["scale"], bands, d["hr_crop"], seed=t["seed"])
-    val_set = GrokLSTDataset(d["root"], d["val_split"], d["scale"], bands)
+    train_set = GrokLSTDataset(d["root"], d["train_split"], d["scale"], bands, d["hr_crop"], t["seed"], d["cache"])
+    val_set = GrokLSTDataset(d["root"], d["val_split"], d["scale"], bands, cache=d["cache"])
     normalizer = groklst.build_normalizer(cfg)
     model = groklst.build_model(cfg).to(device)
     raw_model = model

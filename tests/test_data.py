@@ -167,3 +167,23 @@ def test_stats(demo_root):
     assert np.isclose(stats["lst"]["30m"]["mean"], np.nanmean(hr), atol=1e-3)
     assert np.isclose(stats["lst"]["30m"]["std"], np.nanstd(hr, ddof=1), atol=1e-3)
     assert set(stats["lst"]) == {"30m", "60m", "120m", "240m"} and set(stats["guidance"]) == {"dem"}
+
+
+def test_cache_is_used_and_invalidated(demo_root, tmp_path):
+    root = copy_demo(demo_root, tmp_path)
+    plain = GrokLSTDataset(root, "val", 8, BANDS)[0]
+    cached = GrokLSTDataset(root, "val", 8, BANDS, cache=True)
+    first = cached[0]
+    assert all(torch.equal(first[k], plain[k]) for k in ("lr_lst", "hr_guidance"))
+    assert torch.equal(first["hr_lst"].nan_to_num(), plain["hr_lst"].nan_to_num())
+    files = os.listdir(os.path.join(root, ".cache"))
+    assert len(files) == 3 and all(f.endswith(".npy") for f in files)
+    again = cached[0]  # now from the memory-mapped copies
+    assert torch.equal(again["lr_lst"], first["lr_lst"])
+    # a changed source invalidates its copy
+    path = cached.paths[0]["lr_lst"]
+    new = np.full(first["lr_lst"].shape[1:], 300.0, np.float32)
+    data.write_geotiff(path, new)
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10 ** 9))
+    assert torch.all(cached[0]["lr_lst"] == 300.0)
+    assert len(os.listdir(os.path.join(root, ".cache"))) == 3  # the stale copy was replaced
