@@ -64,15 +64,26 @@ class CALayer(nn.Module):
 
 
 class RCAB(nn.Module):
-    """Residual channel-attention block: x + CA(conv(lrelu(conv(x))))."""
+    """Residual channel-attention block: x + CA(conv(lrelu(conv(x)))).
+
+    Memory: the LeakyReLU is in place, and when training the conv2 + channel-attention tail is
+    recomputed in backward from its input (which conv2 stores anyway) instead of storing conv2's
+    output: one activation per block instead of two, identical outputs and gradients.
+    """
 
     def __init__(self, channels, kernel_size=3, reduction=16):
         super().__init__()
-        self.body = nn.Sequential(conv3x3(channels, channels, kernel_size), nn.LeakyReLU(0.2),
+        self.body = nn.Sequential(conv3x3(channels, channels, kernel_size), nn.LeakyReLU(0.2, inplace=True),
                                   conv3x3(channels, channels, kernel_size), CALayer(channels, reduction))
 
+    def tail(self, a):
+        return self.body[3](self.body[2](a))
+
     def forward(self, x):
-        return x + self.body(x)
+        a = self.body[1](self.body[0](x))
+        if torch.is_grad_enabled() and a.requires_grad:
+            return x + torch.utils.checkpoint.checkpoint(self.tail, a, use_reentrant=False)
+        return x + self.tail(a)
 
 
 class ResidualGroup(nn.Module):
