@@ -43,6 +43,8 @@ Input sizes: the pyramid needs HR h, w divisible by 16 (two 2x poolings + the U-
 size works: the model replicate-pads LR (and guidance) up to the next multiple, runs, and crops
 (lr_multiple = 1; exact upstream behaviour when HR is already a multiple of 16).
 """
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -264,7 +266,7 @@ class DAGF(nn.Module):
     def forward(self, lr_lst, hr_guidance=None):
         h, w = lr_lst.shape[-2:]
         m = 2 ** (self.num_pyramid + 1)  # HR must divide by 16 (num_pyramid=3)
-        step = m // torch.gcd(torch.tensor(m), torch.tensor(self.scale)).item()
+        step = m // math.gcd(m, self.scale)
         ph, pw = (-h) % step, (-w) % step
         if ph or pw:  # replicate-pad to a valid size, crop at the end
             lr_lst = F.pad(lr_lst, (0, pw, 0, ph), mode="replicate")

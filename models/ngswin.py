@@ -356,7 +356,7 @@ class NGswin(nn.Module):
         self.scale, self.window_size = scale, window_size
         n_enc = len(depths)
         assert n_enc == 3, "the encoder/bottleneck wiring assumes three encoder stages"
-        dpr = torch.linspace(0, drop_path_rate, sum(depths) + dec_depths).tolist()
+        dpr = [drop_path_rate * i / max(sum(depths) + dec_depths - 1, 1) for i in range(sum(depths) + dec_depths)]  # linspace, device-free
 
         self.shallow_extract = nn.Module()
         self.shallow_extract.conv1 = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)

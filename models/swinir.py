@@ -237,7 +237,7 @@ class SwinIR(nn.Module):
         self.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
         self.patch_embed = PatchEmbed(embed_dim)
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = [drop_path_rate * i / max(sum(depths) - 1, 1) for i in range(sum(depths))]  # linspace, device-free
         self.layers = nn.ModuleList([
             RSTB(embed_dim, res, d, num_heads[i], window_size, mlp_ratio, qkv_bias, qk_scale, drop_rate,
                  attn_drop_rate, dpr[sum(depths[:i]):sum(depths[:i + 1])])

@@ -78,3 +78,21 @@ def test_cli_list():
     out = subprocess.run([sys.executable, "groklst.py", "list"], cwd=ROOT, capture_output=True, text=True, check=True)
     line = next(l for l in out.stdout.splitlines() if l.startswith("mocolsk "))
     assert "x2 20,011,833" in line and "x4 25,430,841" in line and "x8 40,913,721" in line and "gisr" in line
+
+
+def test_readme_model_table_is_current():
+    out = subprocess.run([sys.executable, "groklst.py", "list", "--markdown"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out in open(os.path.join(ROOT, "README.md")).read(), "regenerate with: python groklst.py list --markdown"
+
+
+def test_demo_config_matches_demo_data(demo_root):
+    """configs/demo_*.yaml carry the demo's statistics; the generator must not drift from them."""
+    from data import compute_stats
+    cfg = load_config(os.path.join(ROOT, "configs", "demo_mocolsk_x8.yaml"))
+    stats = compute_stats(demo_root, "trainval")
+    assert abs(stats["lst"]["240m"]["mean"] - cfg["norm"]["lst"]["mean"]) < 3.0
+    assert 0.6 < stats["lst"]["240m"]["std"] / cfg["norm"]["lst"]["std"] < 1.5
+    for band, s in cfg["norm"]["guidance"]["stats"].items():
+        got = stats["guidance"][band]
+        assert abs(got["mean"] - s["mean"]) < 0.5 * s["std"] and 0.5 < got["std"] / s["std"] < 2, band
