@@ -21,6 +21,11 @@ import torch
 import yaml
 
 from models.baselines import Bicubic, Bilinear
+from models.pmba import PMBA
+from models.rsag import RSAG
+from models.sgnet import SGNet
+from models.suft import SUFTNet
+from models.codon import CODON
 from models.ngswin import NGswin
 from models.act import ACT
 from models.egasr import EGASR
@@ -53,6 +58,11 @@ MODELS = {
     "bilinear": Bilinear,
     # guided (GISR)
     "mocolsk": MoCoLSKNet,
+    "pmba": PMBA,
+    "rsag": RSAG,
+    "sgnet": SGNet,
+    "suft": SUFTNet,
+    "codon": CODON,
     "ahmf": AHMF,
     "dagf": DAGF,
     "dkn": DKN,
