@@ -7,16 +7,26 @@
 
 Prints a markdown table and writes it as JSON next to the checkpoint (<ckpt>.<split>.json), or
 under the work dir for baselines. --save-dir writes each prediction as a float32 GeoTIFF (K).
+
+    python test.py CFG CKPT --figure fig.png [--figure-samples NAME1,NAME2] [--figure-models A,B,...]
+
+--figure (needs matplotlib) draws, per sample (default: the first 2 of the split), the LR input,
+bicubic, each model, the ground truth and the |error| of the first model, on one Kelvin colour
+scale with a colour bar and a zoomed inset. --figure-models compares several models side by side:
+comma-separated CONFIG.yaml:CKPT, CONFIG.yaml (parameter-free, e.g. configs/bicubic_x8.yaml) or
+CKPT alone (train.py stores its config in the checkpoint); default: the model tested. Data root,
+scale and split always come from the command's CONFIG and --split.
 """
 import argparse
 import json
 import os
 import sys
 
+import numpy as np
 import torch
 
 import groklst
-from data import DataError, GrokLSTDataset
+from data import DataError, GrokLSTDataset, Normalizer
 from metrics import METRICS, format_table
 
 
@@ -30,6 +40,138 @@ def load_model(cfg, checkpoint, device):
     return model.to(device).eval()
 
 
+# --------------------------------------------------------------------------- figure (--figure)
+
+
+def _matplotlib():
+    """matplotlib (optional: only --figure needs it)."""
+    try:
+        import matplotlib
+        import matplotlib.figure  # noqa: F401
+    except ImportError:
+        raise SystemExit("error: --figure needs matplotlib: pip install matplotlib") from None
+    return matplotlib
+
+
+def figure_models(spec, cfg, checkpoint):
+    """--figure-models 'A,B,...' -> [(label, config, checkpoint)]. An entry is CONFIG.yaml:CKPT,
+    CONFIG.yaml (parameter-free models) or CKPT (with the config train.py stored in it).
+    Without a spec: the model being tested."""
+    if not spec:
+        return [(cfg["model"]["name"], cfg, checkpoint)]
+    models = []
+    for entry in filter(None, (e.strip() for e in spec.split(","))):
+        head, _, tail = entry.partition(":")
+        path, ckpt = (head, tail or None) if head.endswith((".yaml", ".yml")) else (None, entry)
+        if ckpt and not os.path.exists(ckpt):
+            raise groklst.ConfigError(f"--figure-models: {ckpt}: checkpoint not found")
+        if path:
+            mcfg = groklst.load_config(path)
+        else:
+            stored = torch.load(ckpt, map_location="cpu", weights_only=True)
+            mcfg = stored.get("config") if isinstance(stored, dict) else None
+            if not isinstance(mcfg, dict):
+                raise groklst.ConfigError(f"--figure-models: {ckpt} holds no config (not written by train.py): "
+                                          f"give it as CONFIG.yaml:{ckpt}")
+        if mcfg["data"]["scale"] != cfg["data"]["scale"]:
+            raise groklst.ConfigError(f"--figure-models: {entry} is x{mcfg['data']['scale']}, "
+                                      f"the data x{cfg['data']['scale']}")
+        label = mcfg["model"]["name"]
+        if any(m[0] == label for m in models):
+            label += f" ({os.path.basename(os.path.dirname(ckpt)) + '/' + os.path.basename(ckpt) if ckpt else path})"
+        models.append((label, mcfg, ckpt))
+    return models
+
+
+@torch.no_grad()
+def figure_rows(cfg, models, split, names=None, device="cpu", amp="none"):
+    """Kelvin arrays of the figure: [(sample, {'LR input', 'bicubic', <model labels>..., 'ground truth'})].
+    names: samples of the split (default: its first 2). Predictions are NaN where the LR input had no
+    data (as the --save-dir GeoTIFFs)."""
+    d = cfg["data"]
+    base = GrokLSTDataset(d["root"], split, d["scale"])
+    names = names or base.names[:2]
+    missing = [n for n in names if n not in base.names]
+    if missing:
+        raise DataError(f"--figure-samples: {missing[0]!r} is not in split {split!r} of {d['root']}")
+    runs = [("bicubic", groklst.create_model("bicubic", scale=d["scale"]).to(device), Normalizer(cfg["norm"]), base)]
+    for label, mcfg, ckpt in models:
+        runs.append((label, load_model(mcfg, ckpt, device), groklst.build_normalizer(mcfg),
+                     GrokLSTDataset(d["root"], split, d["scale"], groklst.guidance_bands(mcfg))))
+    rows = []
+    for name in names:
+        panels = {}
+        for label, model, normalizer, ds in runs:
+            item = ds[ds.names.index(name)]
+            lr = item["lr_lst"][None].to(device)
+            gui = item["hr_guidance"][None].to(device) if "hr_guidance" in item else None
+            pred = groklst.downscale(model, normalizer, lr, gui, amp)
+            holes = torch.nn.functional.interpolate(torch.isnan(lr).float(), scale_factor=d["scale"]) > 0
+            panels[label] = torch.where(holes, float("nan"), pred)[0, 0].cpu().numpy()
+        item = base[base.names.index(name)]
+        rows.append((name, {"LR input": item["lr_lst"][0].numpy(), **panels, "ground truth": item["hr_lst"][0].numpy()}))
+    return rows
+
+
+def _zoom_window(err, side):
+    """Top-left (row, col) of the side x side window (step side/2) with the largest mean error."""
+    err = np.where(np.isfinite(err), err, 0.0)
+    step = max(side // 2, 1)
+    spots = [(r, c) for r in range(0, err.shape[0] - side + 1, step) for c in range(0, err.shape[1] - side + 1, step)]
+    return max(spots, key=lambda rc: err[rc[0]:rc[0] + side, rc[1]:rc[1] + side].mean())
+
+
+def draw_figure(path, rows, error_of, zoom=4):
+    """A Fig.12-style panel, one row per sample: LR input, bicubic, the models, ground truth and
+    |error| (K) of column `error_of`. rows: [(sample, {column: (H, W) Kelvin})] as figure_rows
+    returns (the LR input is drawn over the HR extent). All LST panels share one Kelvin colour scale
+    (1st-99th percentile of inputs and ground truths) with a colour bar; the error maps have their
+    own. Every panel has a zoomed inset (1/zoom of the side) of the window where the error is
+    largest, in the opposite corner. PNG, PDF, SVG by the file name."""
+    mpl = _matplotlib()
+    from matplotlib.figure import Figure
+
+    def finite(a):
+        return a[np.isfinite(a)]
+
+    columns = list(rows[0][1]) + [f"|{error_of} - GT|"]
+    errors = [np.abs(panels[error_of] - panels["ground truth"]) for _, panels in rows]
+    lst = np.concatenate([finite(p[k]) for _, p in rows for k in ("LR input", "ground truth")])
+    vmin, vmax = np.percentile(lst, [1, 99]) if lst.size else (0.0, 1.0)
+    err = np.concatenate([finite(e) for e in errors])
+    emax = max(float(np.percentile(err, 99)), 1e-3) if err.size else 1.0
+    lst_style = dict(cmap=mpl.colormaps["RdYlBu_r"].with_extremes(bad="0.8"), vmin=vmin, vmax=vmax)
+    err_style = dict(cmap=mpl.colormaps["magma"].with_extremes(bad="0.8"), vmin=0.0, vmax=emax)
+    fig = Figure(figsize=(2.1 * len(columns) + 1.6, 2.2 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), len(columns), squeeze=False)
+    drawn = {}  # the last image of each colour scale, for the colour bars
+    for i, ((name, panels), error) in enumerate(zip(rows, errors)):
+        h, w = panels["ground truth"].shape
+        side = max(min(h, w) // zoom, 2)
+        r0, c0 = _zoom_window(error, side)
+        corner = [0.01 if c0 + side / 2 > w / 2 else 0.59, 0.59 if r0 + side / 2 > h / 2 else 0.01, 0.4, 0.4]
+        for j, (ax, column) in enumerate(zip(axes[i], columns)):
+            image, style = (error, err_style) if j == len(columns) - 1 else (panels[column], lst_style)
+            kw = dict(style, extent=(0, w, h, 0), interpolation="nearest")
+            im = ax.imshow(image, **kw)
+            inset = ax.inset_axes(corner)
+            inset.imshow(image, **kw)
+            inset.set_xlim(c0, c0 + side)
+            inset.set_ylim(r0 + side, r0)
+            ax.indicate_inset_zoom(inset, edgecolor="white" if style is err_style else "black")
+            for a in (ax, inset):
+                a.set_xticks([])
+                a.set_yticks([])
+            if i == 0:
+                ax.set_title(column, fontsize=9)
+            if j == 0:
+                ax.set_ylabel(name, fontsize=8)
+            drawn[style is err_style] = im
+    fig.colorbar(drawn[False], ax=axes[:, :-1], shrink=0.9, label="LST (K)")
+    fig.colorbar(drawn[True], ax=axes[:, -1], shrink=0.9, label="|error| (K)")
+    fig.savefig(path, dpi=150)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("config")
@@ -39,7 +181,13 @@ def main(argv=None):
     p.add_argument("--save-dir", default=None, help="write predictions as GeoTIFF here")
     p.add_argument("--out", default=None, help="JSON file for the metrics (default: next to the checkpoint)")
     p.add_argument("--amp", default=None, choices=["none", "bf16", "fp16"])
+    p.add_argument("--figure", default=None, help="draw a comparison figure here (.png/.pdf; needs matplotlib)")
+    p.add_argument("--figure-samples", default=None, help="comma-separated sample names (default: first 2 of the split)")
+    p.add_argument("--figure-models", default=None,
+                   help="comma-separated CONFIG.yaml:CKPT, CONFIG.yaml or CKPT (default: the model tested)")
     args = p.parse_args(argv)
+    if args.figure:
+        _matplotlib()  # fail before evaluating, not after
     if args.checkpoint and "=" in args.checkpoint:  # `test.py CFG key=value` for baselines
         args.overrides.insert(0, args.checkpoint)
         args.checkpoint = None
@@ -67,6 +215,12 @@ def main(argv=None):
                            "metrics": {k: means[k] for k in METRICS}, "images": means["images"],
                            "per_image": {n: dict(zip(METRICS, m)) for n, m in per_image}}, f, indent=1)
             print(f"metrics written to {out}")
+            if args.figure:
+                models = figure_models(args.figure_models, cfg, args.checkpoint)
+                rows = figure_rows(cfg, models, split, args.figure_samples and args.figure_samples.split(","),
+                                   device, args.amp or cfg["train"]["amp"])
+                draw_figure(args.figure, rows, models[0][0])
+                print(f"figure written to {args.figure}")
     except (groklst.ConfigError, DataError, KeyError) as e:
         sys.exit(f"error: {e.args[0] if e.args else e}")
     finally:

@@ -1,0 +1,291 @@
+"""groklst.py prepare (prepare.py) and test.py --figure, on a synthetic georeferenced scene."""
+import importlib.util
+import json
+import os
+import re
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+import data
+import groklst
+import prepare
+from conftest import ROOT
+from data import BANDS, DataError, GrokLSTDataset
+
+X0, Y0, PX = 500000.0, 4300000.0, 30.0
+TILE, STEP, MAX_NODATA, LR_MAX_NODATA = 128, 64, 0.05, 0.25
+
+
+def write_scene(folder, name, h, w, seed, bands=BANDS):
+    lst, gui = data.synth_scene(h, w, seed=seed)
+    geo = data.make_geo(X0, Y0, PX)
+    order = [BANDS.index(b) for b in bands]
+    data.write_geotiff(os.path.join(folder, name + ".tif"), lst, geo)
+    data.write_geotiff(os.path.join(folder, name + "_gui.tif"), gui[order], geo, band_names=list(bands))
+    return lst, gui
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A 640 x 640 scene at 30 m with no-data: a 60 x 60 cloud in LST, a 60 x 60 hole in one guidance
+    band, and sparse NaN under two 240 m pixels of tile (384, 384), cut with tile 128 step 64."""
+    folder = str(tmp_path_factory.mktemp("prepare"))
+    lst, gui = data.synth_scene(640, 640, seed=5)
+    lst[200:260, 200:260] = np.nan                       # cloud: tiles over 5 % no-data are skipped
+    gui[0, 520:580, 40:100] = np.nan                     # guidance no-data counts too
+    holes = np.zeros((8, 8), bool)
+    holes.flat[np.random.default_rng(0).permutation(64)[:20]] = True
+    lst[392:400, 392:400][holes] = np.nan                # 20/64 NaN (> 25 %): that 240 m pixel is NaN
+    for r, c in [(400, 400), (400, 401), (402, 402), (404, 404), (406, 406), (404, 406), (406, 404), (407, 407)]:
+        lst[r, c] = np.nan                               # 8/64 NaN: finite at 240 m, some 60/120 m pixels NaN
+    geo = data.make_geo(X0, Y0, PX)
+    data.write_geotiff(os.path.join(folder, "myscene.tif"), lst, geo)
+    data.write_geotiff(os.path.join(folder, "myscene_gui.tif"), gui, geo, band_names=BANDS)
+    out = os.path.join(folder, "out")
+    summary = prepare.prepare([(os.path.join(folder, "myscene.tif"), os.path.join(folder, "myscene_gui.tif"))], out,
+                              tile=TILE, step=STEP, max_nodata=MAX_NODATA, lr_max_nodata=LR_MAX_NODATA)
+    splits = {k: data.read_split(out, k) for k in ("train", "val", "test", "trainval")}
+    return {"out": out, "lst": lst, "gui": gui, "summary": summary, "splits": splits}
+
+
+def load_test_script():
+    """test.py as a module (a plain `import test` may find the standard library's test package)."""
+    spec = importlib.util.spec_from_file_location("groklst_test_script", os.path.join(ROOT, "test.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def origin(name):
+    r, c = re.search(r"_r(\d+)_c(\d+)$", name).groups()
+    return int(r), int(c)
+
+
+def expected_tiles(lst, gui):
+    """{(row, col): split} of kept tiles, and the dropped counts, from a per-pixel split map."""
+    blocks = prepare.assign_blocks([(640, 640)], TILE, (0.6, 0.1, 0.3), 0)
+    label = np.empty((640, 640), object)
+    for (_, i, j), split in blocks.items():
+        label[i * TILE:(i + 1) * TILE, j * TILE:(j + 1) * TILE] = split
+    invalid = ~np.isfinite(lst) | ~np.isfinite(gui).all(0)
+    kept, straddling, nodata = {}, 0, 0
+    for r in range(0, 640 - TILE + 1, STEP):
+        for c in range(0, 640 - TILE + 1, STEP):
+            splits = set(label[r:r + TILE, c:c + TILE].ravel())
+            if len(splits) > 1:
+                straddling += 1
+            elif invalid[r:r + TILE, c:c + TILE].mean() > MAX_NODATA:
+                nodata += 1
+            else:
+                kept[(r, c)] = splits.pop()
+    return kept, straddling, nodata
+
+
+def extent(path):
+    x0, dx, _, y0, _, dy = data.geo_transform(data.read_geotiff(path)[1]["geo"])
+    h, w = data.read_geotiff(path)[0].shape[1:]
+    return x0, x0 + w * dx, y0 + h * dy, y0  # left, right, bottom, top
+
+
+def test_tile_count_and_splits(prepared):
+    s, splits = prepared["summary"], prepared["splits"]
+    kept, straddling, nodata = expected_tiles(prepared["lst"], prepared["gui"])
+    assert s["scenes"][0]["positions"] == 81 == len(kept) + straddling + nodata
+    assert (s["dropped_straddling"], s["skipped_nodata"]) == (straddling, nodata) and nodata >= 2
+    for split in ("train", "val", "test"):
+        assert {origin(n) for n in splits[split]} == {rc for rc, v in kept.items() if v == split}
+        assert s["tiles"][split] == len(splits[split]) > 0
+    assert splits["trainval"] == sorted(splits["train"] + splits["val"])
+    assert s["blocks"] == {"train": 15, "val": 3, "test": 7}  # 25 blocks cut 0.6 / 0.1 / 0.3
+    all_tiles = set(os.listdir(os.path.join(prepared["out"], "30m", "lst")))
+    assert all_tiles == {n + ".tif" for n in splits["train"] + splits["val"] + splits["test"]}
+    assert "myscene_r00128_c00128.tif" not in all_tiles  # 19 % under the cloud
+    assert "myscene_r00512_c00000.tif" not in all_tiles  # 22 % over the guidance hole
+
+
+def test_tile_georeferencing(prepared):
+    out, name = prepared["out"], "myscene_r00384_c00384"
+    lst, info = data.read_geotiff(os.path.join(out, "30m", "lst", name + ".tif"))
+    assert lst.shape == (1, TILE, TILE)
+    assert data.geo_transform(info["geo"]) == (X0 + 384 * PX, PX, 0.0, Y0 - 384 * PX, 0.0, -PX)
+    assert tuple(info["geo"][data.TAG_GEOKEYS][2]) == data.make_geo(0, 0, 1)[data.TAG_GEOKEYS][2]  # CRS kept
+    gui, ginfo = data.read_geotiff(os.path.join(out, "30m", "guidance", name + ".tif"))
+    assert ginfo["bands"] == list(BANDS) and ginfo["geo"] == info["geo"]
+    assert np.array_equal(gui, prepared["gui"][:, 384:512, 384:512], equal_nan=True)
+    for s, res in data.LR_FOLDERS.items():
+        lr, linfo = data.read_geotiff(os.path.join(out, res, "lst", name + ".tif"))
+        assert lr.shape == (1, TILE // s, TILE // s)
+        assert data.geo_transform(linfo["geo"]) == (X0 + 384 * PX, PX * s, 0.0, Y0 - 384 * PX, 0.0, -PX * s)
+
+
+def test_block_mean_and_nan_rule(prepared):
+    out, name = prepared["out"], "myscene_r00384_c00384"
+    hr = prepared["lst"][384:512, 384:512].astype(np.float64)
+    lr = {}
+    for s, res in data.LR_FOLDERS.items():
+        lr[s] = data.read_geotiff(os.path.join(out, res, "lst", name + ".tif"))[0][0]
+        blocks = hr.reshape(TILE // s, s, TILE // s, s).transpose(0, 2, 1, 3).reshape(TILE // s, TILE // s, -1)
+        ref = np.array([[b[np.isfinite(b)].mean() if np.isfinite(b).any() else np.nan for b in row] for row in blocks])
+        ref[np.isnan(blocks).mean(-1) > LR_MAX_NODATA] = np.nan
+        assert np.allclose(lr[s], ref, atol=1e-4, equal_nan=True), res
+    # 240 m: 20/64 NaN -> NaN; 8/64 NaN -> finite mean of the 56 others
+    assert np.isnan(lr[8][1, 1]) and np.isclose(lr[8][2, 2], np.nanmean(hr[16:24, 16:24]), atol=1e-4)
+    assert np.isnan(lr[2][8, 8]) and np.isfinite(lr[2][9, 9])  # 60 m: 2/4 NaN -> NaN, 1/4 -> finite
+    assert np.isfinite(lr[4][4, 4]) and np.isnan(lr[4][5, 5])  # 120 m: 3/16 finite, 5/16 NaN
+    assert np.isfinite(lr[8]).sum() == 16 * 16 - 1
+
+
+def test_stats_match_numpy(prepared):
+    out, lst, gui = prepared["out"], prepared["lst"], prepared["gui"]
+    with open(os.path.join(out, "stats.yaml")) as f:
+        stats = yaml.safe_load(f)
+    train = prepared["splits"]["train"]
+    hr = np.concatenate([lst[r:r + TILE, c:c + TILE].ravel() for r, c in map(origin, train)]).astype(np.float64)
+    lr = np.concatenate([data.read_geotiff(os.path.join(out, "240m", "lst", n + ".tif"))[0].ravel() for n in train])
+    ndvi = np.concatenate([gui[8, r:r + TILE, c:c + TILE].ravel() for r, c in map(origin, train)]).astype(np.float64)
+    for got, values in [(stats["lst"]["30m"], hr), (stats["lst"]["240m"], lr), (stats["guidance"]["stats"]["ndvi"], ndvi)]:
+        v = values[np.isfinite(values)].astype(np.float64)
+        assert got["mean"] == pytest.approx(v.mean(), abs=2e-4) and got["std"] == pytest.approx(v.std(ddof=1), abs=2e-4)
+        assert got["min"] == pytest.approx(v.min(), abs=2e-4) and got["max"] == pytest.approx(v.max(), abs=2e-4)
+    assert stats["lst"]["240m"]["method"] == "zscore" and set(stats["guidance"]["stats"]) == set(BANDS)
+    # the numbers of `groklst.py stats OUT --split train`, and what base_x8.yaml puts under norm:
+    assert data.compute_stats(out, "train", BANDS)["guidance"] == stats["guidance"]["stats"]
+    with open(os.path.join(out, "base_x8.yaml")) as f:
+        base = yaml.safe_load(f)
+    assert base["norm"]["lst"] == stats["lst"]["240m"] and base["norm"]["guidance"] == stats["guidance"]
+
+
+def test_no_test_tile_overlaps_training(prepared):
+    out, splits = prepared["out"], prepared["splits"]
+    ext = {k: [extent(os.path.join(out, "30m", "lst", n + ".tif")) for n in splits[k]] for k in ("train", "val", "test")}
+
+    def overlap(a, b):
+        return min(a[1], b[1]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[2], b[2])
+
+    for one, other in [("test", "train"), ("val", "train"), ("test", "val")]:
+        assert not any(overlap(a, b) for a in ext[one] for b in ext[other]), (one, other)
+    assert any(overlap(a, b) for a in ext["train"] for b in ext["train"] if a != b)  # tiles do overlap (step 64)
+
+
+@pytest.fixture(scope="module")
+def trained(prepared, tmp_path_factory):
+    """2 iterations of SRCNN x4 on the prepared dataset, from its base_x4.yaml."""
+    import train
+    work_dir = str(tmp_path_factory.mktemp("work"))
+    train.main([os.path.join(prepared["out"], "base_x4.yaml"), "model.name=srcnn", "train.max_iters=2",
+                "train.val_interval=2", "train.log_interval=1", f"work_dir={work_dir}", "--no-test"])
+    return os.path.join(work_dir, "best.pth")
+
+
+def test_dataset_and_configs_use_it(prepared, trained, tmp_path):
+    test_script = load_test_script()
+    out = prepared["out"]
+    item = GrokLSTDataset(out, "train", 8, BANDS)[0]
+    assert item["lr_lst"].shape == (1, 16, 16) and item["hr_guidance"].shape == (10, TILE, TILE)
+    user = tmp_path / "myregion_mocolsk_x4.yaml"  # a config with the prepared base as `_base_`
+    user.write_text(f"_base_: {os.path.relpath(os.path.join(out, 'base_x4.yaml'), tmp_path)}\n"
+                    f"model: {{name: mocolsk, num_feats: 8}}\n")
+    cfg = groklst.load_config(str(user))
+    assert cfg["data"]["root"] == out and cfg["data"]["scale"] == 4
+    assert groklst.build_normalizer(cfg).lst == (cfg["norm"]["lst"]["mean"], cfg["norm"]["lst"]["std"])
+    assert os.path.exists(trained)
+    metrics = tmp_path / "bicubic.json"
+    test_script.main([os.path.join(out, "base_x4.yaml"), "model.name=bicubic", "--out", str(metrics)])
+    result = json.loads(metrics.read_text())
+    assert result["images"] == len(prepared["splits"]["test"]) and result["metrics"]["RMSE"] < 2.0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="matplotlib not installed")
+def test_figure(prepared, trained, tmp_path):
+    test_script = load_test_script()
+    png, spec = tmp_path / "fig.png", f"{trained},{os.path.join(ROOT, 'configs', 'bilinear_x4.yaml')}"
+    names = prepared["splits"]["test"][:2]
+    test_script.main([os.path.join(prepared["out"], "base_x4.yaml"), "model.name=bicubic", "--out",
+                      str(tmp_path / "m.json"), "--figure", str(png), "--figure-samples", ",".join(names),
+                      "--figure-models", spec])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20000
+    cfg = groklst.load_config(os.path.join(prepared["out"], "base_x4.yaml"), ["model.name=bicubic"])
+    rows = test_script.figure_rows(cfg, test_script.figure_models(spec, cfg, None), "test", names)
+    assert [n for n, _ in rows] == names
+    assert list(rows[0][1]) == ["LR input", "bicubic", "srcnn", "bilinear", "ground truth"]
+
+
+def test_figure_without_matplotlib(prepared, monkeypatch, tmp_path):
+    test_script = load_test_script()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    with pytest.raises(SystemExit, match="pip install matplotlib"):
+        test_script.main([os.path.join(prepared["out"], "base_x4.yaml"), "model.name=bicubic",
+                          "--out", str(tmp_path / "m.json"), "--figure", str(tmp_path / "f.png")])
+
+
+def test_gaussian_decimation():
+    ramp = np.tile(np.arange(64, dtype=np.float32) * 0.5 + 280, (64, 1))
+    out = prepare.gaussian_decimate(ramp, 4)
+    assert out.shape == (16, 16)
+    assert np.allclose(out[:, 3:-3], data.block_mean(ramp, 4)[:, 3:-3], atol=1e-4)  # symmetric kernel, block centre
+    assert np.allclose(prepare.gaussian_decimate(np.full((32, 32), 300.0, np.float32), 8), 300.0)
+    holes = ramp.copy()
+    holes[5:7, 5:8] = np.nan
+    for frac in (0.0, 0.25):
+        assert np.array_equal(np.isnan(prepare.degrade(holes, 4, "gaussian", frac)),
+                              np.isnan(data.block_mean(holes, 4, frac)))
+
+
+def test_cli_two_scenes(tmp_path, capsys):
+    write_scene(str(tmp_path), "a", 192, 192, seed=1)
+    shuffled = list(reversed(BANDS))  # scene b names its bands in another order: reordered to a's
+    lst_b, gui_b = write_scene(str(tmp_path), "b", 192, 256, seed=2, bands=shuffled)
+    (tmp_path / "list.txt").write_text("# lst guidance\nb.tif b_gui.tif\n")
+    out = str(tmp_path / "out")
+    groklst.main(["prepare", "--lst", str(tmp_path / "a.tif"), "--guidance", str(tmp_path / "a_gui.tif"),
+                  "--scenes", str(tmp_path / "list.txt"), "--out", out, "--tile", "64", "--step", "32",
+                  "--block", "128", "--scales", "4", "--degradation", "gaussian", "--seed", "1"])
+    printed = capsys.readouterr().out
+    assert "2 scene(s)" in printed and "Gaussian blur" in printed
+    assert sorted(os.listdir(out)) == ["120m", "30m", "base_x4.yaml", "prepare.yaml", "split", "stats.yaml"]
+    names = data.read_split(out, "train") + data.read_split(out, "val") + data.read_split(out, "test")
+    assert {n.split("_r")[0] for n in names} == {"a", "b"}
+    with open(os.path.join(out, "prepare.yaml")) as f:
+        assert [r["positions"] for r in yaml.safe_load(f)["scenes"]] == [5 * 5, 5 * 7]  # 192 x 192, 192 x 256
+    name = next(n for n in names if n.startswith("b_"))
+    (r, c), band_names = origin(name), data.read_geotiff(os.path.join(out, "30m/guidance", name + ".tif"))[1]["bands"]
+    gui = data.read_guidance(os.path.join(out, "30m/guidance", name + ".tif"), list(BANDS))
+    assert band_names == list(BANDS) and np.array_equal(gui, gui_b[:, r:r + 64, c:c + 64])
+    lr = data.read_geotiff(os.path.join(out, "120m/lst", name + ".tif"))[0][0]
+    assert np.allclose(lr, prepare.gaussian_decimate(lst_b[r:r + 64, c:c + 64], 4), atol=1e-4)
+    with pytest.raises(SystemExit, match="already holds a dataset"):
+        groklst.main(["prepare", "--lst", str(tmp_path / "a.tif"), "--guidance", str(tmp_path / "a_gui.tif"),
+                      "--out", out, "--tile", "64", "--step", "32"])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(tile=100, step=50), r"--tile 100: must be a positive multiple of the largest scale 8"),
+    (dict(tile=64, step=48), r"--block 64: must be a multiple of --tile 64 and of --step 48"),
+    (dict(tile=64, step=32, split=(0.5, 0.1, 0.1)), r"--split .*summing to 1"),
+    (dict(tile=64, step=32, scales=(3,)), r"--scales \[3\]: GrokLST has scales \[2, 4, 8\]"),
+    (dict(tile=64, step=32, band_names=["x"]), r"a_gui.tif: 10 bands but 1 band names"),
+])
+def test_argument_errors(tmp_path, kwargs, message):
+    write_scene(str(tmp_path), "a", 64, 64, seed=3)
+    with pytest.raises(DataError, match=message):
+        prepare.prepare([(str(tmp_path / "a.tif"), str(tmp_path / "a_gui.tif"))], str(tmp_path / "out"), **kwargs)
+
+
+def test_scene_errors(tmp_path):
+    lst, gui = data.synth_scene(64, 64, seed=4)
+    data.write_geotiff(str(tmp_path / "l.tif"), lst, data.make_geo(X0, Y0, PX))
+    data.write_geotiff(str(tmp_path / "g3.tif"), gui[:3], data.make_geo(X0, Y0, PX))  # unnamed, not 10 bands
+    data.write_geotiff(str(tmp_path / "gs.tif"), gui[:, :32], data.make_geo(X0, Y0, PX), band_names=BANDS)
+    data.write_geotiff(str(tmp_path / "gm.tif"), gui, data.make_geo(X0 + 30, Y0, PX), band_names=BANDS)
+    with pytest.raises(DataError, match="3 unnamed bands: name them with --band-names"):
+        prepare.read_scene(str(tmp_path / "l.tif"), str(tmp_path / "g3.tif"))
+    assert prepare.read_scene(str(tmp_path / "l.tif"), str(tmp_path / "g3.tif"), ["b", "g", "r"])[2] == ["b", "g", "r"]
+    with pytest.raises(DataError, match="must be co-registered"):
+        prepare.read_scene(str(tmp_path / "l.tif"), str(tmp_path / "gs.tif"))
+    with pytest.raises(DataError, match="resample onto one grid"):
+        prepare.read_scene(str(tmp_path / "l.tif"), str(tmp_path / "gm.tif"))
+    with pytest.raises(DataError, match="1 --lst but 0 --guidance"):
+        prepare.scenes_from_args(["l.tif"], [])
