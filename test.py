@@ -8,6 +8,8 @@
 Prints a markdown table and writes it as JSON next to the checkpoint (<ckpt>.<split>.json), or
 under the work dir for baselines. --save-dir writes each prediction as a float32 GeoTIFF (K).
 
+    python test.py --models work_dirs [--split test] [--out table.md]   # Table IX of every trained run
+
     python test.py CFG CKPT --figure fig.png [--figure-samples NAME1,NAME2] [--figure-models A,B,...]
 
 --figure (needs matplotlib) draws, per sample (default: the first 2 of the split), the LR input,
@@ -172,8 +174,57 @@ def draw_figure(path, rows, error_of, zoom=4):
     fig.savefig(path, dpi=150)
 
 
+def benchmark_table(work_root, split=None, overrides=(), device="cpu"):
+    """Table IX of the paper for every trained run under work_root (each <run>/config.yaml and
+    <run>/best.pth), plus bicubic per scale: rows = methods, columns = the five metrics per scale."""
+    if not os.path.isdir(work_root):
+        raise DataError(f"{work_root}: folder not found")
+    runs = sorted(d for d in os.listdir(work_root) if os.path.exists(os.path.join(work_root, d, "best.pth")))
+    if not runs:
+        raise DataError(f"{work_root}: no <run>/best.pth found")
+    results, bicubic_done = {}, set()
+    for run in runs:
+        cfg = groklst.load_config(os.path.join(work_root, run, "config.yaml"), overrides)
+        scale, data_split = cfg["data"]["scale"], split or cfg["data"]["test_split"]
+        dataset = GrokLSTDataset(cfg["data"]["root"], data_split, scale, groklst.guidance_bands(cfg))
+        model = load_model(cfg, os.path.join(work_root, run, "best.pth"), device)
+        normalizer = groklst.build_normalizer(cfg)
+        results.setdefault(run, {})[scale] = groklst.evaluate(model, normalizer, dataset, device)[0]
+        if scale not in bicubic_done:  # the reference row, on the same data
+            bicubic_done.add(scale)
+            base = GrokLSTDataset(cfg["data"]["root"], data_split, scale)
+            bicubic = groklst.create_model("bicubic", scale=scale)
+            results.setdefault("bicubic", {})[scale] = groklst.evaluate(bicubic, normalizer, base, device)[0]
+        print(f"  evaluated {run} (x{scale})", file=sys.stderr)
+    scales = sorted({s for r in results.values() for s in r})
+    head = "| method | " + " | ".join(f"x{s} {m}" for s in scales for m in METRICS) + " |"
+    lines = [head, "|---" * (1 + len(scales) * len(METRICS)) + "|"]
+    for name, by_scale in results.items():
+        cells = [f"{by_scale[s][m]:.4f}" if s in by_scale else "-" for s in scales for m in METRICS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    if argv is None:
+        argv = sys.argv[1:]
+    if "--models" in argv:  # benchmark mode: python test.py --models WORK_DIRS [--split S] [key=value ...]
+        q = argparse.ArgumentParser(description="benchmark table of every trained run under a folder")
+        q.add_argument("--models", required=True, help="folder of runs (work_dirs)")
+        q.add_argument("--split", default=None)
+        q.add_argument("--out", default=None, help="also write the markdown table here")
+        q.add_argument("overrides", nargs="*")
+        a = q.parse_args(argv)
+        try:
+            table = benchmark_table(a.models, a.split, a.overrides)
+        except (groklst.ConfigError, DataError, KeyError) as e:
+            sys.exit(f"error: {e.args[0] if e.args else e}")
+        print(table)
+        if a.out:
+            with open(a.out, "w") as f:
+                f.write(table + "\n")
+        return
     p.add_argument("config")
     p.add_argument("checkpoint", nargs="?", default=None, help="a .pth of train.py or of the original toolkit")
     p.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
@@ -185,7 +236,7 @@ def main(argv=None):
     p.add_argument("--figure-samples", default=None, help="comma-separated sample names (default: first 2 of the split)")
     p.add_argument("--figure-models", default=None,
                    help="comma-separated CONFIG.yaml:CKPT, CONFIG.yaml or CKPT (default: the model tested)")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # key=value overrides may follow options
     if args.figure:
         _matplotlib()  # fail before evaluating, not after
     if args.checkpoint and "=" in args.checkpoint:  # `test.py CFG key=value` for baselines

@@ -254,7 +254,7 @@ def main(argv=None):
                    help="resume from PATH, or from <work_dir>/last.pth when no path is given")
     p.add_argument("--init", default=None, help="initial weights only (no optimizer state, iteration 0)")
     p.add_argument("--no-test", action="store_true", help="skip the final test-split evaluation")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # key=value overrides may follow options
     rank, world, device = groklst.setup_distributed()
     try:
         cfg = groklst.load_config(args.config, args.overrides)

@@ -13,13 +13,13 @@ from conftest import ROOT
 TINY = {"name": "mocolsk", "num_feats": 8, "reduction": 4, "num_stages": 1, "n_resblocks": 1}
 
 
-def write_config(tmp_path, demo_root, **train):
+def write_config(tmp_path, demo_root, model=TINY, **train):
     cfg = yaml.safe_load(open(os.path.join(ROOT, "configs", "demo_mocolsk_x8.yaml")))
-    cfg["model"] = dict(TINY)
+    cfg["model"] = dict(model)
     cfg["data"].update(root=demo_root, hr_crop=32, scale=4)
     cfg["train"].update(dict(dict(max_iters=8, batch_size=2, val_interval=100, log_interval=1, lr=1.0e-3,
                                   restart_period=8), **train))
-    path = tmp_path / "tiny.yaml"
+    path = tmp_path / f"tiny_{cfg['model']['name']}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return str(path)
 
@@ -141,3 +141,19 @@ def test_guided_model_beats_bicubic_on_demo(tmp_path, demo_root):
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ")]
     rmse = {r.split("|")[1].strip(): float(r.split("|")[2]) for r in rows[1:]}
     assert rmse["mocolsk (best.pth)"] < 0.95 * rmse["bicubic"], out.stdout
+
+
+def test_benchmark_table_of_work_dirs(tmp_path, demo_root):
+    runs = tmp_path / "runs"
+    for name, model, extra in [("mocolsk_x4", TINY, []), ("srcnn_x8", {"name": "srcnn"}, ["data.scale=8", "data.hr_crop=64"])]:
+        cfg = write_config(tmp_path, demo_root, model=model, max_iters=2, val_interval=2)
+        out = run(["train.py", cfg, f"work_dir={runs / name}", "--no-test"] + extra)
+        assert out.returncode == 0, out.stderr[-2000:]
+    out = run(["test.py", "--models", str(runs), "--out", str(tmp_path / "table.md")])
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].startswith("| method | x4 RMSE | x4 MAE") and "x8 RSD |" in lines[0]
+    rows = {line.split("|")[1].strip(): line for line in lines[2:]}
+    assert set(rows) == {"mocolsk_x4", "srcnn_x8", "bicubic"}
+    assert rows["mocolsk_x4"].count(" - ") == 5 and rows["bicubic"].count(" - ") == 0
+    assert (tmp_path / "table.md").read_text().strip() == out.stdout.strip()
