@@ -4,6 +4,9 @@
     python groklst.py make-demo data/demo               write the synthetic demo dataset
     python groklst.py stats data/groklst --split trainval   normalisation statistics as YAML
     python groklst.py convert-checkpoint IN.pth OUT.pth [--config CFG]   original -> this toolkit
+    python groklst.py predict CFG --checkpoint CKPT --lst LST.tif --guidance GUI.tif --out OUT.tif  (scene.py)
+    python groklst.py prepare --lst LST.tif --guidance GUI.tif --out data/myregion  (prepare.py)
+    python groklst.py bench mocolsk --scale 8 --hr 512 --train    speed and memory (bench.py)
 
 Every model has the signature forward(lr_lst, hr_guidance=None) on normalised tensors:
 lr_lst (B, 1, h, w) -> (B, 1, h*scale, w*scale). The registry is the plain dict MODELS.

@@ -14,7 +14,7 @@ TINY = {"name": "mocolsk", "num_feats": 8, "reduction": 4, "num_stages": 1, "n_r
 
 
 def write_config(tmp_path, demo_root, model=TINY, **train):
-    cfg = yaml.safe_load(open(os.path.join(ROOT, "configs", "demo_mocolsk_x8.yaml")))
+    cfg = yaml.safe_load(open(os.path.join(ROOT, "configs", "_base_", "demo_x8.yaml")))
     cfg["model"] = dict(model)
     cfg["data"].update(root=demo_root, hr_crop=32, scale=4)
     cfg["train"].update(dict(dict(max_iters=8, batch_size=2, val_interval=100, log_interval=1, lr=1.0e-3,
