@@ -23,75 +23,95 @@ import sys
 import torch
 import yaml
 
-from models.baselines import Bicubic, Bilinear
-from models.pmba import PMBA
-from models.rsag import RSAG
-from models.sgnet import SGNet
-from models.suft import SUFTNet
-from models.codon import CODON
-from models.ngswin import NGswin
 from models.act import ACT
-from models.egasr import EGASR
-from models.swinir import SwinIR
-from models.dkn import DKN, FDKN
-from models.pac import PAC
-from models.dagf import DAGF
 from models.ahmf import AHMF
+from models.baselines import Bicubic, Bilinear
 from models.cfgn import CFGN
+from models.codon import CODON
 from models.ctn import CTNet
+from models.cunet import CUNet
+from models.dagf import DAGF
 from models.dbpn import DBPN
+from models.dct import DCTNet
 from models.dctlsa import DCTLSA
+from models.dgf import DGF
+from models.djf import DJF, DJFR
+from models.dkn import DKN, FDKN
+from models.dsrn import DSRN
 from models.edsr import EDSR
+from models.egasr import EGASR
+from models.fdsr import FDSR
 from models.fen import FENet
 from models.fenet import FeNet
 from models.han import HAN
 from models.haunet import HAUNet
 from models.mocolsk import MoCoLSKNet
+from models.msg import DMSG
+from models.ngswin import NGswin
 from models.omni import OmniSR
+from models.p2p import PixTransformNet
+from models.pac import PAC
+from models.pmba import PMBA
 from models.rcan import RCAN
 from models.rdn import RDN
+from models.rsag import RSAG
 from models.safmn import SAFMN
 from models.san import SAN
+from models.sgnet import SGNet
 from models.srcnn import SRCNN
 from models.srfbn import SRFBN
+from models.suft import SUFTNet
+from models.svlrm import SVLRM
+from models.swinir import SwinIR
 
 MODELS = {
     # baselines
     "bicubic": Bicubic,
     "bilinear": Bilinear,
-    # guided (GISR)
+    # guided (GISR); "msg" is the original config name of DMSG
+    "ahmf": AHMF,
+    "codon": CODON,
+    "cunet": CUNet,
+    "dagf": DAGF,
+    "dct": DCTNet,
+    "dgf": DGF,
+    "djf": DJF,
+    "djfr": DJFR,
+    "dkn": DKN,
+    "dmsg": DMSG,
+    "dsrn": DSRN,
+    "fdkn": FDKN,
+    "fdsr": FDSR,
     "mocolsk": MoCoLSKNet,
+    "msg": DMSG,
+    "p2p": PixTransformNet,
+    "pac": PAC,
     "pmba": PMBA,
     "rsag": RSAG,
     "sgnet": SGNet,
     "suft": SUFTNet,
-    "codon": CODON,
-    "ahmf": AHMF,
-    "dagf": DAGF,
-    "dkn": DKN,
-    "fdkn": FDKN,
-    "pac": PAC,
+    "svlrm": SVLRM,
     # single-image (SISR)
-    "ngswin": NGswin,
     "act": ACT,
-    "egasr": EGASR,
-    "swinir": SwinIR,
-    "srfbn": SRFBN,
-    "srcnn": SRCNN,
-    "san": SAN,
-    "rdn": RDN,
-    "rcan": RCAN,
-    "han": HAN,
-    "edsr": EDSR,
-    "dbpn": DBPN,
     "cfgn": CFGN,
     "ctn": CTNet,
+    "dbpn": DBPN,
     "dctlsa": DCTLSA,
+    "edsr": EDSR,
+    "egasr": EGASR,
     "fen": FENet,
     "fenet": FeNet,
+    "han": HAN,
     "haunet": HAUNet,
+    "ngswin": NGswin,
     "omni": OmniSR,
+    "rcan": RCAN,
+    "rdn": RDN,
     "safmn": SAFMN,
+    "san": SAN,
+    "srcnn": SRCNN,
+    "srfbn": SRFBN,
+    "swinir": SwinIR,
 }
 
 
