@@ -437,7 +437,10 @@ def setup_distributed():
 def teardown_distributed():
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.barrier()  # no rank tears the group down while another still uses it
+        finally:
+            dist.destroy_process_group()
 
 
 def gather(obj):
