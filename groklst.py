@@ -434,13 +434,14 @@ def setup_distributed():
     return dist.get_rank(), dist.get_world_size(), device
 
 
-def teardown_distributed():
+def teardown_distributed(barrier=False):
+    """Destroy the process group (no-op without one). barrier=True (on success only: a rank that
+    failed must not wait for the others) first waits until every rank is done with it."""
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
-        try:
-            dist.barrier()  # no rank tears the group down while another still uses it
-        finally:
-            dist.destroy_process_group()
+        if barrier:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def gather(obj):

@@ -272,6 +272,7 @@ def main(argv=None):
                                    device, args.amp or cfg["train"]["amp"])
                 draw_figure(args.figure, rows, models[0][0])
                 print(f"figure written to {args.figure}")
+        groklst.teardown_distributed(barrier=True)
     except (groklst.ConfigError, DataError, KeyError) as e:
         sys.exit(f"error: {e.args[0] if e.args else e}")
     finally:

@@ -266,6 +266,7 @@ def main(argv=None):
                 print(table)
                 with open(os.path.join(cfg["work_dir"], "test_table.md"), "w") as f:
                     f.write(table + "\n")
+        groklst.teardown_distributed(barrier=True)
     except (groklst.ConfigError, DataError, FloatingPointError, KeyError) as e:
         sys.exit(f"error: {e.args[0] if e.args else e}")
     finally:

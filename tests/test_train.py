@@ -86,6 +86,7 @@ try:
     means, rows = groklst.evaluate(model, normalizer, val, device)
     if rank == 0:
         json.dump({{"means": means, "rows": rows}}, open(os.path.join(cfg["work_dir"], f"eval{{world}}.json"), "w"))
+    groklst.teardown_distributed(barrier=True)
 finally:
     groklst.teardown_distributed()
 """
