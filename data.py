@@ -18,7 +18,6 @@ reaches the loss or the metrics as a number.
 import hashlib
 import math
 import os
-import re
 import warnings
 import xml.etree.ElementTree as ET
 
@@ -467,9 +466,6 @@ def compute_stats(root, split, bands=BANDS):
         out[kind][key] = {k: round(float(v), 4) for k, v in zip(("mean", "std", "min", "max"), (mean, std, lo, hi))}
     return out
 
-
-def stem_of(path):
-    return re.sub(r"\.(tif|tiff|mat)$", "", os.path.basename(path))
 
 
 # --------------------------------------------------------------------------- demo data

@@ -416,8 +416,8 @@ def format_summary(summary):
         px = f"{r['pixel_size']:g} m pixels" if r["pixel_size"] else "not georeferenced"
         lines.append(f"  {r['name']}: {r['shape'][0]} x {r['shape'][1]} ({px}), {r['positions']} tile positions: "
                      f"{r['kept']} kept, {r['straddling']} straddle two splits, {r['nodata']} over --max-nodata")
-    lines.append(f"  blocks: " + ", ".join(f"{k} {v}" for k, v in s["blocks"].items()))
-    lines.append(f"  tiles:  " + ", ".join(f"{k} {v}" for k, v in s["tiles"].items()) +
+    lines.append("  blocks: " + ", ".join(f"{k} {v}" for k, v in s["blocks"].items()))
+    lines.append("  tiles:  " + ", ".join(f"{k} {v}" for k, v in s["tiles"].items()) +
                  f" (dropped: {s['dropped_straddling']} straddling, {s['skipped_nodata']} no-data)")
     lines.append(f"  bands:  {', '.join(s['bands'] or [])}")
     lines.append(f"  wrote {s['out']}/stats.yaml, " + ", ".join(f"base_x{x}.yaml" for x in s["scales"]) +

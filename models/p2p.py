@@ -13,7 +13,6 @@ compared with upstream on the same weights (identical). No upstream bug was foun
 upstream; they are only exposed through `param_groups()` for an optimiser (upstream's training recipe, like
 ours, does not use them). Input size: any h, w.
 """
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
