@@ -403,6 +403,18 @@ def load_weights(model, path):
     return ckpt
 
 
+def load_model(cfg, checkpoint, device):
+    """The config's model in eval mode on `device`, with the checkpoint's weights; parameter-free
+    models (bicubic, bilinear) need none."""
+    model = build_model(cfg)
+    if checkpoint:
+        load_weights(model, checkpoint)
+    elif any(True for _ in model.parameters()):
+        raise ConfigError(f"model {cfg['model']['name']!r} has parameters: "
+                          "give --checkpoint (a .pth of train.py or of the original toolkit)")
+    return model.to(device).eval()
+
+
 def downscale(model, normalizer, lr_lst, hr_guidance=None, amp="none"):
     """Kelvin in, Kelvin out: normalise, run the model (optionally under autocast), decode in
     float32. lr_lst (B, 1, h, w) K, hr_guidance (B, C, H, W) physical units or None."""

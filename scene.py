@@ -321,16 +321,6 @@ def predict_array(model, normalizer, lst, guidance=None, scale=8, tile=64, overl
 # --------------------------------------------------------------------------- entry point
 
 
-def load_model(cfg, checkpoint, device):
-    """The config's model with the checkpoint's weights; parameter-free models need none."""
-    model = groklst.build_model(cfg)
-    if checkpoint:
-        groklst.load_weights(model, checkpoint)
-    elif any(True for _ in model.parameters()):
-        raise groklst.ConfigError(f"model {cfg['model']['name']!r} has parameters: give --checkpoint")
-    return model.to(device).eval()
-
-
 def write_png(path, array, title=""):
     """Quick-look PNG of a Kelvin array (2-98 % stretch, colour bar; NaN transparent)."""
     if importlib.util.find_spec("matplotlib") is None:
@@ -383,7 +373,7 @@ def predict(config, lst, out, guidance=(), guidance_dir=None, checkpoint=None, o
         gui = read_guidance(paths, bands, lst, array.shape, info["geo"], scale)
     elif paths:
         print(f"note: model {cfg['model']['name']!r} is single-image; guidance ignored", file=sys.stderr)
-    model = load_model(cfg, checkpoint, device)
+    model = groklst.load_model(cfg, checkpoint, device)
     normalizer = groklst.build_normalizer(cfg)
     tile = tile or max(1, 512 // scale)
     overlap = tile // 4 if overlap is None else overlap

@@ -32,19 +32,6 @@ from data import DataError, GrokLSTDataset, Normalizer
 from metrics import METRICS, format_table
 
 
-def load_model(cfg, checkpoint, device):
-    """The config's model with the checkpoint's weights (none needed for parameter-free models)."""
-    model = groklst.build_model(cfg)
-    if checkpoint:
-        groklst.load_weights(model, checkpoint)
-    elif any(True for _ in model.parameters()):
-        raise SystemExit(f"error: model {cfg['model']['name']!r} has parameters: give a checkpoint")
-    return model.to(device).eval()
-
-
-# --------------------------------------------------------------------------- figure (--figure)
-
-
 def _matplotlib():
     """matplotlib (optional: only --figure needs it)."""
     try:
@@ -98,7 +85,7 @@ def figure_rows(cfg, models, split, names=None, device="cpu", amp="none"):
         raise DataError(f"--figure-samples: {missing[0]!r} is not in split {split!r} of {d['root']}")
     runs = [("bicubic", groklst.create_model("bicubic", scale=d["scale"]).to(device), Normalizer(cfg["norm"]), base)]
     for label, mcfg, ckpt in models:
-        runs.append((label, load_model(mcfg, ckpt, device), groklst.build_normalizer(mcfg),
+        runs.append((label, groklst.load_model(mcfg, ckpt, device), groklst.build_normalizer(mcfg),
                      GrokLSTDataset(d["root"], split, d["scale"], groklst.guidance_bands(mcfg))))
     rows = []
     for name in names:
@@ -187,7 +174,7 @@ def benchmark_table(work_root, split=None, overrides=(), device="cpu"):
         cfg = groklst.load_config(os.path.join(work_root, run, "config.yaml"), overrides)
         scale, data_split = cfg["data"]["scale"], split or cfg["data"]["test_split"]
         dataset = GrokLSTDataset(cfg["data"]["root"], data_split, scale, groklst.guidance_bands(cfg))
-        model = load_model(cfg, os.path.join(work_root, run, "best.pth"), device)
+        model = groklst.load_model(cfg, os.path.join(work_root, run, "best.pth"), device)
         normalizer = groklst.build_normalizer(cfg)
         results.setdefault(run, {})[scale] = groklst.evaluate(model, normalizer, dataset, device)[0]
         if scale not in bicubic_done:  # the reference row, on the same data
@@ -248,7 +235,7 @@ def main(argv=None):
         cfg = groklst.load_config(args.config, args.overrides)
         split = args.split or cfg["data"]["test_split"]
         dataset = GrokLSTDataset(cfg["data"]["root"], split, cfg["data"]["scale"], groklst.guidance_bands(cfg))
-        model = load_model(cfg, args.checkpoint, device)
+        model = groklst.load_model(cfg, args.checkpoint, device)
         normalizer = groklst.build_normalizer(cfg)
         means, per_image = groklst.evaluate(model, normalizer, dataset, device, args.amp or cfg["train"]["amp"],
                                             save_dir=args.save_dir, progress=True)

@@ -119,7 +119,7 @@ def test_scene_1504_tiled_georeferenced_no_seams(big, tmp_path):
     # seams: tiled vs one whole-scene forward, on valid pixels
     valid = ~expected
     cfg = groklst.load_config(CFG["mocolsk_x8"], TINY)
-    model = scene.load_model(cfg, big["ckpt"], "cpu")
+    model = groklst.load_model(cfg, big["ckpt"], "cpu")
     with torch.no_grad():
         whole = groklst.downscale(model, groklst.build_normalizer(cfg), torch.from_numpy(lr)[None, None],
                                   torch.from_numpy(gui)[None])[0, 0].numpy()
