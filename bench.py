@@ -41,6 +41,7 @@ def count_macs(name, scale, hr, batch, **model_kwargs):
 
 
 def peak_memory_mb(device):
+    """CUDA max allocated on a GPU, else the process's peak RSS (MB)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 import yaml
 
 import groklst
+from bench import peak_memory_mb
 from data import DataError, GrokLSTDataset
 from metrics import format_table
 
@@ -90,13 +91,6 @@ def save_checkpoint(path, **content):
     tmp = f"{path}.tmp"
     torch.save(content, tmp)
     os.replace(tmp, path)
-
-
-def peak_memory_mb(device):
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def train(cfg, args, rank, world, device):
