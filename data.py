@@ -518,12 +518,17 @@ def synth_scene(h, w, seed=0):
     return lst.astype(np.float32), guidance
 
 
+def block_nan_fraction(a, s):
+    """Fraction of NaN pixels in each s x s block of (..., H, W) (H, W multiples of s) -> (..., H/s, W/s)."""
+    shape = a.shape[:-2] + (a.shape[-2] // s, s, a.shape[-1] // s, s)
+    return np.isnan(a.reshape(shape)).mean((-3, -1))
+
+
 def block_mean(a, s, max_nan_fraction=0.0):
     """Wald's protocol: mean over s x s blocks of (..., H, W) (H, W multiples of s), ignoring NaN;
     a block with more than `max_nan_fraction` NaN pixels becomes NaN."""
-    shape = a.shape[:-2] + (a.shape[-2] // s, s, a.shape[-1] // s, s)
-    blocks = a.reshape(shape)
-    nan_fraction = np.isnan(blocks).mean((-3, -1))
+    blocks = a.reshape(a.shape[:-2] + (a.shape[-2] // s, s, a.shape[-1] // s, s))
+    nan_fraction = block_nan_fraction(a, s)
     if nan_fraction.any():
         with warnings.catch_warnings():  # all-NaN blocks: "Mean of empty slice"
             warnings.simplefilter("ignore", RuntimeWarning)

@@ -47,19 +47,13 @@ import numpy as np
 import tifffile
 import yaml
 
-from data import (BANDS, LR_FOLDERS, TAG_GEOKEYS, DataError, block_mean, compute_stats, geo_transform,
-                  geo_window, read_geotiff, write_geotiff)
+from data import (BANDS, LR_FOLDERS, TAG_GEOKEYS, DataError, block_mean, block_nan_fraction, compute_stats,
+                  geo_transform, geo_window, read_geotiff, write_geotiff)
 
 SPLITS = ("train", "val", "test")
 
 
 # --------------------------------------------------------------------------- degradation
-
-
-def nan_fraction(a, s):
-    """Fraction of NaN pixels in each s x s block of a (H, W) array -> (H/s, W/s) float64."""
-    h, w = a.shape
-    return np.isnan(a).reshape(h // s, s, w // s, s).mean((1, 3))
 
 
 def _gaussian_weights(n, s, sigma):
@@ -87,7 +81,7 @@ def gaussian_decimate(hr, s, sigma=None, max_nan_fraction=0.0):
     den = wy @ valid.astype(np.float64) @ wx.T
     with np.errstate(invalid="ignore", divide="ignore"):
         out = num / den
-    out[nan_fraction(hr, s) > max_nan_fraction] = np.nan
+    out[block_nan_fraction(hr, s) > max_nan_fraction] = np.nan
     return out.astype(np.float32)
 
 
