@@ -411,7 +411,8 @@ def load_model(cfg, checkpoint, device):
         load_weights(model, checkpoint)
     elif any(True for _ in model.parameters()):
         raise ConfigError(f"model {cfg['model']['name']!r} has parameters: "
-                          "give --checkpoint (a .pth of train.py or of the original toolkit)")
+                          "give its checkpoint (test.py CONFIG CHECKPOINT; predict --checkpoint PATH), "
+                          "a .pth of train.py or of the original toolkit")
     return model.to(device).eval()
 
 

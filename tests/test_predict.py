@@ -254,7 +254,7 @@ def test_grid_and_input_errors(tmp_path):
              ("no guidance band 'nir'", [CFG["mocolsk_x8"], *TINY, "--lst", lst, "--guidance", named]),
              ("3 unnamed bands", [CFG["mocolsk_x8"], *TINY, "--lst", lst, "--guidance", unnamed]),
              ("extents differ", [CFG["mocolsk_x8"], *TINY, "--lst", lst, "--guidance", named, shifted]),
-             ("give --checkpoint", [CFG["mocolsk_x8"], "data.guidance_bands=[dem,red]", "--lst", lst,
+             ("predict --checkpoint PATH", [CFG["mocolsk_x8"], "data.guidance_bands=[dem,red]", "--lst", lst,
                                     "--guidance", named]),
              ("expected 1", [CFG["bicubic_x8"], "--lst", named])]
     try:
