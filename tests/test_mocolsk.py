@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import groklst
-from models.mocolsk import MoCoLSK, MoCoLSKCS, MoCoLSKNet, OneLargeKernel
+import torch.nn.functional as F
+
+from models.mocolsk import MoCoLSK, MoCoLSKCS, MoCoLSKNet, OneLargeKernel, pool_tokens
 
 from conftest import ROOT
 
@@ -107,6 +109,21 @@ def test_full_model_shapes():
     net = MoCoLSKNet(scale=8)
     out = net(torch.randn(2, 1, 4, 4), torch.randn(2, 10, 32, 32))
     assert out.shape == (2, 1, 32, 32)
+
+
+@pytest.mark.parametrize("h, w", [(1, 1), (5, 7), (37, 23), (64, 96)])
+def test_pyramid_pooling_equals_adaptive_avg_pool(h, w):
+    """pool_tokens computes the PPM bins with averaging matrices (fast on CUDA): same windows and
+    values as F.adaptive_avg_pool2d, including uneven windows, and the same gradient."""
+    bins = (1, 2, 3, 6)
+    x = torch.randn(2, 8, h, w, dtype=torch.float64, requires_grad=True)
+    ours = pool_tokens(x, "ppm", bins)
+    ref = torch.cat([F.adaptive_avg_pool2d(x, b).flatten(2) for b in bins], 2).transpose(1, 2)
+    assert ours.shape == (2, 50, 8) and torch.allclose(ours, ref, rtol=1e-12, atol=1e-12)
+    weight = torch.randn_like(ref)
+    (grad_ours,) = torch.autograd.grad((ours * weight).sum(), x)
+    (grad_ref,) = torch.autograd.grad((ref * weight).sum(), x)
+    assert torch.allclose(grad_ours, grad_ref, rtol=1e-12, atol=1e-12)
 
 
 def test_every_parameter_gets_a_gradient():
