@@ -9,6 +9,8 @@ Per model: parameters, GMACs of one forward (torch's FlopCounterMode on the meta
 compute; MACs = FLOPs / 2), median step time over --steps timed steps after --warmup, samples/s,
 peak memory (CUDA max allocated, or the process's peak RSS on CPU: each model runs in its own
 process, so the numbers do not mix). A train step is forward + L1 loss + backward + AdamW step.
+Achieved TFLOP/s counts model FLOPs: 2 x MACs of the forward, x 3 for a train step (backward ~ twice
+the forward); recomputation (checkpointing) is not counted, so it shows as a lower rate.
 """
 import json
 import os
@@ -86,12 +88,15 @@ def run_one(name, scale=8, hr=512, batch=1, train=False, device="cpu", amp="none
         step()
         times.append(time.perf_counter() - t0)
     median = statistics.median(times)
+    gmacs = count_macs(name, scale, hr, batch, **kwargs)
     return {"model": name, "scale": scale, "hr": hr, "batch": batch, "mode": "train" if train else "forward",
             "device": str(device), "amp": amp, "compile": compile, "checkpointing": checkpointing,
             "threads": torch.get_num_threads() if device.type == "cpu" else None,
-            "parameters": n_params, "gmacs_forward": round(count_macs(name, scale, hr, batch, **kwargs), 2),
+            "parameters": n_params, "gmacs_forward": round(gmacs, 2),
             "step_s_median": round(median, 4), "step_s_all": [round(t, 4) for t in times],
-            "samples_per_s": round(batch / median, 3), "peak_memory_mb": round(peak_memory_mb(device), 1),
+            "samples_per_s": round(batch / median, 3),
+            "tflops": round(2 * gmacs * (3 if trainable else 1) / median / 1e3, 3),
+            "peak_memory_mb": round(peak_memory_mb(device), 1),
             "torch": str(torch.__version__)}
 
 
@@ -112,14 +117,16 @@ def format_row(r):
     return (f"{r['model']:10s} x{r['scale']} hr {r['hr']} b{r['batch']} {r['mode']:7s} {r['device']:5s} "
             f"{r['amp']:4s}{' compile' if r['compile'] else ''}{' ckpt' if r['checkpointing'] else ''} | "
             f"{r['parameters']:>11,} params | {r['gmacs_forward']:>9.1f} GMACs | {r['step_s_median']:8.3f} s/step | "
-            f"{r['samples_per_s']:7.2f} samples/s | peak {r['peak_memory_mb']:8.0f} MB")
+            f"{r['samples_per_s']:7.2f} samples/s | {r['tflops']:7.3f} TFLOP/s | peak {r['peak_memory_mb']:8.0f} MB")
 
 
 def main(args):
     import groklst
     names = groklst.list_models() if args.models == ["all"] else args.models
-    for name in names:
-        groklst.get_model_class(name)  # typo -> suggestion, before any work
+    for name in names:  # typos and impossible scales fail before any work
+        cls = groklst.get_model_class(name)
+        if args.models != ["all"] and args.scale not in cls.scales:
+            raise groklst.ConfigError(f"{name} supports scales {list(cls.scales)}, not --scale {args.scale}")
     results = []
     for name in names:
         cls = groklst.MODELS[name]

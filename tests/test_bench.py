@@ -1,0 +1,56 @@
+"""groklst.py bench: one process per model, the numbers it reports, its JSON, its errors."""
+import json
+import subprocess
+import sys
+
+import bench
+import groklst
+
+from conftest import ROOT
+
+
+def run_bench(*args):
+    return subprocess.run([sys.executable, "groklst.py", "bench", *args], cwd=ROOT, capture_output=True, text=True)
+
+
+def test_bench_cli_rows_and_json(tmp_path):
+    out = tmp_path / "bench.json"
+    r = run_bench("bicubic", "mocolsk", "--scale", "4", "--hr", "32", "--batch", "2", "--train",
+                  "--steps", "2", "--warmup", "1", "--threads", "1", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())
+    assert [row["model"] for row in rows] == ["bicubic", "mocolsk"]
+    bicubic, mocolsk = rows
+    assert mocolsk["parameters"] == 25430841 and bicubic["parameters"] == 0
+    assert mocolsk["mode"] == "train" and mocolsk["batch"] == 2 and mocolsk["threads"] == 1
+    assert len(mocolsk["step_s_all"]) == 2 and mocolsk["step_s_median"] > 0
+    assert abs(mocolsk["samples_per_s"] - 2 / mocolsk["step_s_median"]) < 0.01 * mocolsk["samples_per_s"]
+    # train step = 3 x the forward's 2 x MACs; the forward's MACs scale with the HR area
+    expected = 6 * mocolsk["gmacs_forward"] / mocolsk["step_s_median"] / 1e3
+    assert abs(mocolsk["tflops"] - expected) <= 1e-3 + 1e-2 * expected
+    assert mocolsk["peak_memory_mb"] > 100
+    for row in rows:  # the printed line carries the same numbers
+        assert f"{row['parameters']:>11,} params" in r.stdout
+
+
+def test_macs_counted_on_meta_scale_with_area():
+    small, large = bench.count_macs("mocolsk", 8, 64, 1), bench.count_macs("mocolsk", 8, 128, 1)
+    assert abs(large / small - 4) < 0.05
+    assert abs(bench.count_macs("mocolsk", 8, 512, 1) - 2291.2) < 1.0  # the issue's ~2.29 TMACs at 512x512
+
+
+def test_bench_checkpointing_in_process():
+    plain = bench.run_one("mocolsk", scale=8, hr=32, batch=1, train=True, steps=1, warmup=0, threads=1)
+    ckpt = bench.run_one("mocolsk", scale=8, hr=32, batch=1, train=True, checkpointing=True, steps=1,
+                         warmup=0, threads=1)
+    assert ckpt["checkpointing"] and not plain["checkpointing"]
+    assert ckpt["gmacs_forward"] == plain["gmacs_forward"]  # same function, recomputation not counted
+
+
+def test_bench_unknown_model_and_missing_scale(tmp_path):
+    r = run_bench("mocolks", "--hr", "32", "--json", str(tmp_path / "x.json"))
+    assert r.returncode != 0 and "mocolsk" in r.stderr  # the suggestion
+    assert not (tmp_path / "x.json").exists()
+    r = run_bench("mocolsk", "--scale", "3", "--hr", "32", "--json", str(tmp_path / "x.json"))
+    assert r.returncode != 0 and "mocolsk supports scales [2, 4, 8], not --scale 3" in r.stderr
+    assert not (tmp_path / "x.json").exists()
