@@ -139,8 +139,11 @@ def test_guided_model_beats_bicubic_on_demo(tmp_path, demo_root):
                "data.hr_crop=64"], timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ")]
-    rmse = {r.split("|")[1].strip(): float(r.split("|")[2]) for r in rows[1:]}
-    assert rmse["mocolsk (best.pth)"] < 0.95 * rmse["bicubic"], out.stdout
+    header = [c.strip() for c in rows[0].split("|")[1:-1]]
+    table = {r.split("|")[1].strip(): dict(zip(header[1:], map(float, r.split("|")[2:-1]))) for r in rows[1:]}
+    ours, bicubic = table["mocolsk (best.pth)"], table["bicubic"]
+    # seeds 0-2, before and after rounding-level model changes: RMSE 3-9 % and RSD 62-75 % below bicubic's
+    assert ours["RMSE"] < bicubic["RMSE"] and ours["RSD"] < 0.5 * bicubic["RSD"], out.stdout
 
 
 def test_benchmark_table_of_work_dirs(tmp_path, demo_root):
