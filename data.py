@@ -518,16 +518,20 @@ def synth_scene(h, w, seed=0):
     return lst.astype(np.float32), guidance
 
 
+def _blocks(a, s):
+    """(..., H, W) -> view (..., H/s, s, W/s, s) of its s x s blocks (H, W multiples of s)."""
+    return a.reshape(a.shape[:-2] + (a.shape[-2] // s, s, a.shape[-1] // s, s))
+
+
 def block_nan_fraction(a, s):
     """Fraction of NaN pixels in each s x s block of (..., H, W) (H, W multiples of s) -> (..., H/s, W/s)."""
-    shape = a.shape[:-2] + (a.shape[-2] // s, s, a.shape[-1] // s, s)
-    return np.isnan(a.reshape(shape)).mean((-3, -1))
+    return np.isnan(_blocks(a, s)).mean((-3, -1))
 
 
 def block_mean(a, s, max_nan_fraction=0.0):
     """Wald's protocol: mean over s x s blocks of (..., H, W) (H, W multiples of s), ignoring NaN;
     a block with more than `max_nan_fraction` NaN pixels becomes NaN."""
-    blocks = a.reshape(a.shape[:-2] + (a.shape[-2] // s, s, a.shape[-1] // s, s))
+    blocks = _blocks(a, s)
     nan_fraction = block_nan_fraction(a, s)
     if nan_fraction.any():
         with warnings.catch_warnings():  # all-NaN blocks: "Mean of empty slice"
