@@ -231,11 +231,13 @@ def pool_tokens(x, pooling, bins):
     (one thread per output sums a whole window; backward scatters with atomics: 0.36 s of a 0.56 s
     bf16 train step of MoCoLSK-Net x8 at 512x512 on an H200)."""
     if pooling == "ppm":
-        ph, pw = (pool_matrix(n, bins, x.device, x.dtype) for n in x.shape[2:])
+        h, w = x.shape[2:]
+        ph = pool_matrix(h, bins, x.device, x.dtype)
+        pw = ph if w == h else pool_matrix(w, bins, x.device, x.dtype)
         cols = x @ pw.t()  # (B, C, H, sum(bins)): column windows of every bin
         tokens, o = [], 0
         for b in bins:
-            tokens.append((ph[o:o + b].to(cols.dtype) @ cols[..., o:o + b]).flatten(2))  # (B, C, b*b)
+            tokens.append((ph[o:o + b] @ cols[..., o:o + b]).flatten(2))  # (B, C, b*b)
             o += b
         return torch.cat(tokens, 2).transpose(1, 2)
     avg, mx = x.mean((2, 3))[:, None], x.amax((2, 3))[:, None]
