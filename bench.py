@@ -131,7 +131,7 @@ def main(args):
     for name in names:
         cls = groklst.MODELS[name]
         scale = args.scale if args.scale in cls.scales else max(cls.scales)
-        if args.models == ["all"] and scale != args.scale:
+        if scale != args.scale:  # only under `all`: a named model without --scale failed above
             print(f"# {name} has no x{args.scale}; using x{scale}", file=sys.stderr)
         kw = dict(scale=scale, hr=args.hr, batch=args.batch, train=args.train, device=args.device, amp=args.amp,
                   compile=args.compile, checkpointing=args.checkpointing and name == "mocolsk", steps=args.steps,
