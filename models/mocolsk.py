@@ -29,8 +29,9 @@ Two defects of the original are decided here (`reference_compat` restores them e
     its own kernel, applied in one grouped convolution over the batch.
 
 Memory (same outputs and gradients as storing everything): LeakyReLUs in residual blocks are in
-place; in backward each residual block recomputes its conv + channel-attention tail, and each
-MoCoLSK module (~1 GMAC at 512x512) and each DBPN projection unit is recomputed from its input.
+place; each residual block's conv + channel-attention tail is one ConvAttention, whose backward
+needs neither the conv output nor its recomputation; each MoCoLSK module (~1 GMAC at 512x512)
+and each DBPN projection unit is recomputed from its input in backward.
 `checkpointing=True` also recomputes the HR stages (guidance groups, bridges, reconstruction
 blocks) from their inputs. Step times and peak memory (x8, 512x512): README, Performance.
 
@@ -69,12 +70,67 @@ class CALayer(nn.Module):
         return x * self.conv_du(x.mean((2, 3), keepdim=True))
 
 
+class ConvAttention(torch.autograd.Function):
+    """The tail of an RCAB, c = conv(a) then CALayer: out = c * sigmoid(w2 relu(w1 mean_hw(c) + b1) + b2),
+    with a backward that keeps only a (which the conv needs anyway) and recomputes nothing.
+
+    The attention needs d(loss)/dy = sum_hw(grad * c) per sample and channel. The conv is linear,
+    so that sum equals sum_(i, offset)(weight * G_b) + bias * sum_hw(grad), where G_b is the conv's
+    weight gradient for sample b and upstream grad, which backward computes anyway. So c (one HR
+    map per block) is not stored, and not recomputed either as checkpointing would. Same outputs
+    and gradients as CALayer(conv(a)) to float rounding (tests/test_mocolsk.py).
+
+    a (B, Cin, H, W); weight (C, Cin, k, k), stride 1, padding k // 2; w1 (C/r, C, 1, 1), w2 (C, C/r, 1, 1).
+    """
+
+    @staticmethod
+    def forward(ctx, a, weight, bias, w1, b1, w2, b2):
+        c = F.conv2d(a, weight, bias, padding=weight.shape[-1] // 2)
+        pooled = c.mean((2, 3), keepdim=True)
+        hidden = F.relu(F.conv2d(pooled, w1, b1))
+        y = torch.sigmoid(F.conv2d(hidden, w2, b2))
+        ctx.save_for_backward(a, weight, bias, w1, w2, pooled, hidden, y)
+        ctx.dtype = c.dtype  # the compute dtype (bf16 under autocast)
+        return c.mul_(y)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        a, weight, bias, w1, w2, pooled, hidden, y = ctx.saved_tensors
+        dtype, (B, C, H, W), (_, Cin, k, _) = ctx.dtype, grad.shape, weight.shape
+        a, w, grad = a.to(dtype), weight.to(dtype), grad.to(dtype).contiguous()
+        acc = torch.promote_types(dtype, torch.float32)  # small per-channel sums: at least float32
+        conv_args = ([k // 2] * 2, [1, 1], False, [0, 0])  # padding, dilation, transposed, output_padding
+        conv_grad = torch.ops.aten.convolution_backward
+        # per-sample weight gradients G_b for upstream grad: one grouped call, (B, C, Cin, k, k)
+        G = conv_grad(grad.reshape(1, B * C, H, W), a.reshape(1, B * Cin, H, W), w.repeat(B, 1, 1, 1), None,
+                      [1, 1], *conv_args, B, [False, True, False])[1].view(B, C, Cin, k, k).to(acc)
+        grad_sum = grad.sum((2, 3), dtype=acc)  # (B, C)
+        dy = (G * weight.to(acc)).sum((2, 3, 4))  # = sum_hw(grad * (c - bias))
+        if bias is not None:
+            dy = dy + bias.to(acc) * grad_sum
+        # back through the attention MLP (B x C, in acc): sigmoid, 1x1, relu, 1x1, mean
+        y, hidden, pooled = y.to(acc).view(B, C), hidden.to(acc).view(B, -1), pooled.to(acc).view(B, C)
+        dz = dy * y * (1 - y)
+        dhidden = (dz @ w2.to(acc).view(C, -1)) * (hidden > 0)
+        dpooled = dhidden @ w1.to(acc).view(-1, C)
+        # gradient of c = grad * y + dpooled / HW, then the conv's own backward
+        dc = (grad * y.to(dtype).view(B, C, 1, 1)).add_((dpooled / (H * W)).to(dtype).view(B, C, 1, 1))
+        da = conv_grad(dc, a, w, None, [1, 1], *conv_args, 1, [True, False, False])[0]
+        # dweight = sum_b y_b G_b + (dpooled_b / HW) x window sums of a_b (a k x k weight gradient for a ones map)
+        window_sums = conv_grad(a.new_ones(1, B, H, W), a.reshape(1, B * Cin, H, W), a.new_empty(B, Cin, k, k), None,
+                                [1, 1], *conv_args, B, [False, True, False])[1].to(acc)
+        dweight = torch.einsum("bc,bcikl->cikl", y, G) + torch.einsum("bc,bikl->cikl", dpooled / (H * W), window_sums)
+        dbias = None if bias is None else (y * grad_sum + dpooled).sum(0).to(bias.dtype)
+        return (da, dweight.to(weight.dtype), dbias, (dhidden.T @ pooled).view_as(w1).to(w1.dtype),
+                dhidden.sum(0).to(w1.dtype), (dz.T @ hidden).view_as(w2).to(w2.dtype), dz.sum(0).to(w2.dtype))
+
+
 class RCAB(nn.Module):
     """Residual channel-attention block: x + CA(conv(lrelu(conv(x)))).
 
-    Memory: the LeakyReLU is in place, and when training the conv2 + channel-attention tail is
-    recomputed in backward from its input (which conv2 stores anyway) instead of storing conv2's
-    output: one activation per block instead of two, identical outputs and gradients.
+    Memory: the LeakyReLU is in place and the conv + channel-attention tail is one ConvAttention,
+    so a block stores one HR activation besides its input, with no recomputation.
     """
 
     def __init__(self, channels, kernel_size=3, reduction=16):
@@ -82,14 +138,10 @@ class RCAB(nn.Module):
         self.body = nn.Sequential(conv3x3(channels, channels, kernel_size), nn.LeakyReLU(0.2, inplace=True),
                                   conv3x3(channels, channels, kernel_size), CALayer(channels, reduction))
 
-    def tail(self, a):
-        return self.body[3](self.body[2](a))
-
     def forward(self, x):
         a = self.body[1](self.body[0](x))
-        if torch.is_grad_enabled() and a.requires_grad:
-            return x + torch.utils.checkpoint.checkpoint(self.tail, a, use_reentrant=False)
-        return x + self.tail(a)
+        conv, (fc1, _, fc2, _) = self.body[2], self.body[3].conv_du
+        return x + ConvAttention.apply(a, conv.weight, conv.bias, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
 
 
 class ResidualGroup(nn.Module):

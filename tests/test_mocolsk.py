@@ -12,7 +12,7 @@ import torch
 import groklst
 import torch.nn.functional as F
 
-from models.mocolsk import MoCoLSK, MoCoLSKCS, MoCoLSKNet, OneLargeKernel, pool_tokens
+from models.mocolsk import RCAB, MoCoLSK, MoCoLSKCS, MoCoLSKNet, OneLargeKernel, pool_tokens
 
 from conftest import ROOT
 
@@ -126,6 +126,44 @@ def test_pyramid_pooling_equals_adaptive_avg_pool(h, w):
     assert torch.allclose(grad_ours, grad_ref, rtol=1e-12, atol=1e-12)
 
 
+def plain_rcab(block, x):
+    """RCAB by plain autograd: x + CALayer(conv(lrelu(conv(x))))."""
+    b = block.body
+    return x + b[3](b[2](F.leaky_relu(b[0](x), 0.2)))
+
+
+@pytest.mark.parametrize("batch, channels, h, w, k", [(1, 32, 9, 7, 3), (3, 32, 8, 8, 3), (2, 48, 5, 11, 5), (2, 16, 1, 1, 3)])
+def test_conv_attention_gradients_equal_plain_autograd(batch, channels, h, w, k):
+    """RCAB's ConvAttention backward (no stored conv output, no recomputation) gives the same
+    output and gradients as autograd through CALayer(conv(a)), per sample for batches."""
+    torch.manual_seed(0)
+    block = RCAB(channels, k).double()
+    x = torch.randn(batch, channels, h, w, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(batch, channels, h, w, dtype=torch.float64)
+    results = []
+    for forward in (block, lambda x: plain_rcab(block, x)):
+        out = forward(x)
+        grads = torch.autograd.grad(out, [x, *block.parameters()], upstream)
+        results.append((out, grads))
+    (out, grads), (ref, ref_grads) = results
+    assert torch.equal(out, ref)
+    for name, a, b in zip(["x"] + [n for n, _ in block.named_parameters()], grads, ref_grads):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12), name
+
+
+def test_conv_attention_under_bf16_autocast():
+    torch.manual_seed(0)
+    block = RCAB(32)
+    x = torch.randn(2, 32, 12, 12, requires_grad=True)
+    grads = []
+    for forward in (block, lambda x: plain_rcab(block, x)):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = forward(x)
+        grads.append(torch.autograd.grad(out.float().square().mean(), [x, *block.parameters()]))
+    for a, b in zip(*grads):
+        assert a.dtype == b.dtype and torch.allclose(a, b, rtol=0.05, atol=0.02 * b.abs().max().item())
+
+
 def test_every_parameter_gets_a_gradient():
     net = MoCoLSKNet(scale=4)
     net(torch.randn(2, 1, 4, 4), torch.randn(2, 10, 16, 16)).abs().mean().backward()
@@ -223,6 +261,20 @@ def test_torch_compile_matches_eager():
         except Exception as e:  # no C++ toolchain on this machine
             pytest.skip(f"torch.compile unavailable: {type(e).__name__}")
     assert torch.allclose(eager, compiled, atol=1e-4)
+
+
+def test_torch_compile_backward_through_conv_attention():
+    """torch.compile traces ConvAttention's custom backward: same gradients as eager."""
+    torch.manual_seed(0)
+    block = RCAB(32)
+    x = torch.randn(2, 32, 8, 8, requires_grad=True)
+    eager = torch.autograd.grad(block(x).square().mean(), [x, *block.parameters()])
+    try:
+        loss = torch.compile(lambda t: block(t).square().mean())(x)
+    except Exception as e:  # no C++ toolchain on this machine
+        pytest.skip(f"torch.compile unavailable: {type(e).__name__}")
+    compiled = torch.autograd.grad(loss, [x, *block.parameters()])
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(eager, compiled))
 
 
 def test_file_runs_when_copied_alone(tmp_path):
