@@ -70,6 +70,19 @@ class CALayer(nn.Module):
         return x * self.conv_du(x.mean((2, 3), keepdim=True))
 
 
+def window_sums(a, k, dtype):
+    """(B, Cin, H, W) -> (B, Cin, k, k): for each tap of a k x k conv with padding k // 2, the sum of
+    the input pixels it sees over all outputs (the conv's weight gradient for a gradient of ones)."""
+    p, H, W = k // 2, a.shape[-2], a.shape[-1]
+
+    def taps(n, d):  # the input range tap d sees along an axis of length n
+        start = min(n, max(0, d - p))
+        return slice(start, max(start, n + min(0, d - p)))
+
+    cols = torch.stack([a[..., taps(W, d)].sum(-1, dtype=dtype) for d in range(k)], -1)  # (B, Cin, H, k)
+    return torch.stack([cols[..., taps(H, d), :].sum(-2) for d in range(k)], -2)
+
+
 class ConvAttention(torch.autograd.Function):
     """The tail of an RCAB, c = conv(a) then CALayer: out = c * sigmoid(w2 relu(w1 mean_hw(c) + b1) + b2),
     with a backward that keeps only a (which the conv needs anyway) and recomputes nothing.
@@ -117,10 +130,9 @@ class ConvAttention(torch.autograd.Function):
         # gradient of c = grad * y + dpooled / HW, then the conv's own backward
         dc = (grad * y.to(dtype).view(B, C, 1, 1)).add_((dpooled / (H * W)).to(dtype).view(B, C, 1, 1))
         da = conv_grad(dc, a, w, None, [1, 1], *conv_args, 1, [True, False, False])[0]
-        # dweight = sum_b y_b G_b + (dpooled_b / HW) x window sums of a_b (a k x k weight gradient for a ones map)
-        window_sums = conv_grad(a.new_ones(1, B, H, W), a.reshape(1, B * Cin, H, W), a.new_empty(B, Cin, k, k), None,
-                                [1, 1], *conv_args, B, [False, True, False])[1].to(acc)
-        dweight = torch.einsum("bc,bcikl->cikl", y, G) + torch.einsum("bc,bikl->cikl", dpooled / (H * W), window_sums)
+        # dweight = sum_b y_b G_b + (dpooled_b / HW) x (the weight gradient for a map of ones)
+        dweight = torch.einsum("bc,bcikl->cikl", y, G) + torch.einsum("bc,bikl->cikl", dpooled / (H * W),
+                                                                      window_sums(a, k, acc))
         dbias = None if bias is None else (y * grad_sum + dpooled).sum(0).to(bias.dtype)
         return (da, dweight.to(weight.dtype), dbias, (dhidden.T @ pooled).view_as(w1).to(w1.dtype),
                 dhidden.sum(0).to(w1.dtype), (dz.T @ hidden).view_as(w2).to(w2.dtype), dz.sum(0).to(w2.dtype))

@@ -132,7 +132,7 @@ def plain_rcab(block, x):
     return x + b[3](b[2](F.leaky_relu(b[0](x), 0.2)))
 
 
-@pytest.mark.parametrize("batch, channels, h, w, k", [(1, 32, 9, 7, 3), (3, 32, 8, 8, 3), (2, 48, 5, 11, 5), (2, 16, 1, 1, 3)])
+@pytest.mark.parametrize("batch, channels, h, w, k", [(1, 32, 9, 7, 3), (3, 32, 8, 8, 3), (2, 48, 5, 11, 5), (2, 16, 1, 1, 3), (1, 16, 2, 3, 7)])
 def test_conv_attention_gradients_equal_plain_autograd(batch, channels, h, w, k):
     """RCAB's ConvAttention backward (no stored conv output, no recomputation) gives the same
     output and gradients as autograd through CALayer(conv(a)), per sample for batches."""
