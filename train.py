@@ -168,7 +168,7 @@ def train(cfg, args, rank, world, device):
     ckpt_interval = t["ckpt_interval"] or t["val_interval"]
     stream = batches(train_set, t, rank, world, start_iter * t["grad_accum"], d["num_workers"])
     model.train()
-    t_last, data_wait, loss_sum, n_logged = time.time(), 0.0, 0.0, 0
+    t_last, data_wait, loss_sum, n_logged, grad_norm_max = time.time(), 0.0, 0.0, 0, 0.0
     for it in range(start_iter, t["max_iters"]):
         lr = learning_rate(it, t)
         for group in optimizer.param_groups:
@@ -187,9 +187,9 @@ def train(cfg, args, rank, world, device):
                     raise FloatingPointError(f"loss is {loss.item()} at iteration {it + 1}, samples {batch['name']}")
                 scaler.scale(loss / t["grad_accum"]).backward()
             loss_sum += loss.item() / t["grad_accum"]
-        if t["clip_grad"]:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t["clip_grad"])
+        scaler.unscale_(optimizer)  # the norm is logged (its largest value per log interval), and clipped if asked
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t["clip_grad"] or float("inf"))
+        grad_norm_max = max(grad_norm_max, grad_norm.item())
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
@@ -202,12 +202,12 @@ def train(cfg, args, rank, world, device):
             speed = n_logged / elapsed
             eta = (t["max_iters"] - done) / speed
             mem = peak_memory_mb(device)
-            log({"iter": done, "loss": loss_avg, "lr": lr, "it_per_s": speed, "data_wait": data_wait / elapsed,
-                 "peak_mem_mb": mem},
-                f"iter {done}/{t['max_iters']} | loss {loss_avg:.4f} K | lr {lr:.2e} | {speed:.2f} it/s "
+            log({"iter": done, "loss": loss_avg, "lr": lr, "grad_norm_max": grad_norm_max, "it_per_s": speed,
+                 "data_wait": data_wait / elapsed, "peak_mem_mb": mem},
+                f"iter {done}/{t['max_iters']} | loss {loss_avg:.4f} K | lr {lr:.2e} | grad norm <= {grad_norm_max:.3g} | {speed:.2f} it/s "
                 f"(data {100 * data_wait / elapsed:.0f}%) | eta {time.strftime('%H:%M:%S', time.gmtime(eta))} "
                 f"| peak mem {mem:.0f} MB")
-            t_last, data_wait, loss_sum, n_logged = time.time(), 0.0, 0.0, 0
+            t_last, data_wait, loss_sum, n_logged, grad_norm_max = time.time(), 0.0, 0.0, 0, 0.0
 
         if done % t["val_interval"] == 0 or done == t["max_iters"]:
             means, _ = groklst.evaluate(raw_model, normalizer, val_set, device, t["amp"])

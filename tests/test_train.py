@@ -58,6 +58,7 @@ def test_kill_and_resume_gives_identical_weights(tmp_path, demo_root):
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in a)
     log = [json.loads(line) for line in open(tmp_path / "cut" / "log.jsonl")]
     assert [r["iter"] for r in log if "loss" in r][-4:] == [5, 6, 7, 8]
+    assert all(0 < r["grad_norm_max"] < float("inf") and 0 <= r["data_wait"] < 1 for r in log if "loss" in r)
 
 
 def test_resume_without_checkpoint_is_an_error(tmp_path, demo_root):
