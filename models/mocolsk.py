@@ -79,7 +79,7 @@ def window_sums(a, k, dtype):
         start = min(n, max(0, d - p))
         return slice(start, max(start, n + min(0, d - p)))
 
-    cols = torch.stack([a[..., taps(W, d)].sum(-1, dtype=dtype) for d in range(k)], -1)  # (B, Cin, H, k)
+    cols = torch.stack([a[..., taps(W, d)].sum(-1) for d in range(k)], -1).to(dtype)  # (B, Cin, H, k)
     return torch.stack([cols[..., taps(H, d), :].sum(-2) for d in range(k)], -2)
 
 
@@ -118,7 +118,7 @@ class ConvAttention(torch.autograd.Function):
         # per-sample weight gradients G_b for upstream grad: one grouped call, (B, C, Cin, k, k)
         G = conv_grad(grad.reshape(1, B * C, H, W), a.reshape(1, B * Cin, H, W), w.repeat(B, 1, 1, 1), None,
                       [1, 1], *conv_args, B, [False, True, False])[1].view(B, C, Cin, k, k).to(acc)
-        grad_sum = grad.sum((2, 3), dtype=acc)  # (B, C)
+        grad_sum = grad.sum((2, 3)).to(acc)  # (B, C); summed in grad's dtype: a dtype= argument copies the HR map
         dy = (G * weight.to(acc)).sum((2, 3, 4))  # = sum_hw(grad * (c - bias))
         if bias is not None:
             dy = dy + bias.to(acc) * grad_sum
