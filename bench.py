@@ -63,7 +63,7 @@ def run_one(name, scale=8, hr=512, batch=1, train=False, device="cpu", amp="none
     n_params = sum(p.numel() for p in model.parameters())
     x, g = inputs(model, scale, hr, batch, device)
     target = torch.randn(batch, 1, hr, hr, device=device)
-    step_model = torch.compile(model) if compile else model
+    step_model = groklst.compile_model(model, device) if compile else model
     trainable = train and n_params > 0
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if trainable else None
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)

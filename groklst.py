@@ -416,6 +416,17 @@ def load_model(cfg, checkpoint, device):
     return model.to(device).eval()
 
 
+def compile_model(model, device):
+    """torch.compile(model), the one way train.py and bench compile. On CPU the convolutions keep
+    their NCHW layout: with inductor's channels_last layout, oneDNN (torch 2.13) returns wrong weight
+    gradients for bf16 depthwise convs with dilation > 1 (relative error ~1 or NaN; MoCoLSK's 7x7
+    dilation-3 conv), so bf16 + compile training diverged at once (tests/test_train.py)."""
+    if torch.device(device).type == "cpu":
+        from torch._inductor import config as inductor_config
+        inductor_config.layout_optimization = False
+    return torch.compile(model)
+
+
 def downscale(model, normalizer, lr_lst, hr_guidance=None, amp="none"):
     """Kelvin in, Kelvin out: normalise, run the model (optionally under autocast), decode in
     float32. lr_lst (B, 1, h, w) K, hr_guidance (B, C, H, W) physical units or None."""

@@ -147,7 +147,7 @@ def train(cfg, args, rank, world, device):
         torch.manual_seed(seed)  # per-rank stream for everything after the (shared) init
 
     if t["compile"]:
-        model = torch.compile(model)
+        model = groklst.compile_model(model, device)
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
