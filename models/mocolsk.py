@@ -127,12 +127,12 @@ class ConvAttention(torch.autograd.Function):
         dz = dy * y * (1 - y)
         dhidden = (dz @ w2.to(acc).view(C, -1)) * (hidden > 0)
         dpooled = dhidden @ w1.to(acc).view(-1, C)
-        # gradient of c = grad * y + dpooled / HW, then the conv's own backward
-        dc = (grad * y.to(dtype).view(B, C, 1, 1)).add_((dpooled / (H * W)).to(dtype).view(B, C, 1, 1))
+        dmean = dpooled / (H * W)  # (B, C): what each pixel of c gets through the mean
+        # gradient of c = grad * y + dmean, then the conv's own backward
+        dc = (grad * y.to(dtype).view(B, C, 1, 1)).add_(dmean.to(dtype).view(B, C, 1, 1))
         da = conv_grad(dc, a, w, None, [1, 1], *conv_args, 1, [True, False, False])[0]
-        # dweight = sum_b y_b G_b + (dpooled_b / HW) x (the weight gradient for a map of ones)
-        dweight = torch.einsum("bc,bcikl->cikl", y, G) + torch.einsum("bc,bikl->cikl", dpooled / (H * W),
-                                                                      window_sums(a, k, acc))
+        # dweight = sum_b y_b G_b + dmean_b x (the weight gradient for a map of ones)
+        dweight = torch.einsum("bc,bcikl->cikl", y, G) + torch.einsum("bc,bikl->cikl", dmean, window_sums(a, k, acc))
         dbias = None if bias is None else (y * grad_sum + dpooled).sum(0).to(bias.dtype)
         return (da, dweight.to(weight.dtype), dbias, (dhidden.T @ pooled).view_as(w1).to(w1.dtype),
                 dhidden.sum(0).to(w1.dtype), (dz.T @ hidden).view_as(w2).to(w2.dtype), dz.sum(0).to(w2.dtype))
