@@ -420,7 +420,7 @@ def compile_model(model, device):
     """torch.compile(model), the one way train.py and bench compile. On CPU the convolutions keep
     their NCHW layout: with inductor's channels_last layout, oneDNN (torch 2.13) returns wrong weight
     gradients for bf16 depthwise convs with dilation > 1 (relative error ~1 or NaN; MoCoLSK's 7x7
-    dilation-3 conv), so bf16 + compile training diverged at once (tests/test_train.py)."""
+    dilation-3 conv), so bf16 + compile training diverged at once (tests/test_mocolsk.py)."""
     if torch.device(device).type == "cpu":
         from torch._inductor import config as inductor_config
         inductor_config.layout_optimization = False
