@@ -250,16 +250,23 @@ def test_bf16_autocast_and_checkpointing():
     assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(grads, net.parameters()))
 
 
+def require_compile():
+    """Skip where torch.compile cannot build anything (no C++ toolchain); failures of the model's
+    own compilation still fail the test."""
+    try:
+        torch.compile(lambda t: t + 1)(torch.ones(2))
+    except Exception as e:
+        pytest.skip(f"torch.compile unavailable: {type(e).__name__}")
+
+
 def test_torch_compile_matches_eager():
     torch.manual_seed(0)
     net = small(scale=4).eval()
     x, g = torch.randn(2, 1, 4, 4), torch.randn(2, 10, 16, 16)
+    require_compile()
     with torch.no_grad():
         eager = net(x, g)
-        try:
-            compiled = torch.compile(net)(x, g)
-        except Exception as e:  # no C++ toolchain on this machine
-            pytest.skip(f"torch.compile unavailable: {type(e).__name__}")
+        compiled = torch.compile(net)(x, g)
     assert torch.allclose(eager, compiled, atol=1e-4)
 
 
@@ -269,10 +276,8 @@ def test_torch_compile_backward_through_conv_attention():
     block = RCAB(32)
     x = torch.randn(2, 32, 8, 8, requires_grad=True)
     eager = torch.autograd.grad(block(x).square().mean(), [x, *block.parameters()])
-    try:
-        loss = torch.compile(lambda t: block(t).square().mean())(x)
-    except Exception as e:  # no C++ toolchain on this machine
-        pytest.skip(f"torch.compile unavailable: {type(e).__name__}")
+    require_compile()
+    loss = torch.compile(lambda t: block(t).square().mean())(x)
     compiled = torch.autograd.grad(loss, [x, *block.parameters()])
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(eager, compiled))
 
@@ -290,12 +295,8 @@ def test_compiled_bf16_gradients_on_cpu():
             return m(x, y).float().square().mean()
 
     eager = torch.autograd.grad(loss(module), list(module.parameters()))
-    compiled_module = groklst.compile_model(module, "cpu")
-    try:
-        compiled_loss = loss(compiled_module)
-    except Exception as e:  # no C++ toolchain on this machine
-        pytest.skip(f"torch.compile unavailable: {type(e).__name__}")
-    compiled = torch.autograd.grad(compiled_loss, list(module.parameters()))
+    require_compile()
+    compiled = torch.autograd.grad(loss(groklst.compile_model(module, "cpu")), list(module.parameters()))
     for (name, _), a, b in zip(module.named_parameters(), eager, compiled):
         # bf16 rounding moves the hyper-network's gradients by up to ~7 %; the oneDNN defect gave ~90 %
         assert (a - b).norm() / a.norm() < 0.2, name
