@@ -1,9 +1,9 @@
-"""Speed and memory benchmark of registered models (`python groklst.py bench ...`).
+"""Speed and memory benchmark of registered models (`python bench.py ...` = `python groklst.py bench ...`).
 
-    python groklst.py bench mocolsk --scale 8 --hr 512 --batch 1 --train          # CPU, fp32
-    python groklst.py bench mocolsk --scale 8 --hr 512 --train --device cuda --amp bf16 --compile
-    python groklst.py bench mocolsk --scale 8 --hr 512 --train --checkpointing
-    python groklst.py bench all --hr 64                                            # every model
+    python bench.py mocolsk --scale 8 --hr 512 --batch 1 --train          # CPU, fp32
+    python bench.py mocolsk --scale 8 --hr 512 --train --device cuda --amp bf16 --compile
+    python bench.py mocolsk --scale 8 --hr 512 --train --checkpointing
+    python bench.py all --hr 64                                            # every model
 
 Per model: parameters, GMACs of one forward (torch's FlopCounterMode on the meta device, so no
 compute; MACs = FLOPs / 2), median step time over --steps timed steps after --warmup, samples/s,
@@ -12,9 +12,9 @@ process, so the numbers do not mix). A train step is forward + L1 loss + backwar
 Achieved TFLOP/s counts model FLOPs: 2 x MACs of the forward, x 3 for a train step (backward ~ twice
 the forward); recomputation (checkpointing) is not counted, so it shows as a lower rate.
 """
+import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -22,6 +22,9 @@ import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+import groklst
+from errors import ConfigError, command
 
 
 def inputs(cls, scale, hr, batch, device, dtype=torch.float32):
@@ -33,7 +36,6 @@ def inputs(cls, scale, hr, batch, device, dtype=torch.float32):
 
 def count_macs(name, scale, hr, batch, **model_kwargs):
     """GMACs of one forward, counted on the meta device (shapes only)."""
-    import groklst
     with torch.device("meta"):
         model = groklst.create_model(name, scale=scale, **model_kwargs)
         x, g = inputs(model, scale, hr, batch, "meta")
@@ -42,17 +44,9 @@ def count_macs(name, scale, hr, batch, **model_kwargs):
     return counter.get_total_flops() / 2e9
 
 
-def peak_memory_mb(device):
-    """CUDA max allocated on a GPU, else the process's peak RSS (MB)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def run_one(name, scale=8, hr=512, batch=1, train=False, device="cpu", amp="none", compile=False,
             checkpointing=False, steps=3, warmup=1, threads=None):
     """Benchmark one model in this process; returns a dict of the measurements."""
-    import groklst
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(device)
@@ -96,7 +90,7 @@ def run_one(name, scale=8, hr=512, batch=1, train=False, device="cpu", amp="none
             "step_s_median": round(median, 4), "step_s_all": [round(t, 4) for t in times],
             "samples_per_s": round(batch / median, 3),
             "tflops": round(2 * gmacs * (3 if trainable else 1) / median / 1e3, 3),
-            "peak_memory_mb": round(peak_memory_mb(device), 1),
+            "peak_memory_mb": round(groklst.peak_memory_mb(device), 1),
             "torch": str(torch.__version__)}
 
 
@@ -120,13 +114,28 @@ def format_row(r):
             f"{r['samples_per_s']:7.2f} samples/s | {r['tflops']:7.3f} TFLOP/s | peak {r['peak_memory_mb']:8.0f} MB")
 
 
-def main(args):
-    import groklst
+@command
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n")[0])
+    p.add_argument("models", nargs="+", help="model names, or 'all'")
+    p.add_argument("--scale", type=int, default=8)
+    p.add_argument("--hr", type=int, default=512, help="HR side in pixels")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--train", action="store_true", help="time a training step instead of a forward")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--checkpointing", action="store_true", help="MoCoLSK-Net: recompute the HR reconstruction")
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", default="bench.json")
+    args = p.parse_args(argv)
     names = groklst.list_models() if args.models == ["all"] else args.models
     for name in names:  # typos and impossible scales fail before any work
         cls = groklst.get_model_class(name)
         if args.models != ["all"] and args.scale not in cls.scales:
-            raise groklst.ConfigError(f"{name} supports scales {list(cls.scales)}, not --scale {args.scale}")
+            raise ConfigError(f"{name} supports scales {list(cls.scales)}, not --scale {args.scale}")
     results = []
     for name in names:
         cls = groklst.MODELS[name]
@@ -145,3 +154,7 @@ def main(args):
     with open(args.json, "w") as f:
         json.dump(results, f, indent=1)
     print(f"results written to {args.json}")
+
+
+if __name__ == "__main__":
+    main()

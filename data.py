@@ -19,149 +19,48 @@ import hashlib
 import math
 import os
 import warnings
-import xml.etree.ElementTree as ET
 
 import numpy as np
-import tifffile
 import torch
+
+from errors import ConfigError, DataError
+from geotiff import read_geotiff, write_geotiff, geo_window, make_geo
 
 BANDS = ("dem", "deepblue", "blue", "green", "red", "vre", "nir", "ndmvi", "ndvi", "ndwi")
 LR_FOLDERS = {2: "60m", 4: "120m", 8: "240m"}
 RASTER_EXTENSIONS = (".tif", ".tiff", ".mat")
 LST_FIELD = "data"  # variable name of LST arrays in the original .mat files
 
-# GeoTIFF tags that carry georeferencing (copied to outputs; never copy all tags).
-TAG_PIXEL_SCALE, TAG_TIEPOINT, TAG_TRANSFORM = 33550, 33922, 34264
-TAG_GEOKEYS, TAG_GEO_DOUBLES, TAG_GEO_ASCII = 34735, 34736, 34737
-TAG_GDAL_METADATA, TAG_GDAL_NODATA = 42112, 42113
-GEO_TAGS = (TAG_PIXEL_SCALE, TAG_TIEPOINT, TAG_TRANSFORM, TAG_GEOKEYS, TAG_GEO_DOUBLES, TAG_GEO_ASCII)
+
+# --------------------------------------------------------------------------- the rules of the layout
 
 
-class DataError(ValueError):
-    """Bad input data; the message names the file (and band or key) at fault."""
+def lst_band(array, path):
+    """The one band of an LST raster (C, H, W) -> (H, W); DataError naming `path` otherwise."""
+    if len(array) != 1:
+        raise DataError(f"{path}: LST raster has {len(array)} bands, expected 1 (Kelvin)")
+    return array[0]
 
 
-# --------------------------------------------------------------------------- GeoTIFF
+def guidance_names(names, count, path):
+    """Band names of a guidance file: its own (GDAL band descriptions, lower-cased: names match
+    case-insensitively everywhere), or for a file of exactly 10 unnamed bands the GrokLST bands
+    (BANDS order, as the original dataset stores them). Anything else unnamed is a DataError."""
+    if names is not None:
+        names = [n.lower() for n in names]
+        if len(set(names)) != len(names):
+            raise DataError(f"{path}: repeated band names {names}")
+        return names
+    if count == len(BANDS):
+        return list(BANDS)
+    raise DataError(f"{path}: {count} unnamed bands; name them (GDAL band descriptions, or --band-names), or "
+                    f"give the {len(BANDS)} GrokLST bands {list(BANDS)}")
 
 
-def read_geotiff(path):
-    """Read a GeoTIFF. Returns (array float32 (C, H, W) with no-data as NaN, info dict).
-
-    info: 'bands' (names from GDAL band descriptions, or None), 'nodata' (float or None),
-    'geo' {tag code: (dtype, count, value)} for the georeferencing tags present.
-    """
-    try:
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            array = page.asarray()
-            tags = page.tags
-            geo = {c: (tags[c].dtype, tags[c].count, tags[c].value) for c in GEO_TAGS if c in tags}
-            nodata = None
-            if TAG_GDAL_NODATA in tags:  # page.nodata is 0 when the tag is absent: check the tag
-                nodata = float(str(tags[TAG_GDAL_NODATA].value).strip())
-            meta = tags[TAG_GDAL_METADATA].value if TAG_GDAL_METADATA in tags else None
-            planar = page.planarconfig
-            samples = page.samplesperpixel
-    except ValueError as e:
-        if "imagecodecs" in str(e):
-            raise DataError(f"{path}: compressed with a codec that needs the 'imagecodecs' package "
-                            f"(pip install imagecodecs, or re-save with gdal_translate -co COMPRESS=DEFLATE)") from e
-        raise DataError(f"{path}: unreadable GeoTIFF ({e})") from e
-    except (OSError, tifffile.TiffFileError) as e:
-        raise DataError(f"{path}: unreadable GeoTIFF ({e})") from e
-    if array.ndim == 2:
-        array = array[None]
-    elif array.ndim == 3 and samples > 1 and planar == 1:  # contig: (H, W, C)
-        array = np.moveaxis(array, -1, 0)
-    elif array.ndim != 3:
-        raise DataError(f"{path}: expected a 2-D or 3-D raster, got shape {array.shape}")
-    array = array.astype(np.float32, copy=True)
-    if nodata is not None and not math.isnan(nodata):
-        array[array == np.float32(nodata)] = np.nan
-    return array, {"bands": _band_names(meta, len(array)), "nodata": nodata, "geo": geo}
-
-
-def _band_names(gdal_metadata, count):
-    """Band names from GDAL_METADATA <Item name="DESCRIPTION" sample="i" role="description">."""
-    if not gdal_metadata:
-        return None
-    try:
-        root = ET.fromstring(gdal_metadata)
-    except ET.ParseError:
-        return None
-    names = {}
-    for item in root.iter("Item"):
-        if item.get("role") == "description" and item.get("sample") is not None:
-            names[int(item.get("sample"))] = (item.text or "").strip()
-    if sorted(names) != list(range(count)):
-        return None
-    return [names[i] for i in range(count)]
-
-
-def write_geotiff(path, array, geo=None, band_names=None, nodata=float("nan"), tile=None):
-    """Write float32 (H, W) or (C, H, W) as a zlib-compressed GeoTIFF, atomically.
-
-    geo: {tag code: (dtype, count, value)} as returned by read_geotiff / geo_* helpers.
-    band_names are stored as GDAL band descriptions; nodata as the GDAL_NODATA tag.
-    """
-    array = np.asarray(array, dtype=np.float32)
-    extratags = [(code, dtype, count, value, True) for code, (dtype, count, value) in sorted((geo or {}).items())]
-    if band_names is not None:
-        items = "".join(f'<Item name="DESCRIPTION" sample="{i}" role="description">{n}</Item>'
-                        for i, n in enumerate(band_names))
-        extratags.append((TAG_GDAL_METADATA, "s", 0, f"<GDALMetadata>{items}</GDALMetadata>", True))
-    if nodata is not None:
-        extratags.append((TAG_GDAL_NODATA, "s", 0, "nan" if math.isnan(nodata) else repr(float(nodata)), True))
-        if not math.isnan(nodata):
-            array = np.where(np.isnan(array), np.float32(nodata), array)
-    kwargs = {"planarconfig": "separate"} if array.ndim == 3 else {}
-    tmp = f"{path}.tmp{os.getpid()}"
-    tifffile.imwrite(tmp, array, photometric="minisblack", compression="zlib", extratags=extratags,
-                     tile=tile, bigtiff=array.nbytes > 3.9e9, metadata=None, **kwargs)
-    os.replace(tmp, path)
-
-
-def geo_transform(geo):
-    """Affine (x0, dx, rx, y0, ry, dy) of the pixel-corner grid from geo tags, or None.
-
-    x = x0 + col*dx + row*rx, y = y0 + col*ry + row*dy (dy < 0 for north-up rasters).
-    """
-    if TAG_TRANSFORM in geo:
-        m = geo[TAG_TRANSFORM][2]
-        return (m[3], m[0], m[1], m[7], m[4], m[5])
-    if TAG_PIXEL_SCALE in geo and TAG_TIEPOINT in geo:
-        sx, sy = geo[TAG_PIXEL_SCALE][2][:2]
-        i, j, _, x, y = geo[TAG_TIEPOINT][2][:5]
-        return (x - i * sx, sx, 0.0, y + j * sy, 0.0, -sy)
-    return None
-
-
-def geo_window(geo, row, col, factor=1):
-    """Georeferencing of a raster derived from `geo`: cropped at (row, col) in the source grid
-    and resampled by `factor` (> 1 = finer pixels, e.g. the scale of a downscaled output;
-    < 1 = coarser). Pixel corners are kept (PixelIsArea)."""
-    out = dict(geo)
-    if TAG_TRANSFORM in geo:
-        m = list(geo[TAG_TRANSFORM][2])
-        x0 = m[3] + col * m[0] + row * m[1]
-        y0 = m[7] + col * m[4] + row * m[5]
-        m[0], m[1], m[4], m[5], m[3], m[7] = m[0] / factor, m[1] / factor, m[4] / factor, m[5] / factor, x0, y0
-        out[TAG_TRANSFORM] = ("d", 16, tuple(m))
-    elif TAG_PIXEL_SCALE in geo and TAG_TIEPOINT in geo:
-        sx, sy, sz = geo[TAG_PIXEL_SCALE][2][:3]
-        i, j, k, x, y, z = geo[TAG_TIEPOINT][2][:6]
-        x0, y0 = x + (col - i) * sx, y - (row - j) * sy
-        out[TAG_PIXEL_SCALE] = ("d", 3, (sx / factor, sy / factor, sz))
-        out[TAG_TIEPOINT] = ("d", 6, (0.0, 0.0, k, x0, y0, z))
-    return out
-
-
-def make_geo(x0, y0, pixel_size, epsg=32647):
-    """Georeferencing of a north-up grid in a projected EPSG CRS (metres), corner at (x0, y0)."""
-    keys = (1, 1, 0, 4, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, epsg, 3076, 0, 1, 9001)
-    return {TAG_PIXEL_SCALE: ("d", 3, (float(pixel_size), float(pixel_size), 0.0)),
-            TAG_TIEPOINT: ("d", 6, (0.0, 0.0, 0.0, float(x0), float(y0), 0.0)),
-            TAG_GEOKEYS: ("H", len(keys), keys)}
+def hole_mask(lr_lst, scale):
+    """Output pixels without data: True where the LR support pixel is NaN. lr_lst (..., h, w) tensor
+    -> bool (..., h*scale, w*scale); the rule for saved predictions, figures and whole scenes."""
+    return torch.isnan(lr_lst).repeat_interleave(scale, -2).repeat_interleave(scale, -1)
 
 
 # --------------------------------------------------------------------------- rasters
@@ -225,9 +124,7 @@ def _read_lst(path):
     if path.endswith(".mat"):
         return read_mat(path, [LST_FIELD])
     array, _ = read_geotiff(path)
-    if len(array) != 1:
-        raise DataError(f"{path}: LST raster has {len(array)} bands, expected 1")
-    return array
+    return lst_band(array, path)[None]
 
 
 def read_guidance(path, bands, cache_dir=None):
@@ -244,16 +141,11 @@ def _read_guidance(path, bands):
     if path.endswith(".mat"):
         return read_mat(path, bands)
     array, info = read_geotiff(path)
-    names = info["bands"]
-    if names is None:
-        if len(array) != len(BANDS):
-            raise DataError(f"{path}: {len(array)} unnamed bands; expected the {len(BANDS)} GrokLST "
-                            f"bands {list(BANDS)} or band descriptions naming them")
-        names = list(BANDS)
-    missing = [b for b in bands if b not in names]
+    names = guidance_names(info["bands"], len(array), path)
+    missing = [b for b in bands if b.lower() not in names]
     if missing:
         raise DataError(f"{path}: no band {missing[0]!r} (file has {names})")
-    return array[[names.index(b) for b in bands]]
+    return array[[names.index(b.lower()) for b in bands]]
 
 
 def find_raster(folder, stem):
@@ -392,7 +284,7 @@ class Normalizer:
         params = []
         for b in bands:
             if b not in stats:
-                raise KeyError(f"norm.guidance.stats has no entry for band {b!r} (has {sorted(stats)})")
+                raise ConfigError(f"norm.guidance.stats has no entry for band {b!r} (has {sorted(stats)})")
             params.append(_affine(dict(stats[b], method=method), f"norm.guidance.stats.{b}"))
         self.gui_shift = torch.tensor([p[0] for p in params], dtype=torch.float32).view(-1, 1, 1)
         self.gui_scale = torch.tensor([p[1] for p in params], dtype=torch.float32).view(-1, 1, 1)
@@ -416,17 +308,17 @@ def _affine(stats, where):
     method = stats["method"]
     needed = {"zscore": ("mean", "std"), "minmax": ("min", "max"), "none": ()}
     if method not in needed:
-        raise ValueError(f"{where}.method={method!r}: expected one of {list(needed)}")
+        raise ConfigError(f"{where}.method={method!r}: expected one of {list(needed)}")
     for key in needed[method]:
         if not isinstance(stats.get(key), (int, float)):
-            raise ValueError(f"{where}.{key} must be a number for method {method!r}")
+            raise ConfigError(f"{where}.{key} must be a number for method {method!r}")
     if method == "zscore":
         if stats["std"] <= 0:
-            raise ValueError(f"{where}.std must be > 0")
+            raise ConfigError(f"{where}.std must be > 0")
         return float(stats["mean"]), float(stats["std"])
     if method == "minmax":
         if stats["max"] <= stats["min"]:
-            raise ValueError(f"{where}: max must exceed min")
+            raise ConfigError(f"{where}: max must exceed min")
         return float(stats["min"]), float(stats["max"] - stats["min"])
     return 0.0, 1.0
 
@@ -543,18 +435,42 @@ def block_mean(a, s, max_nan_fraction=0.0):
     return out.astype(np.float32)
 
 
+def write_sample(root, name, hr_lst, hr_guidance, bands, geo, scales=tuple(LR_FOLDERS), degrade=block_mean):
+    """One sample of the layout: HR LST (H, W) K and guidance (C, H, W) named `bands` under 30m/, and
+    LR LST `degrade(hr_lst, s)` under each scale's folder, with the LR grid's georeferencing
+    (pixel size x s, same corner). geo: the HR tile's georeferencing."""
+    write_geotiff(os.path.join(root, "30m", "lst", name + ".tif"), hr_lst, geo)
+    write_geotiff(os.path.join(root, "30m", "guidance", name + ".tif"), hr_guidance, geo, band_names=bands)
+    for s in scales:
+        write_geotiff(os.path.join(root, LR_FOLDERS[s], "lst", name + ".tif"), degrade(hr_lst, s),
+                      geo_window(geo, 0, 0, 1 / s))
+
+
+def make_layout(root, scales=tuple(LR_FOLDERS)):
+    """The folders of an empty dataset."""
+    for sub in ["30m/lst", "30m/guidance", "split"] + [f"{LR_FOLDERS[s]}/lst" for s in scales]:
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+
+
+def write_splits(root, splits):
+    """split/<name>.txt for {name: [sample names]}, sorted, plus trainval = train + val."""
+    splits = dict(splits, trainval=list(splits["train"]) + list(splits["val"]))
+    for split, names in splits.items():
+        with open(os.path.join(root, "split", f"{split}.txt"), "w") as f:
+            f.write("".join(f"{n}\n" for n in sorted(names)))
+
+
 def make_demo(root, n_tiles=48, size=128, seed=0):
     """Write a small synthetic GrokLST-layout dataset (GeoTIFF): one synthetic scene cut into
     n_tiles non-overlapping size x size tiles (30 m), LR LST at 60/120/240 m by block mean,
     a few cloud holes (NaN) in some LST tiles, split 60/10/30 % into train/val/test."""
     if size % 8:
-        raise ValueError(f"tile size {size} must be a multiple of 8")
+        raise DataError(f"tile size {size} must be a multiple of 8")
     cols = int(math.ceil(math.sqrt(n_tiles * 4 / 3)))
     rows = int(math.ceil(n_tiles / cols))
     lst, gui = synth_scene(rows * size, cols * size, seed)
     rng = np.random.default_rng(seed + 1)
-    for sub in ["30m/lst", "30m/guidance", "60m/lst", "120m/lst", "240m/lst", "split"]:
-        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    make_layout(root)
     names = []
     for t in range(n_tiles):
         r, c = divmod(t, cols)
@@ -566,16 +482,8 @@ def make_demo(root, n_tiles=48, size=128, seed=0):
             cy, cx, ry, rx = rng.uniform(0, size, 2).tolist() + rng.uniform(4, size / 6, 2).tolist()
             hr[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1] = np.nan
         geo = make_geo(500000.0 + c * size * 30.0, 4300000.0 - r * size * 30.0, 30.0)
-        write_geotiff(os.path.join(root, "30m/lst", name + ".tif"), hr, geo)
-        g = gui[:, r * size:(r + 1) * size, c * size:(c + 1) * size]
-        write_geotiff(os.path.join(root, "30m/guidance", name + ".tif"), g, geo, band_names=BANDS)
-        for s, res in LR_FOLDERS.items():
-            write_geotiff(os.path.join(root, res, "lst", name + ".tif"), block_mean(hr, s),
-                          geo_window(geo, 0, 0, 1 / s))
+        write_sample(root, name, hr, gui[:, r * size:(r + 1) * size, c * size:(c + 1) * size], BANDS, geo)
     order = np.random.default_rng(seed + 2).permutation(n_tiles)
     n_train, n_val = round(0.6 * n_tiles), round(0.1 * n_tiles)
-    splits = {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
-    splits["trainval"] = np.concatenate([splits["train"], splits["val"]])
-    for split, idx in splits.items():
-        with open(os.path.join(root, "split", f"{split}.txt"), "w") as f:
-            f.write("".join(f"{names[i]}\n" for i in sorted(idx)))
+    cuts = {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
+    write_splits(root, {split: [names[i] for i in idx] for split, idx in cuts.items()})

@@ -1,12 +1,15 @@
-"""GrokLST: the model registry, configuration and command line.
+"""GrokLST: the model registry, configuration, builders, checkpoints, runtime helpers and the command line.
 
     python groklst.py list [PATTERN]                    models with kind, scales, parameters
     python groklst.py make-demo data/demo               write the synthetic demo dataset
     python groklst.py stats data/groklst --split trainval   normalisation statistics as YAML
     python groklst.py convert-checkpoint IN.pth OUT.pth [--config CFG]   original -> this toolkit
-    python groklst.py predict CFG --checkpoint CKPT --lst LST.tif --guidance GUI.tif --out OUT.tif  (scene.py)
-    python groklst.py prepare --lst LST.tif --guidance GUI.tif --out data/myregion  (prepare.py)
-    python groklst.py bench mocolsk --scale 8 --hr 512 --train    speed and memory (bench.py)
+    python groklst.py predict ...     = python predict.py ...   (whole scenes)
+    python groklst.py prepare ...     = python prepare.py ...   (your own scenes -> a dataset)
+    python groklst.py bench ...       = python bench.py ...     (speed and memory)
+
+This is the library the scripts (train.py, test.py, predict.py, prepare.py, bench.py) import; it
+imports none of them, except that its command line hands a script's subcommand to that script's main.
 
 Every model has the signature forward(lr_lst, hr_guidance=None) on normalised tensors:
 lr_lst (B, 1, h, w) -> (B, 1, h*scale, w*scale). The registry is the plain dict MODELS.
@@ -15,13 +18,23 @@ import argparse
 import copy
 import difflib
 import fnmatch
+import importlib
 import inspect
 import os
 import re
+import resource
 import sys
+
+if __name__ == "__main__":  # `python groklst.py` is also `import groklst` for the scripts it runs: one module, not two
+    sys.modules["groklst"] = sys.modules[__name__]
 
 import torch
 import yaml
+
+from data import BANDS, Normalizer, hole_mask
+from errors import ConfigError, DataError, command
+from geotiff import read_geotiff, write_geotiff
+from metrics import average, image_metrics
 
 from models.act import ACT
 from models.ahmf import AHMF
@@ -130,7 +143,7 @@ def get_model_class(name):
     if name not in MODELS:
         close = difflib.get_close_matches(name, MODELS, n=3, cutoff=0.5)
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise KeyError(f"unknown model {name!r}.{hint} Registered: {', '.join(list_models())}")
+        raise ConfigError(f"unknown model {name!r}.{hint} Registered: {', '.join(list_models())}")
     return MODELS[name]
 
 
@@ -145,7 +158,7 @@ def create_model(name, **kwargs):
         raise TypeError(f"model {name!r} has no argument {unknown[0]!r}; valid: {', '.join(valid)}")
     scale = kwargs.get("scale", valid.get("scale"))
     if scale not in cls.scales:
-        raise ValueError(f"model {name!r} supports scales {list(cls.scales)}, not {scale}")
+        raise ConfigError(f"model {name!r} supports scales {list(cls.scales)}, not {scale}")
     return cls(**kwargs)
 
 
@@ -164,8 +177,6 @@ def count_parameters(name, scale):
 
 # --------------------------------------------------------------------------- configuration
 
-BANDS = ["dem", "deepblue", "blue", "green", "red", "vre", "nir", "ndmvi", "ndvi", "ndwi"]
-
 # Every key a config may set, with its default. `model` holds the model name plus any of
 # the model's constructor arguments (checked against its signature).
 DEFAULTS = {
@@ -173,7 +184,7 @@ DEFAULTS = {
     "data": {
         "root": "data/groklst",
         "scale": 8,
-        "guidance_bands": BANDS,       # any subset, any order; SISR models load none
+        "guidance_bands": list(BANDS),      # any subset, any order; SISR models load none
         "train_split": "train",        # the paper trained on trainval and validated on test:
         "val_split": "val",            # configs/paper_protocol_*.yaml reproduce that
         "test_split": "test",
@@ -209,10 +220,6 @@ DEFAULTS = {
 }
 
 LIST_KEYS_FREE = {("norm", "guidance", "stats")}  # dicts whose keys are not fixed (band names)
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def _read_yaml(path):
@@ -289,10 +296,7 @@ def validate_model(cfg):
     name = cfg["model"].get("name")
     if not name:
         raise ConfigError("model.name is not set")
-    try:
-        cls = get_model_class(name)
-    except KeyError as e:
-        raise ConfigError(e.args[0]) from None
+    cls = get_model_class(name)
     args = model_arguments(cls)
     for k, v in cfg["model"].items():
         if k == "name":
@@ -369,11 +373,7 @@ def build_model(cfg):
 
 
 def build_normalizer(cfg):
-    from data import Normalizer
-    try:
-        return Normalizer(cfg["norm"], guidance_bands(cfg))
-    except (KeyError, ValueError) as e:
-        raise ConfigError(str(e.args[0])) from None
+    return Normalizer(cfg["norm"], guidance_bands(cfg))
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -397,7 +397,7 @@ def load_weights(model, path):
     state = clean_state_dict(state)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise KeyError(f"{path}: checkpoint does not fit the model: missing {missing[:5]}"
+        raise DataError(f"{path}: checkpoint does not fit the model: missing {missing[:5]}"
                        f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
                        f"{'...' if len(unexpected) > 5 else ''}")
     return ckpt
@@ -414,6 +414,13 @@ def load_model(cfg, checkpoint, device):
                           "give its checkpoint (test.py CONFIG CHECKPOINT; predict --checkpoint PATH), "
                           "a .pth of train.py or of the original toolkit")
     return model.to(device).eval()
+
+
+def peak_memory_mb(device):
+    """CUDA max allocated on a GPU, else the process's peak RSS (MB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def compile_model(model, device):
@@ -488,8 +495,6 @@ def evaluate(model, normalizer, dataset, device, amp="none", save_dir=None, prog
     and averaged in dataset order: the same numbers as one process. Returns
     ({metric: mean}, [(name, per-image metrics)]). save_dir: write each prediction as a
     float32 Kelvin GeoTIFF (NaN where the LR input had no data), georeferenced like its target."""
-    from data import write_geotiff, read_geotiff
-    from metrics import average, image_metrics
     rank, world = 0, 1
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
@@ -504,9 +509,7 @@ def evaluate(model, normalizer, dataset, device, amp="none", save_dir=None, prog
         rows.append((i, batch["name"], image_metrics(pred, batch["hr_lst"], batch["mask"])[0].tolist()))
         if save_dir:
             scale = pred.shape[-1] // batch["lr_lst"].shape[-1]
-            holes = torch.isnan(batch["lr_lst"]).float()
-            holes = torch.nn.functional.interpolate(holes, scale_factor=scale, mode="nearest") > 0
-            out = torch.where(holes, float("nan"), pred)[0, 0].cpu().numpy()
+            out = torch.where(hole_mask(batch["lr_lst"], scale), float("nan"), pred)[0, 0].cpu().numpy()
             hr_path = dataset.paths[i]["hr_lst"]
             geo = read_geotiff(hr_path)[1]["geo"] if hr_path.endswith((".tif", ".tiff")) else None
             os.makedirs(save_dir, exist_ok=True)
@@ -562,17 +565,6 @@ def cmd_make_demo(args):
     print(f"wrote demo dataset to {args.root}")
 
 
-def cmd_prepare(args):
-    """Whole co-registered scenes -> a GrokLST-layout dataset (tiles, LR LST, spatial-block split,
-    stats.yaml); see prepare.py."""
-    from prepare import format_summary, prepare, scenes_from_args
-    summary = prepare(scenes_from_args(args.lst, args.guidance, args.scenes), args.out, band_names=args.band_names,
-                      tile=args.tile, step=args.step, block=args.block, scales=args.scales, split=args.split,
-                      seed=args.seed, max_nodata=args.max_nodata, lr_max_nodata=args.lr_max_nodata,
-                      degradation=args.degradation, sigma=args.sigma, progress=True)
-    print(format_summary(summary))
-
-
 def cmd_convert(args):
     """Original (mmagic) checkpoint -> this toolkit's format."""
     ckpt = torch.load(args.src, map_location="cpu", weights_only=False)
@@ -591,22 +583,17 @@ def cmd_convert(args):
     print(f"wrote {args.dst} ({len(state)} tensors)")
 
 
-def cmd_predict(args):
-    """Downscale a whole GeoTIFF scene, tiled and blended, georeferencing kept (scene.py)."""
-    from scene import predict
-    predict(args.config, args.lst, args.out, guidance=args.guidance, guidance_dir=args.guidance_dir,
-            checkpoint=args.checkpoint, overrides=args.overrides, tile=args.tile, overlap=args.overlap,
-            batch=args.batch, device=args.device, amp=args.amp, nodata=args.nodata, png=args.png)
-    print(f"wrote {args.out}")
+# Subcommands that are scripts of their own: `groklst.py NAME ARGS` runs `NAME.py ARGS` (its main).
+SCRIPTS = {"predict": "predict", "prepare": "prepare", "bench": "bench"}
 
 
-def cmd_bench(args):
-    import bench
-    bench.main(args)
-
-
+@command
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="groklst.py", description=__doc__.split("\n")[0])
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SCRIPTS:
+        return importlib.import_module(SCRIPTS[argv[0]]).main(argv[1:])
+    p = argparse.ArgumentParser(prog="groklst.py", description=__doc__.split("\n")[0],
+                                epilog="also: " + ", ".join(f"{k} (python {v}.py --help)" for k, v in SCRIPTS.items()))
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("list", help="registered models")
     s.add_argument("pattern", nargs="?", default="*")
@@ -623,66 +610,13 @@ def main(argv=None):
     s.add_argument("--size", type=int, default=128, help="HR tile side in pixels (multiple of 8)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_make_demo)
-    s = sub.add_parser("prepare", help="cut whole LST + guidance scenes into a GrokLST-layout dataset")
-    s.add_argument("--lst", action="append", default=[], help="LST scene GeoTIFF (K); repeat for several scenes")
-    s.add_argument("--guidance", action="append", default=[], help="its co-registered guidance GeoTIFF; one per --lst")
-    s.add_argument("--scenes", default=None, help="text file with one 'LST_PATH GUIDANCE_PATH' pair per line")
-    s.add_argument("--band-names", nargs="+", default=None, help="guidance band names (default: the file's)")
-    s.add_argument("--out", required=True, help="output dataset folder (must not hold a dataset yet)")
-    s.add_argument("--tile", type=int, default=512, help="HR tile side in pixels (multiple of the largest scale)")
-    s.add_argument("--step", type=int, default=256, help="tile step in pixels (tile/2: 50%% overlap)")
-    s.add_argument("--block", type=int, default=None, help="split block side in pixels (default --tile; a multiple of it)")
-    s.add_argument("--scales", type=int, nargs="+", default=[2, 4, 8])
-    s.add_argument("--split", type=float, nargs=3, default=[0.6, 0.1, 0.3], metavar=("TRAIN", "VAL", "TEST"))
-    s.add_argument("--seed", type=int, default=0, help="seed of the block shuffle")
-    s.add_argument("--max-nodata", type=float, default=0.0, help="skip tiles with a larger no-data fraction")
-    s.add_argument("--lr-max-nodata", type=float, default=0.0,
-                   help="a coarse pixel is NaN when a larger fraction of its fine pixels is NaN")
-    s.add_argument("--degradation", choices=["wald", "gaussian"], default="wald",
-                   help="wald: block mean (default); gaussian: Gaussian blur + decimation")
-    s.add_argument("--sigma", type=float, default=None, help="Gaussian sigma in HR pixels (default scale/2)")
-    s.set_defaults(func=cmd_prepare)
     s = sub.add_parser("convert-checkpoint", help="original GrokLST (mmagic) checkpoint -> this toolkit")
     s.add_argument("src")
     s.add_argument("dst")
     s.add_argument("--config", default=None, help="check that the weights fit this config's model")
     s.set_defaults(func=cmd_convert)
-    s = sub.add_parser("predict", help="downscale a whole GeoTIFF scene (tiled), georeferencing kept")
-    s.add_argument("config")
-    s.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
-    s.add_argument("--lst", required=True, help="LR LST GeoTIFF, Kelvin")
-    s.add_argument("--guidance", nargs="+", default=[], help="one multi-band GeoTIFF, or one file per band (dem.tif)")
-    s.add_argument("--guidance-dir", default=None, help="folder of guidance GeoTIFFs (bands by name or file stem)")
-    s.add_argument("--out", required=True, help="output GeoTIFF (float32 Kelvin)")
-    s.add_argument("--checkpoint", default=None, help="weights (not needed for bicubic / bilinear)")
-    s.add_argument("--tile", type=int, default=None, help="tile side in LR pixels (default 512 // scale)")
-    s.add_argument("--overlap", type=int, default=None, help="tile overlap in LR pixels (default tile // 4)")
-    s.add_argument("--batch", type=int, default=4, help="tiles per forward")
-    s.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    s.add_argument("--amp", default="none", choices=["none", "bf16"], help="bf16 autocast (CUDA only)")
-    s.add_argument("--nodata", type=float, default=None, help="output no-data value (default NaN)")
-    s.add_argument("--png", action="store_true", help="also write <out>.png with a colour bar (needs matplotlib)")
-    s.set_defaults(func=cmd_predict)
-    s = sub.add_parser("bench", help="speed and memory of models (see bench.py)")
-    s.add_argument("models", nargs="+", help="model names, or 'all'")
-    s.add_argument("--scale", type=int, default=8)
-    s.add_argument("--hr", type=int, default=512, help="HR side in pixels")
-    s.add_argument("--batch", type=int, default=1)
-    s.add_argument("--train", action="store_true", help="time a training step instead of a forward")
-    s.add_argument("--device", default="cpu")
-    s.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
-    s.add_argument("--compile", action="store_true")
-    s.add_argument("--checkpointing", action="store_true", help="MoCoLSK-Net: recompute the HR reconstruction")
-    s.add_argument("--steps", type=int, default=3)
-    s.add_argument("--warmup", type=int, default=1)
-    s.add_argument("--threads", type=int, default=None)
-    s.add_argument("--json", default="bench.json")
-    s.set_defaults(func=cmd_bench)
     args = p.parse_args(argv)
-    try:
-        args.func(args)
-    except (ConfigError, KeyError, ValueError) as e:
-        sys.exit(f"error: {e.args[0] if e.args else e}")
+    args.func(args)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """Bring your own scenes: cut whole co-registered LST + guidance scenes into a GrokLST-layout dataset.
 
-    python groklst.py prepare --lst lst_30m.tif --guidance bands_30m.tif --out data/myregion
-    python groklst.py prepare --lst a_lst.tif --guidance a_gui.tif --lst b_lst.tif --guidance b_gui.tif \\
+    python prepare.py --lst lst_30m.tif --guidance bands_30m.tif --out data/myregion
+    python prepare.py --lst a_lst.tif --guidance a_gui.tif --lst b_lst.tif --guidance b_gui.tif \\
         --out data/myregion --tile 512 --step 256 --scales 2 4 8 --split 0.6 0.1 0.3 --seed 0 --max-nodata 0.0
-    python groklst.py prepare --scenes scenes.txt --out data/myregion    # one "LST GUIDANCE" pair per line
+    python prepare.py --scenes scenes.txt --out data/myregion    # one "LST GUIDANCE" pair per line
+
+(`python groklst.py prepare ...` is the same command.)
 
 Input, per scene: an LST GeoTIFF (1 band, Kelvin; no-data as NaN or the GDAL_NODATA value) and a
 guidance GeoTIFF on the same pixel grid (C bands). Band names come from --band-names, else from
@@ -39,16 +41,20 @@ GrokLST dataset); --degradation gaussian blurs with a Gaussian (sigma = s/2 HR p
 and samples the block centres instead. Either way a coarse pixel is NaN when more than
 `lr_max_nodata` of its s x s fine pixels are NaN (default 0: any).
 """
+import argparse
+import functools
+import inspect
 import os
 import re
 import sys
 
 import numpy as np
-import tifffile
 import yaml
 
-from data import (BANDS, LR_FOLDERS, TAG_GEOKEYS, DataError, block_mean, block_nan_fraction, compute_stats,
-                  geo_transform, geo_window, read_geotiff, write_geotiff)
+from data import (LR_FOLDERS, block_mean, block_nan_fraction, compute_stats, guidance_names, lst_band, make_layout,
+                  write_sample, write_splits)
+from errors import DataError, command
+from geotiff import geo_transform, geo_window, read_geotiff, read_header, same_grid
 
 SPLITS = ("train", "val", "test")
 
@@ -74,7 +80,7 @@ def gaussian_decimate(hr, s, sigma=None, max_nan_fraction=0.0):
     """
     sigma = s / 2 if sigma is None else float(sigma)
     if sigma <= 0:
-        raise ValueError(f"--sigma {sigma}: must be > 0")
+        raise DataError(f"--sigma {sigma}: must be > 0")
     valid = np.isfinite(hr)
     wy, wx = _gaussian_weights(hr.shape[0], s, sigma), _gaussian_weights(hr.shape[1], s, sigma)
     num = wy @ np.where(valid, hr, 0.0).astype(np.float64) @ wx.T
@@ -93,7 +99,7 @@ def degrade(hr, s, method="wald", max_nan_fraction=0.0, sigma=None):
         return block_mean(hr, s, max_nan_fraction)
     if method == "gaussian":
         return gaussian_decimate(hr, s, sigma, max_nan_fraction)
-    raise ValueError(f"--degradation {method!r}: expected wald or gaussian")
+    raise DataError(f"--degradation {method!r}: expected wald or gaussian")
 
 
 # --------------------------------------------------------------------------- tiles and split
@@ -144,48 +150,30 @@ def tile_split(blocks, scene, row, col, tile, block):
 # --------------------------------------------------------------------------- scenes
 
 
-def raster_shape(path):
-    """(H, W) of a GeoTIFF from its header (no pixels read)."""
-    try:
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            return page.imagelength, page.imagewidth
-    except (OSError, ValueError, tifffile.TiffFileError) as e:
-        raise DataError(f"{path}: unreadable GeoTIFF ({e})") from e
-
-
 def read_scene(lst_path, guidance_path, band_names=None):
     """One scene -> (lst (H, W) Kelvin, guidance (C, H, W), band names, geo), no-data as NaN.
 
     The two rasters must share the pixel grid (same size and, when both are georeferenced, the
     same corner and pixel size). geo: the LST's georeferencing, else the guidance's ({} if none).
+    Band names: --band-names, else the file's (data.guidance_names).
     """
     lst, lst_info = read_geotiff(lst_path)
-    if len(lst) != 1:
-        raise DataError(f"{lst_path}: LST raster has {len(lst)} bands, expected 1")
+    lst = lst_band(lst, lst_path)
     gui, gui_info = read_geotiff(guidance_path)
-    if gui.shape[1:] != lst.shape[1:]:
+    if gui.shape[1:] != lst.shape:
         raise DataError(f"{guidance_path}: {gui.shape[1]} x {gui.shape[2]} pixels but {lst_path} has "
-                        f"{lst.shape[1]} x {lst.shape[2]}: LST and guidance must be co-registered on one grid")
-    t_lst, t_gui = geo_transform(lst_info["geo"]), geo_transform(gui_info["geo"])
-    if t_lst and t_gui and not np.allclose(t_lst, t_gui, rtol=0, atol=1e-6 * abs(t_lst[1])):
-        raise DataError(f"{guidance_path}: grid {t_gui} differs from {lst_path}'s {t_lst} "
-                        f"(corner x, dx, rx, corner y, ry, dy): resample onto one grid first")
-    names = band_names or gui_info["bands"] or (list(BANDS) if len(gui) == len(BANDS) else None)
-    if names is None:
-        raise DataError(f"{guidance_path}: {len(gui)} unnamed bands: name them with --band-names")
-    names = list(names)
-    if len(names) != len(gui):
-        raise DataError(f"{guidance_path}: {len(gui)} bands but {len(names)} band names {names}")
-    if len(set(names)) != len(names):
-        raise DataError(f"{guidance_path}: repeated band names {names}")
-    return lst[0], gui, names, lst_info["geo"] or gui_info["geo"]
-
-
-def pixel_is_point(geo):
-    """True when the GeoKeys say GTRasterType = PixelIsPoint (tiepoints at pixel centres)."""
-    keys = tuple(geo.get(TAG_GEOKEYS, ("H", 0, ()))[2])
-    return any(keys[i] == 1025 and keys[i + 3] == 2 for i in range(4, len(keys) - 3, 4))
+                        f"{lst.shape[0]} x {lst.shape[1]}: LST and guidance must be co-registered on one grid")
+    if not same_grid(lst_info["geo"], gui_info["geo"]):
+        raise DataError(f"{guidance_path}: grid {geo_transform(gui_info['geo'])} differs from {lst_path}'s "
+                        f"{geo_transform(lst_info['geo'])} (corner x, dx, rx, corner y, ry, dy): resample onto one "
+                        f"grid first")
+    if band_names is not None:
+        if len(band_names) != len(gui):
+            raise DataError(f"{guidance_path}: {len(gui)} bands but {len(band_names)} band names {list(band_names)}")
+        names = guidance_names(list(band_names), len(gui), guidance_path)
+    else:
+        names = guidance_names(gui_info["bands"], len(gui), guidance_path)
+    return lst, gui, names, lst_info["geo"] or gui_info["geo"]
 
 
 def read_scene_list(path):
@@ -250,13 +238,27 @@ def check_arguments(tile, step, block, scales, split, max_nodata, lr_max_nodata,
         raise DataError(f"--degradation {degradation!r}: expected wald or gaussian")
 
 
-def write_tile(out, name, lst, gui, bands, geo, scales, **degrade_args):
-    """HR LST, guidance and LR LST tiles of one window; geo: the window's georeferencing."""
-    write_geotiff(os.path.join(out, "30m", "lst", name + ".tif"), lst, geo)
-    write_geotiff(os.path.join(out, "30m", "guidance", name + ".tif"), gui, geo, band_names=bands)
-    for s in scales:
-        write_geotiff(os.path.join(out, LR_FOLDERS[s], "lst", name + ".tif"), degrade(lst, s, **degrade_args),
-                      geo_window(geo, 0, 0, 1 / s))
+def cut_scene(out, k, name, lst, gui, bands, geo, blocks, tile, step, block, scales, max_nodata, degrade_lr):
+    """Write the kept tiles of scene number k; returns ({split: [tile names]}, its summary row)."""
+    invalid = ~(np.isfinite(lst) & np.isfinite(gui).all(0))
+    origins = tile_origins(*lst.shape, tile, step)
+    row = {"name": name, "shape": list(lst.shape),
+           "pixel_size": float(geo_transform(geo)[1]) if geo_transform(geo) else None,
+           "positions": len(origins), "kept": 0, "straddling": 0, "nodata": 0}
+    tiles = {k_: [] for k_ in SPLITS}
+    for r, c in origins:
+        which = tile_split(blocks, k, r, c, tile, block)
+        if which is None:
+            row["straddling"] += 1
+        elif invalid[r:r + tile, c:c + tile].mean() > max_nodata:
+            row["nodata"] += 1
+        else:
+            tname = f"{name}_r{r:05d}_c{c:05d}"
+            write_sample(out, tname, lst[r:r + tile, c:c + tile], gui[:, r:r + tile, c:c + tile], bands,
+                         geo_window(geo, r, c), scales, degrade_lr)
+            tiles[which].append(tname)
+            row["kept"] += 1
+    return tiles, row
 
 
 def prepare(scenes, out, band_names=None, tile=512, step=256, block=None, scales=(2, 4, 8),
@@ -274,15 +276,15 @@ def prepare(scenes, out, band_names=None, tile=512, step=256, block=None, scales
     hr_folder = os.path.join(out, "30m", "lst")
     if os.path.isdir(hr_folder) and os.listdir(hr_folder):
         raise DataError(f"{out}: already holds a dataset; choose another --out or delete it")
+    # The split is decided on blocks of all scenes before any pixel is read (headers give the sizes),
+    # so it does not depend on which tiles turn out to hold no-data.
     names = scene_names([p for p, _ in scenes])
-    shapes = [raster_shape(p) for p, _ in scenes]
+    shapes = [read_header(p)["shape"][1:] for p, _ in scenes]
     blocks = assign_blocks([(tiled_extent(h, tile, step), tiled_extent(w, tile, step)) for h, w in shapes],
                            block, split, seed)
-    for sub in ["30m/lst", "30m/guidance", "split"] + [f"{LR_FOLDERS[s]}/lst" for s in scales]:
-        os.makedirs(os.path.join(out, sub), exist_ok=True)
-    tiles = {k: [] for k in SPLITS}
-    report, bands, warnings = [], None, []
-    degrade_args = dict(method=degradation, max_nan_fraction=lr_max_nodata, sigma=sigma)
+    make_layout(out, scales)
+    degrade_lr = functools.partial(degrade, method=degradation, max_nan_fraction=lr_max_nodata, sigma=sigma)
+    tiles, report, bands, warnings = {k: [] for k in SPLITS}, [], None, []
     for k, ((lst_path, gui_path), name) in enumerate(zip(scenes, names)):
         lst, gui, scene_bands, geo = read_scene(lst_path, gui_path, band_names)
         if bands is None:
@@ -291,39 +293,17 @@ def prepare(scenes, out, band_names=None, tile=512, step=256, block=None, scales
             if sorted(scene_bands) != sorted(bands):
                 raise DataError(f"{gui_path}: bands {scene_bands} differ from the first scene's {bands}")
             gui = gui[[scene_bands.index(b) for b in bands]]
-        invalid = ~(np.isfinite(lst) & np.isfinite(gui).all(0))
-        origins = tile_origins(*lst.shape, tile, step)
-        row = {"name": name, "lst": lst_path, "guidance": gui_path, "shape": list(lst.shape),
-               "pixel_size": float(geo_transform(geo)[1]) if geo_transform(geo) else None,
-               "positions": len(origins), "kept": 0, "straddling": 0, "nodata": 0}
-        if pixel_is_point(geo):
-            warnings.append(f"scene {name}: PixelIsPoint georeferencing; the LR tiles' corners are computed as "
-                            f"PixelIsArea (off by half a pixel): convert the scene to PixelIsArea first")
-        if not origins:
+        scene_tiles, row = cut_scene(out, k, name, lst, gui, bands, geo, blocks, tile, step, block, scales,
+                                     max_nodata, degrade_lr)
+        report.append({"name": name, "lst": lst_path, "guidance": gui_path, **row})
+        for split_name, t in scene_tiles.items():
+            tiles[split_name] += t
+        if not row["positions"]:
             warnings.append(f"scene {name} ({lst.shape[0]} x {lst.shape[1]}) is smaller than a tile: no tiles")
-        for n, (r, c) in enumerate(origins):
-            which = tile_split(blocks, k, r, c, tile, block)
-            if which is None:
-                row["straddling"] += 1
-            elif invalid[r:r + tile, c:c + tile].mean() > max_nodata:
-                row["nodata"] += 1
-            else:
-                tname = f"{name}_r{r:05d}_c{c:05d}"
-                write_tile(out, tname, lst[r:r + tile, c:c + tile], gui[:, r:r + tile, c:c + tile], bands,
-                           geo_window(geo, r, c), scales, **degrade_args)
-                tiles[which].append(tname)
-                row["kept"] += 1
-            if progress:
-                print(f"\r  {name}: {n + 1}/{len(origins)} tile positions", end="", file=sys.stderr, flush=True)
         if progress:
-            print(file=sys.stderr)
-        report.append(row)
-        del lst, gui, invalid
-
-    tiles["trainval"] = tiles["train"] + tiles["val"]
-    for key, names_ in tiles.items():
-        with open(os.path.join(out, "split", f"{key}.txt"), "w") as f:
-            f.write("".join(f"{t}\n" for t in sorted(names_)))
+            print(f"  {name}: {row['kept']} of {row['positions']} tile positions kept", file=sys.stderr, flush=True)
+        del lst, gui
+    write_splits(out, tiles)
     summary = {
         "out": out, "scenes": report, "bands": bands,
         "tile": tile, "step": step, "block": block, "scales": scales, "split": split, "seed": seed,
@@ -418,3 +398,38 @@ def format_summary(summary):
                  ", prepare.yaml, split/{train,val,test,trainval}.txt")
     lines += [f"  warning: {w}" for w in s["warnings"]]
     return "\n".join(lines)
+
+
+@command
+def main(argv=None):
+    """`python prepare.py ...` (and `python groklst.py prepare ...`); defaults are prepare()'s."""
+    default = {k: v.default for k, v in inspect.signature(prepare).parameters.items()}
+    p = argparse.ArgumentParser(prog="prepare.py", description=__doc__.split("\n")[0])
+    p.add_argument("--lst", action="append", default=[], help="LST scene GeoTIFF (K); repeat for several scenes")
+    p.add_argument("--guidance", action="append", default=[], help="its co-registered guidance GeoTIFF; one per --lst")
+    p.add_argument("--scenes", default=None, help="text file with one 'LST_PATH GUIDANCE_PATH' pair per line")
+    p.add_argument("--band-names", nargs="+", default=None, help="guidance band names (default: the file's)")
+    p.add_argument("--out", required=True, help="output dataset folder (must not hold a dataset yet)")
+    p.add_argument("--tile", type=int, default=default["tile"], help="HR tile side in pixels (multiple of the largest scale)")
+    p.add_argument("--step", type=int, default=default["step"], help="tile step in pixels (tile/2: 50%% overlap)")
+    p.add_argument("--block", type=int, default=default["block"], help="split block side in pixels (default --tile)")
+    p.add_argument("--scales", type=int, nargs="+", default=list(default["scales"]))
+    p.add_argument("--split", type=float, nargs=3, default=list(default["split"]), metavar=("TRAIN", "VAL", "TEST"))
+    p.add_argument("--seed", type=int, default=default["seed"], help="seed of the block shuffle")
+    p.add_argument("--max-nodata", type=float, default=default["max_nodata"],
+                   help="skip tiles with a larger no-data fraction")
+    p.add_argument("--lr-max-nodata", type=float, default=default["lr_max_nodata"],
+                   help="a coarse pixel is NaN when a larger fraction of its fine pixels is NaN")
+    p.add_argument("--degradation", choices=["wald", "gaussian"], default=default["degradation"],
+                   help="wald: block mean (default); gaussian: Gaussian blur + decimation")
+    p.add_argument("--sigma", type=float, default=default["sigma"], help="Gaussian sigma in HR pixels (default scale/2)")
+    args = p.parse_args(argv)
+    summary = prepare(scenes_from_args(args.lst, args.guidance, args.scenes), args.out, band_names=args.band_names,
+                      tile=args.tile, step=args.step, block=args.block, scales=args.scales, split=args.split,
+                      seed=args.seed, max_nodata=args.max_nodata, lr_max_nodata=args.lr_max_nodata,
+                      degradation=args.degradation, sigma=args.sigma, progress=True)
+    print(format_summary(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -28,18 +28,10 @@ import numpy as np
 import torch
 
 import groklst
-from data import DataError, GrokLSTDataset, Normalizer
+from data import GrokLSTDataset, Normalizer, hole_mask
+from errors import ConfigError, DataError, command
+from figures import draw_figure, require_matplotlib
 from metrics import METRICS, format_table
-
-
-def _matplotlib():
-    """matplotlib (optional: only --figure needs it)."""
-    try:
-        import matplotlib
-        import matplotlib.figure  # noqa: F401
-    except ImportError:
-        raise SystemExit("error: --figure needs matplotlib: pip install matplotlib") from None
-    return matplotlib
 
 
 def figure_models(spec, cfg, checkpoint):
@@ -53,17 +45,17 @@ def figure_models(spec, cfg, checkpoint):
         head, _, tail = entry.partition(":")
         path, ckpt = (head, tail or None) if head.endswith((".yaml", ".yml")) else (None, entry)
         if ckpt and not os.path.exists(ckpt):
-            raise groklst.ConfigError(f"--figure-models: {ckpt}: checkpoint not found")
+            raise ConfigError(f"--figure-models: {ckpt}: checkpoint not found")
         if path:
             mcfg = groklst.load_config(path)
         else:
             stored = torch.load(ckpt, map_location="cpu", weights_only=True)
             mcfg = stored.get("config") if isinstance(stored, dict) else None
             if not isinstance(mcfg, dict):
-                raise groklst.ConfigError(f"--figure-models: {ckpt} holds no config (not written by train.py): "
+                raise ConfigError(f"--figure-models: {ckpt} holds no config (not written by train.py): "
                                           f"give it as CONFIG.yaml:{ckpt}")
         if mcfg["data"]["scale"] != cfg["data"]["scale"]:
-            raise groklst.ConfigError(f"--figure-models: {entry} is x{mcfg['data']['scale']}, "
+            raise ConfigError(f"--figure-models: {entry} is x{mcfg['data']['scale']}, "
                                       f"the data x{cfg['data']['scale']}")
         label = mcfg["model"]["name"]
         if any(m[0] == label for m in models):
@@ -95,70 +87,10 @@ def figure_rows(cfg, models, split, names=None, device="cpu", amp="none"):
             lr = item["lr_lst"][None].to(device)
             gui = item["hr_guidance"][None].to(device) if "hr_guidance" in item else None
             pred = groklst.downscale(model, normalizer, lr, gui, amp)
-            holes = torch.nn.functional.interpolate(torch.isnan(lr).float(), scale_factor=d["scale"]) > 0
-            panels[label] = torch.where(holes, float("nan"), pred)[0, 0].cpu().numpy()
+            panels[label] = torch.where(hole_mask(lr, d["scale"]), float("nan"), pred)[0, 0].cpu().numpy()
         item = base[base.names.index(name)]
         rows.append((name, {"LR input": item["lr_lst"][0].numpy(), **panels, "ground truth": item["hr_lst"][0].numpy()}))
     return rows
-
-
-def _zoom_window(err, side):
-    """Top-left (row, col) of the side x side window (step side/2) with the largest mean error."""
-    err = np.where(np.isfinite(err), err, 0.0)
-    step = max(side // 2, 1)
-    spots = [(r, c) for r in range(0, err.shape[0] - side + 1, step) for c in range(0, err.shape[1] - side + 1, step)]
-    return max(spots, key=lambda rc: err[rc[0]:rc[0] + side, rc[1]:rc[1] + side].mean())
-
-
-def draw_figure(path, rows, error_of, zoom=4):
-    """A Fig.12-style panel, one row per sample: LR input, bicubic, the models, ground truth and
-    |error| (K) of column `error_of`. rows: [(sample, {column: (H, W) Kelvin})] as figure_rows
-    returns (the LR input is drawn over the HR extent). All LST panels share one Kelvin colour scale
-    (1st-99th percentile of inputs and ground truths) with a colour bar; the error maps have their
-    own. Every panel has a zoomed inset (1/zoom of the side) of the window where the error is
-    largest, in the opposite corner. PNG, PDF, SVG by the file name."""
-    mpl = _matplotlib()
-    from matplotlib.figure import Figure
-
-    def finite(a):
-        return a[np.isfinite(a)]
-
-    columns = list(rows[0][1]) + [f"|{error_of} - GT|"]
-    errors = [np.abs(panels[error_of] - panels["ground truth"]) for _, panels in rows]
-    lst = np.concatenate([finite(p[k]) for _, p in rows for k in ("LR input", "ground truth")])
-    vmin, vmax = np.percentile(lst, [1, 99]) if lst.size else (0.0, 1.0)
-    err = np.concatenate([finite(e) for e in errors])
-    emax = max(float(np.percentile(err, 99)), 1e-3) if err.size else 1.0
-    lst_style = dict(cmap=mpl.colormaps["RdYlBu_r"].with_extremes(bad="0.8"), vmin=vmin, vmax=vmax)
-    err_style = dict(cmap=mpl.colormaps["magma"].with_extremes(bad="0.8"), vmin=0.0, vmax=emax)
-    fig = Figure(figsize=(2.1 * len(columns) + 1.6, 2.2 * len(rows)), layout="constrained")
-    axes = fig.subplots(len(rows), len(columns), squeeze=False)
-    drawn = {}  # the last image of each colour scale, for the colour bars
-    for i, ((name, panels), error) in enumerate(zip(rows, errors)):
-        h, w = panels["ground truth"].shape
-        side = max(min(h, w) // zoom, 2)
-        r0, c0 = _zoom_window(error, side)
-        corner = [0.01 if c0 + side / 2 > w / 2 else 0.59, 0.59 if r0 + side / 2 > h / 2 else 0.01, 0.4, 0.4]
-        for j, (ax, column) in enumerate(zip(axes[i], columns)):
-            image, style = (error, err_style) if j == len(columns) - 1 else (panels[column], lst_style)
-            kw = dict(style, extent=(0, w, h, 0), interpolation="nearest")
-            im = ax.imshow(image, **kw)
-            inset = ax.inset_axes(corner)
-            inset.imshow(image, **kw)
-            inset.set_xlim(c0, c0 + side)
-            inset.set_ylim(r0 + side, r0)
-            ax.indicate_inset_zoom(inset, edgecolor="white" if style is err_style else "black")
-            for a in (ax, inset):
-                a.set_xticks([])
-                a.set_yticks([])
-            if i == 0:
-                ax.set_title(column, fontsize=9)
-            if j == 0:
-                ax.set_ylabel(name, fontsize=8)
-            drawn[style is err_style] = im
-    fig.colorbar(drawn[False], ax=axes[:, :-1], shrink=0.9, label="LST (K)")
-    fig.colorbar(drawn[True], ax=axes[:, -1], shrink=0.9, label="|error| (K)")
-    fig.savefig(path, dpi=150)
 
 
 def benchmark_table(work_root, split=None, overrides=(), device="cpu"):
@@ -192,6 +124,7 @@ def benchmark_table(work_root, split=None, overrides=(), device="cpu"):
     return "\n".join(lines)
 
 
+@command
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     if argv is None:
@@ -203,10 +136,7 @@ def main(argv=None):
         q.add_argument("--out", default=None, help="also write the markdown table here")
         q.add_argument("overrides", nargs="*")
         a = q.parse_args(argv)
-        try:
-            table = benchmark_table(a.models, a.split, a.overrides)
-        except (groklst.ConfigError, DataError, KeyError) as e:
-            sys.exit(f"error: {e.args[0] if e.args else e}")
+        table = benchmark_table(a.models, a.split, a.overrides)
         print(table)
         if a.out:
             with open(a.out, "w") as f:
@@ -225,7 +155,7 @@ def main(argv=None):
                    help="comma-separated CONFIG.yaml:CKPT, CONFIG.yaml or CKPT (default: the model tested)")
     args = p.parse_intermixed_args(argv)  # key=value overrides may follow options
     if args.figure:
-        _matplotlib()  # fail before evaluating, not after
+        require_matplotlib("--figure")  # fail before evaluating, not after
     if args.checkpoint and "=" in args.checkpoint:  # `test.py CFG key=value` for baselines
         args.overrides.insert(0, args.checkpoint)
         args.checkpoint = None
@@ -260,8 +190,6 @@ def main(argv=None):
                 draw_figure(args.figure, rows, models[0][0])
                 print(f"figure written to {args.figure}")
         groklst.teardown_distributed(barrier=True)
-    except (groklst.ConfigError, DataError, KeyError) as e:
-        sys.exit(f"error: {e.args[0] if e.args else e}")
     finally:
         groklst.teardown_distributed()
 

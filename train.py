@@ -26,8 +26,8 @@ import torch.nn.functional as F
 import yaml
 
 import groklst
-from bench import peak_memory_mb
-from data import DataError, GrokLSTDataset
+from data import GrokLSTDataset
+from errors import ConfigError, DataError, TrainingError, command
 from metrics import format_table
 
 
@@ -49,7 +49,7 @@ def pixel_loss(pred, target, mask, kind):
         return F.smooth_l1_loss(pred, target, beta=1.0)
     if kind == "mse":
         return F.mse_loss(pred, target)
-    raise groklst.ConfigError(f"train.loss={kind!r}: expected l1, smooth_l1 or mse")
+    raise ConfigError(f"train.loss={kind!r}: expected l1, smooth_l1 or mse")
 
 
 def batches(dataset, t, rank, world, start_micro, num_workers=0):
@@ -117,7 +117,7 @@ def train(cfg, args, rank, world, device):
     raw_model = model
     n_params = sum(p.numel() for p in model.parameters())
     if n_params == 0:
-        raise groklst.ConfigError(f"model {cfg['model']['name']!r} has no parameters to train; use test.py")
+        raise ConfigError(f"model {cfg['model']['name']!r} has no parameters to train; use test.py")
     optimizer = torch.optim.AdamW(model.parameters(), lr=t["lr"], betas=tuple(t["betas"]), weight_decay=t["weight_decay"])
     scaler = torch.amp.GradScaler(device.type, enabled=t["amp"] == "fp16")
 
@@ -126,7 +126,7 @@ def train(cfg, args, rank, world, device):
     if resume == "auto":
         resume = os.path.join(wd, "last.pth")
         if not os.path.exists(resume):
-            raise SystemExit(f"error: --resume: {resume} does not exist (nothing to resume)")
+            raise ConfigError(f"--resume: {resume} does not exist (nothing to resume)")
     if resume:
         ckpt = torch.load(resume, map_location="cpu", weights_only=True)
         raw_model.load_state_dict(groklst.clean_state_dict(ckpt["model"]))
@@ -184,7 +184,8 @@ def train(cfg, args, rank, world, device):
                 pred = groklst.downscale(model, normalizer, batch["lr_lst"], batch.get("hr_guidance"), t["amp"])
                 loss = pixel_loss(pred, batch["hr_lst"], batch["mask"], t["loss"])
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss.item()} at iteration {it + 1}, samples {batch['name']}")
+                    raise TrainingError(f"loss is {loss.item()} at iteration {it + 1}, samples {batch['name']}: "
+                                        f"lower train.lr or set train.clip_grad")
                 scaler.scale(loss / t["grad_accum"]).backward()
             loss_sum += loss.item() / t["grad_accum"]
         scaler.unscale_(optimizer)  # the norm is logged (its largest value per log interval), and clipped if asked
@@ -201,7 +202,7 @@ def train(cfg, args, rank, world, device):
             elapsed = time.time() - t_last
             speed = n_logged / elapsed
             eta = (t["max_iters"] - done) / speed
-            mem = peak_memory_mb(device)
+            mem = groklst.peak_memory_mb(device)
             log({"iter": done, "loss": loss_avg, "lr": lr, "grad_norm_max": grad_norm_max, "it_per_s": speed,
                  "data_wait": data_wait / elapsed, "peak_mem_mb": mem},
                 f"iter {done}/{t['max_iters']} | loss {loss_avg:.4f} K | lr {lr:.2e} | grad norm <= {grad_norm_max:.3g} | {speed:.2f} it/s "
@@ -240,6 +241,7 @@ def final_test(cfg, normalizer, model, device):
     return rows
 
 
+@command
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("config")
@@ -261,8 +263,6 @@ def main(argv=None):
                 with open(os.path.join(cfg["work_dir"], "test_table.md"), "w") as f:
                     f.write(table + "\n")
         groklst.teardown_distributed(barrier=True)
-    except (groklst.ConfigError, DataError, FloatingPointError, KeyError) as e:
-        sys.exit(f"error: {e.args[0] if e.args else e}")
     finally:
         groklst.teardown_distributed()
 

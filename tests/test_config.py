@@ -58,7 +58,7 @@ def test_base_chain_limited_to_one(tmp_path):
 
 def test_registry():
     assert groklst.list_models("bi*") == ["bicubic", "bilinear"]
-    with pytest.raises(KeyError, match="Did you mean 'mocolsk'"):
+    with pytest.raises(groklst.ConfigError, match="Did you mean 'mocolsk'"):
         groklst.create_model("mocolks")
     with pytest.raises(TypeError, match="has no argument 'num_featz'"):
         groklst.create_model("mocolsk", num_featz=3)
@@ -96,3 +96,43 @@ def test_demo_config_matches_demo_data(demo_root):
     for band, s in cfg["norm"]["guidance"]["stats"].items():
         got = stats["guidance"][band]
         assert abs(got["mean"] - s["mean"]) < 0.5 * s["std"] and 0.5 < got["std"] / s["std"] < 2, band
+
+
+SCRIPTS = ["train", "test", "predict", "prepare", "bench"]
+
+
+def test_every_module_imports_and_every_command_has_help():
+    """Each module imports on its own (no cycles hidden by lazy imports), each script and each
+    groklst.py subcommand answers --help."""
+    for module in ["errors", "geotiff", "data", "metrics", "figures", "groklst"] + SCRIPTS:
+        r = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    commands = [[f"{s}.py"] for s in SCRIPTS] + [["groklst.py", c] for c in
+                                                 ("list", "stats", "make-demo", "convert-checkpoint", *groklst.SCRIPTS)]
+    for cmd in commands:
+        r = subprocess.run([sys.executable, *cmd, "--help"], cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 0 and "usage:" in r.stdout, (cmd, r.stderr)
+
+
+def test_groklst_runs_once_as_script():
+    """`python groklst.py predict` runs groklst.py once: the scripts it hands over to import the
+    running module, not a second copy (two MODELS dicts, two ConfigError classes)."""
+    r = subprocess.run([sys.executable, "-X", "importtime", "groklst.py", "predict", "--help"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    imported = [line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if "|" in line]
+    assert "figures" in imported, "predict.py (which imports figures) was not run"
+    assert "groklst" not in imported
+
+
+def test_library_never_imports_scripts():
+    """Dependencies flow one way: library modules import no entry script (groklst.main's dispatch aside)."""
+    import ast
+    library = ["errors.py", "geotiff.py", "data.py", "metrics.py", "figures.py", "groklst.py"] + \
+        glob.glob(os.path.join("models", "*.py"))
+    for path in library:
+        tree = ast.parse(open(os.path.join(ROOT, path)).read())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                assert not set(n.split(".")[0] for n in names) & set(SCRIPTS), f"{path}:{node.lineno} imports a script"

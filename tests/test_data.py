@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import data
+import geotiff
 from data import BANDS, DataError, GrokLSTDataset, Normalizer
 
 
@@ -37,8 +38,8 @@ def test_band_subset_in_any_order(demo_root):
 def test_demo_is_deterministic_and_plausible(tmp_path):
     data.make_demo(str(tmp_path / "a"), n_tiles=4, size=32, seed=7)
     data.make_demo(str(tmp_path / "b"), n_tiles=4, size=32, seed=7)
-    a, _ = data.read_geotiff(str(tmp_path / "a/30m/lst/tile_001.tif"))
-    b, _ = data.read_geotiff(str(tmp_path / "b/30m/lst/tile_001.tif"))
+    a, _ = geotiff.read_geotiff(str(tmp_path / "a/30m/lst/tile_001.tif"))
+    b, _ = geotiff.read_geotiff(str(tmp_path / "b/30m/lst/tile_001.tif"))
     assert np.array_equal(a, b, equal_nan=True)
     lst, gui = data.synth_scene(256, 256, seed=1)
     assert 270 < lst.mean() < 295 and 6 < lst.std() < 20
@@ -90,10 +91,10 @@ def test_missing_file_in_split(demo_root, tmp_path):
 def test_shape_mismatch(demo_root, tmp_path):
     root = copy_demo(demo_root, tmp_path)
     name = open(os.path.join(root, "split", "test.txt")).readline().strip()
-    data.write_geotiff(os.path.join(root, "120m", "lst", name + ".tif"), np.zeros((8, 8), np.float32))
+    geotiff.write_geotiff(os.path.join(root, "120m", "lst", name + ".tif"), np.zeros((8, 8), np.float32))
     with pytest.raises(DataError, match=rf"120m/lst/{name}.tif: LR shape \(8, 8\) x scale 4"):
         GrokLSTDataset(root, "test", 4)[0]
-    data.write_geotiff(os.path.join(root, "30m", "guidance", name + ".tif"),
+    geotiff.write_geotiff(os.path.join(root, "30m", "guidance", name + ".tif"),
                        np.zeros((10, 32, 32), np.float32), band_names=BANDS)
     with pytest.raises(DataError, match=rf"guidance/{name}.tif: guidance shape \(32, 32\)"):
         GrokLSTDataset(root, "test", 8, BANDS)[0]
@@ -102,14 +103,14 @@ def test_shape_mismatch(demo_root, tmp_path):
 def test_band_count_and_names(demo_root, tmp_path):
     root = copy_demo(demo_root, tmp_path)
     name = open(os.path.join(root, "split", "test.txt")).readline().strip()
-    data.write_geotiff(os.path.join(root, "30m", "lst", name + ".tif"), np.zeros((2, 64, 64), np.float32))
+    geotiff.write_geotiff(os.path.join(root, "30m", "lst", name + ".tif"), np.zeros((2, 64, 64), np.float32))
     with pytest.raises(DataError, match="LST raster has 2 bands, expected 1"):
         GrokLSTDataset(root, "test", 8)[0]
     gpath = os.path.join(root, "30m", "guidance", name + ".tif")
-    data.write_geotiff(gpath, np.zeros((7, 64, 64), np.float32))
+    geotiff.write_geotiff(gpath, np.zeros((7, 64, 64), np.float32))
     with pytest.raises(DataError, match="7 unnamed bands"):
         data.read_guidance(gpath, list(BANDS))
-    data.write_geotiff(gpath, np.zeros((2, 64, 64), np.float32), band_names=["dem", "red"])
+    geotiff.write_geotiff(gpath, np.zeros((2, 64, 64), np.float32), band_names=["dem", "red"])
     with pytest.raises(DataError, match=r"no band 'nir' \(file has \['dem', 'red'\]\)"):
         data.read_guidance(gpath, ["dem", "nir"])
 
@@ -122,18 +123,18 @@ def test_unreadable_file(tmp_path):
 
 
 def test_geotiff_round_trip(tmp_path):
-    geo = data.make_geo(500000.0, 4300000.0, 30.0, epsg=32650)
+    geo = geotiff.make_geo(500000.0, 4300000.0, 30.0, epsg=32650)
     array = np.arange(2 * 4 * 5, dtype=np.float32).reshape(2, 4, 5)
     array[0, 1, 2] = np.nan
     path = str(tmp_path / "g.tif")
-    data.write_geotiff(path, array, geo, band_names=["a", "b"], nodata=-9999.0)
-    back, info = data.read_geotiff(path)
+    geotiff.write_geotiff(path, array, geo, band_names=["a", "b"], nodata=-9999.0)
+    back, info = geotiff.read_geotiff(path)
     assert np.array_equal(back, array, equal_nan=True)
     assert info["bands"] == ["a", "b"] and info["nodata"] == -9999.0
-    assert info["geo"][data.TAG_PIXEL_SCALE][2] == (30.0, 30.0, 0.0)
-    assert info["geo"][data.TAG_TIEPOINT][2] == (0.0, 0.0, 0.0, 500000.0, 4300000.0, 0.0)
-    assert info["geo"][data.TAG_GEOKEYS][2][15] == 32650
-    assert data.geo_transform(data.geo_window(geo, 2, 3, 4)) == (500090.0, 7.5, 0.0, 4299940.0, 0.0, -7.5)
+    assert info["geo"][geotiff.TAG_PIXEL_SCALE][2] == (30.0, 30.0, 0.0)
+    assert info["geo"][geotiff.TAG_TIEPOINT][2] == (0.0, 0.0, 0.0, 500000.0, 4300000.0, 0.0)
+    assert info["geo"][geotiff.TAG_GEOKEYS][2][15] == 32650
+    assert geotiff.geo_transform(geotiff.geo_window(geo, 2, 3, 4)) == (500090.0, 7.5, 0.0, 4299940.0, 0.0, -7.5)
 
 
 @pytest.mark.parametrize("method", ["zscore", "minmax", "none"])
@@ -154,7 +155,7 @@ def test_normalisation_round_trip(method):
 
 
 def test_normaliser_errors():
-    with pytest.raises(KeyError, match="no entry for band 'nir'"):
+    with pytest.raises(data.ConfigError, match="no entry for band 'nir'"):
         Normalizer({"lst": {"method": "zscore", "mean": 1, "std": 1}, "guidance": {"method": "zscore", "stats": {}}}, ["nir"])
     with pytest.raises(ValueError, match="norm.lst.std must be > 0"):
         Normalizer({"lst": {"method": "zscore", "mean": 1, "std": 0}, "guidance": {"method": "zscore", "stats": {}}})
@@ -183,7 +184,7 @@ def test_cache_is_used_and_invalidated(demo_root, tmp_path):
     # a changed source invalidates its copy
     path = cached.paths[0]["lr_lst"]
     new = np.full(first["lr_lst"].shape[1:], 300.0, np.float32)
-    data.write_geotiff(path, new)
+    geotiff.write_geotiff(path, new)
     os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10 ** 9))
     assert torch.all(cached[0]["lr_lst"] == 300.0)
     assert len(os.listdir(os.path.join(root, ".cache"))) == 3  # the stale copy was replaced

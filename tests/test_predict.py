@@ -8,8 +8,9 @@ import tifffile
 import torch
 
 import data
+import geotiff
 import groklst
-import scene
+import predict
 
 from conftest import ROOT
 
@@ -28,12 +29,12 @@ SEAM_BICUBIC_K, SEAM_MODEL_MAX, SEAM_MODEL_RMS = 1e-3, 0.01, 0.001
 
 
 def write_lst(path, lr, geo, nodata=float("nan")):
-    data.write_geotiff(str(path), lr, geo, nodata=nodata)
+    geotiff.write_geotiff(str(path), lr, geo, nodata=nodata)
     return str(path)
 
 
 def write_guidance(path, gui, bands, geo):
-    data.write_geotiff(str(path), gui, geo, band_names=bands)
+    geotiff.write_geotiff(str(path), gui, geo, band_names=bands)
     return str(path)
 
 
@@ -49,10 +50,10 @@ def hr_mask(lr, scale):
 
 
 def test_tiles_and_taper():
-    assert scene.tile_starts(188, 56, 12) == [0, 44, 88, 132]
-    assert scene.tile_starts(100, 56, 12) == [0, 44]          # the last tile ends flush at 100
-    assert scene.tile_starts(30, 56, 12) == [0]               # smaller than a tile: padded
-    w = scene.taper(96, 32)
+    assert predict.tile_starts(188, 56, 12) == [0, 44, 88, 132]
+    assert predict.tile_starts(100, 56, 12) == [0, 44]          # the last tile ends flush at 100
+    assert predict.tile_starts(30, 56, 12) == [0]               # smaller than a tile: padded
+    w = predict.taper(96, 32)
     assert w.min() > 0 and w.max() == 1 and np.array_equal(w, w[::-1])
     assert (w[:8] < 1e-5).all() and (w[16:80] == 1).all()     # eps in the outer quarter of the overlap
     # two neighbours overlapping by 32: at every pixel one of them has weight 1, and the share of
@@ -61,7 +62,7 @@ def test_tiles_and_taper():
     assert (np.maximum(left, right) == 1).all()
     share = right / (left + right)
     assert share[0] < 1e-5 and share[-1] > 1 - 1e-5 and (np.diff(share) >= 0).all()
-    assert (scene.taper(10, 0) == 1).all()
+    assert (predict.taper(10, 0) == 1).all()
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +80,10 @@ def big(tmp_path_factory):
     g = gui[[data.BANDS.index(b) for b in bands]]
     g[0, 900:940, 200:260] = np.nan
     g[3, 300:340, 1000:1100] = np.nan
-    lst_geo = data.make_geo(X0, Y0, 240.0)
+    lst_geo = geotiff.make_geo(X0, Y0, 240.0)
     return {"hr": hr, "lr": lr, "gui": g, "lst_geo": lst_geo, "ckpt": tiny_checkpoint(d / "tiny.pth"),
             "lst": write_lst(d / "lst_240m.tif", lr, lst_geo, nodata=-9999.0),
-            "guidance": write_guidance(d / "bands_30m.tif", g, bands, data.make_geo(X0, Y0, 30.0))}
+            "guidance": write_guidance(d / "bands_30m.tif", g, bands, geotiff.make_geo(X0, Y0, 30.0))}
 
 
 def test_scene_1504_tiled_georeferenced_no_seams(big, tmp_path):
@@ -94,19 +95,19 @@ def test_scene_1504_tiled_georeferenced_no_seams(big, tmp_path):
                   "--batch", "4", *common])
     groklst.main(["predict", CFG["bicubic_x8"], "--out", out_bicubic, "--nodata", "-9999", *common])
 
-    keys = big["lst_geo"][data.TAG_GEOKEYS][2]
+    keys = big["lst_geo"][geotiff.TAG_GEOKEYS][2]
     outputs = {}
     for path, nodata in ((out_model, "nan"), (out_bicubic, "-9999.0")):
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
-            tags = {code: page.tags[code].value for code in data.GEO_TAGS + (data.TAG_GDAL_NODATA,)
+            tags = {code: page.tags[code].value for code in geotiff.GEO_TAGS + (geotiff.TAG_GDAL_NODATA,)
                     if code in page.tags}
             assert page.shape == (1504, 1504) and page.dtype == np.float32
             assert page.compression == tifffile.COMPRESSION.ADOBE_DEFLATE
             assert page.is_tiled and (page.tilelength, page.tilewidth) == (256, 256)
             outputs[path] = page.asarray()
-        assert tags == {data.TAG_PIXEL_SCALE: (30.0, 30.0, 0.0), data.TAG_TIEPOINT: (0.0, 0.0, 0.0, X0, Y0, 0.0),
-                        data.TAG_GEOKEYS: keys, data.TAG_GDAL_NODATA: nodata}
+        assert tags == {geotiff.TAG_PIXEL_SCALE: (30.0, 30.0, 0.0), geotiff.TAG_TIEPOINT: (0.0, 0.0, 0.0, X0, Y0, 0.0),
+                        geotiff.TAG_GEOKEYS: keys, geotiff.TAG_GDAL_NODATA: nodata}
 
     # no-data: the LR holes, and for the guided model a NaN in a band it uses (red, not ndvi)
     lr, gui = big["lr"], big["gui"][[2, 1, 0]]  # config order nir, dem, red
@@ -141,7 +142,7 @@ def test_constant_scene_gives_constant_output(name):
     cfg = groklst.load_config(CFG[name])
     model, normalizer = groklst.build_model(cfg), groklst.build_normalizer(cfg)
     for shape in [(37, 45), (9, 30)]:  # several tiles with a flush last one; smaller than a tile (padded)
-        out = scene.predict_array(model, normalizer, np.full(shape, 300.0, np.float32), None, 4, tile=16, overlap=6,
+        out = predict.predict_array(model, normalizer, np.full(shape, 300.0, np.float32), None, 4, tile=16, overlap=6,
                                   batch=3)
         assert out.shape == (shape[0] * 4, shape[1] * 4)
         np.testing.assert_allclose(out, 300.0, atol=1e-4)
@@ -156,7 +157,7 @@ def test_nodata_masks_and_stays_local(tmp_path, capsys):
     holes[10:14, 20:23] = np.nan
     holes[30:, 35:] = np.nan
     out = str(tmp_path / "out.tif")
-    lst = write_lst(tmp_path / "lst.tif", holes, data.make_geo(X0, Y0, 120.0))
+    lst = write_lst(tmp_path / "lst.tif", holes, geotiff.make_geo(X0, Y0, 120.0))
     groklst.main(["predict", CFG["bicubic_x4"], "--lst", lst, "--out", out, "--tile", "16", "--overlap", "4",
                   "--nodata", "-9999", "--amp", "bf16"])
     assert "CUDA only" in capsys.readouterr().err  # bf16 autocast on CUDA only; float32 here
@@ -164,7 +165,7 @@ def test_nodata_masks_and_stays_local(tmp_path, capsys):
     assert raw.dtype == np.float32
     assert np.array_equal(raw == -9999.0, hr_mask(holes, 4))
     cfg = groklst.load_config(CFG["bicubic_x4"])
-    clean = scene.predict_array(groklst.build_model(cfg), groklst.build_normalizer(cfg), lr, None, 4, 16, 4)
+    clean = predict.predict_array(groklst.build_model(cfg), groklst.build_normalizer(cfg), lr, None, 4, 16, 4)
     near = np.isnan(holes)
     for _ in range(2):  # dilate by 2 LR pixels (8-connected)
         p = np.pad(near, 1)
@@ -180,38 +181,38 @@ def test_model_transformation_and_geo_params_round_trip(tmp_path):
     """ModelTransformation input with GeoDoubleParams / GeoAsciiParams: every tag value in the output;
     PixelIsPoint origins move to the HR pixel centre."""
     citation = "WGS 84 / UTM zone 50N|"
-    keys = (1, 1, 0, 5, 1024, 0, 1, 1, 1025, 0, 1, 1, 1026, data.TAG_GEO_ASCII, len(citation), 0,
-            2057, data.TAG_GEO_DOUBLES, 1, 0, 3072, 0, 1, 32650)
+    keys = (1, 1, 0, 5, 1024, 0, 1, 1, 1025, 0, 1, 1, 1026, geotiff.TAG_GEO_ASCII, len(citation), 0,
+            2057, geotiff.TAG_GEO_DOUBLES, 1, 0, 3072, 0, 1, 32650)
 
     def geo(pixel, keys=keys, x0=X0, y0=Y0):
-        return {data.TAG_TRANSFORM: ("d", 16, (pixel, 0.0, 0.0, x0, 0.0, -pixel, 0.0, y0) + (0.0,) * 7 + (1.0,)),
-                data.TAG_GEOKEYS: ("H", len(keys), keys), data.TAG_GEO_DOUBLES: ("d", 1, (6378137.0,)),
-                data.TAG_GEO_ASCII: ("s", 0, citation)}
+        return {geotiff.TAG_TRANSFORM: ("d", 16, (pixel, 0.0, 0.0, x0, 0.0, -pixel, 0.0, y0) + (0.0,) * 7 + (1.0,)),
+                geotiff.TAG_GEOKEYS: ("H", len(keys), keys), geotiff.TAG_GEO_DOUBLES: ("d", 1, (6378137.0,)),
+                geotiff.TAG_GEO_ASCII: ("s", 0, citation)}
 
     hr, gui = data.synth_scene(80, 96, seed=4)
     lst = write_lst(tmp_path / "lst.tif", data.block_mean(hr, 4), geo(120.0))
     out = str(tmp_path / "out.tif")
     groklst.main(["predict", CFG["bicubic_x4"], "--lst", lst, "--out", out, "--tile", "8", "--overlap", "2"])
     with tifffile.TiffFile(out) as tif:
-        tags = {code: tif.pages[0].tags[code].value for code in data.GEO_TAGS + (data.TAG_GDAL_NODATA,)
+        tags = {code: tif.pages[0].tags[code].value for code in geotiff.GEO_TAGS + (geotiff.TAG_GDAL_NODATA,)
                 if code in tif.pages[0].tags}
-    assert tags == {data.TAG_TRANSFORM: (30.0, 0.0, 0.0, X0, 0.0, -30.0, 0.0, Y0) + (0.0,) * 7 + (1.0,),
-                    data.TAG_GEOKEYS: keys, data.TAG_GEO_DOUBLES: (6378137.0,), data.TAG_GEO_ASCII: citation,
-                    data.TAG_GDAL_NODATA: "nan"}
-    scene.check_grids("lst", (20, 24), geo(120.0), "gui", (80, 96), geo(30.0), 4)  # transform form: agrees
+    assert tags == {geotiff.TAG_TRANSFORM: (30.0, 0.0, 0.0, X0, 0.0, -30.0, 0.0, Y0) + (0.0,) * 7 + (1.0,),
+                    geotiff.TAG_GEOKEYS: keys, geotiff.TAG_GEO_DOUBLES: (6378137.0,), geotiff.TAG_GEO_ASCII: citation,
+                    geotiff.TAG_GDAL_NODATA: "nan"}
+    geotiff.check_grids("lst", (20, 24), geo(120.0), "gui", (80, 96), geo(30.0), 4)  # transform form: agrees
 
     point = keys[:8] + (1025, 0, 1, 2) + keys[12:]  # PixelIsPoint: the origin is the centre of pixel (0, 0)
     lr_geo, hr_geo = geo(120.0, point), geo(30.0, point, X0 - 45.0, Y0 + 45.0)
-    assert scene.output_geo(lr_geo, 4) == hr_geo
-    scene.check_grids("lst", (20, 24), lr_geo, "gui", (80, 96), hr_geo, 4)
-    assert scene.output_geo(data.make_geo(X0, Y0, 240.0), 8)[data.TAG_PIXEL_SCALE][2] == (30.0, 30.0, 0.0)
+    assert geotiff.geo_window(lr_geo, 0, 0, 4) == hr_geo
+    geotiff.check_grids("lst", (20, 24), lr_geo, "gui", (80, 96), hr_geo, 4)
+    assert geotiff.geo_window(geotiff.make_geo(X0, Y0, 240.0), 0, 0, 8)[geotiff.TAG_PIXEL_SCALE][2] == (30.0, 30.0, 0.0)
 
 
 def test_guidance_as_single_band_files_or_folder(tmp_path):
     """One file per band, named by stem (any case, any order, extra files ignored) = one multi-band file."""
     hr, gui = data.synth_scene(128, 128, seed=5)
-    lr, hr_geo = data.block_mean(hr, 8), data.make_geo(X0, Y0, 30.0)
-    lst = write_lst(tmp_path / "lst.tif", lr, data.make_geo(X0, Y0, 240.0))
+    lr, hr_geo = data.block_mean(hr, 8), geotiff.make_geo(X0, Y0, 30.0)
+    lst = write_lst(tmp_path / "lst.tif", lr, geotiff.make_geo(X0, Y0, 240.0))
     multi = write_guidance(tmp_path / "bands.tif", gui[[4, 0, 6]], ["red", "dem", "nir"], hr_geo)
     folder = tmp_path / "bands"
     folder.mkdir()
@@ -219,36 +220,36 @@ def test_guidance_as_single_band_files_or_folder(tmp_path):
              for stem in ("nir", "DEM", "red", "ndvi")]
     ckpt = tiny_checkpoint(tmp_path / "tiny.pth")
     run = dict(config=CFG["mocolsk_x8"], lst=lst, checkpoint=ckpt, overrides=TINY, tile=16, overlap=4, progress=False)
-    a = scene.predict(out=str(tmp_path / "a.tif"), guidance=[multi], **run)
-    b = scene.predict(out=str(tmp_path / "b.tif"), guidance=files[::-1], **run)
-    c = scene.predict(out=str(tmp_path / "c.tif"), guidance_dir=str(folder), **run)
+    a = predict.predict(out=str(tmp_path / "a.tif"), guidance=[multi], **run)
+    b = predict.predict(out=str(tmp_path / "b.tif"), guidance=files[::-1], **run)
+    c = predict.predict(out=str(tmp_path / "c.tif"), guidance_dir=str(folder), **run)
     assert np.isfinite(a).all() and np.array_equal(a, b) and np.array_equal(a, c)
     # a single-image model reads no guidance; its output does not depend on it
     edsr = ["model.mid_channels=8", "model.num_blocks=1"]
     run.update(config=CFG["edsr_x8"], overrides=edsr, checkpoint=tiny_checkpoint(tmp_path / "edsr.pth",
                                                                                    CFG["edsr_x8"], edsr))
-    d = scene.predict(out=str(tmp_path / "d.tif"), guidance=[multi], **run)
-    assert np.array_equal(d, scene.predict(out=str(tmp_path / "e.tif"), **run))
+    d = predict.predict(out=str(tmp_path / "d.tif"), guidance=[multi], **run)
+    assert np.array_equal(d, predict.predict(out=str(tmp_path / "e.tif"), **run))
 
 
 def test_grid_and_input_errors(tmp_path):
     def check(match, lst_geo, gui_geo, gui_shape=(160, 192)):
         with pytest.raises(data.DataError, match=match) as e:
-            scene.check_grids("lst.tif", (20, 24), lst_geo, "gui.tif", gui_shape, gui_geo, 8)
+            geotiff.check_grids("lst.tif", (20, 24), lst_geo, "gui.tif", gui_shape, gui_geo, 8)
         assert "LST:      lst.tif: 24 x 20 px" in str(e.value) and "guidance: gui.tif: " in str(e.value)
 
-    lr_geo = data.make_geo(X0, Y0, 240.0)
-    check("pixel size", lr_geo, data.make_geo(X0, Y0, 60.0))
-    check("different CRS", lr_geo, data.make_geo(X0, Y0, 30.0, epsg=32648))
-    check("extents differ", lr_geo, data.make_geo(X0 + 150.0, Y0, 30.0))
-    check("shape", lr_geo, data.make_geo(X0, Y0, 30.0), (160, 189))  # within half a pixel, yet not x8
-    scene.check_grids("lst.tif", (20, 24), lr_geo, "gui.tif", (160, 192), data.make_geo(X0 + 90.0, Y0, 30.0), 8)
+    lr_geo = geotiff.make_geo(X0, Y0, 240.0)
+    check("pixel size", lr_geo, geotiff.make_geo(X0, Y0, 60.0))
+    check("different CRS", lr_geo, geotiff.make_geo(X0, Y0, 30.0, epsg=32648))
+    check("extents differ", lr_geo, geotiff.make_geo(X0 + 150.0, Y0, 30.0))
+    check("shape", lr_geo, geotiff.make_geo(X0, Y0, 30.0), (160, 189))  # within half a pixel, yet not x8
+    geotiff.check_grids("lst.tif", (20, 24), lr_geo, "gui.tif", (160, 192), geotiff.make_geo(X0 + 90.0, Y0, 30.0), 8)
 
     hr, gui = data.synth_scene(64, 64, seed=6)
-    lst = write_lst(tmp_path / "lst.tif", data.block_mean(hr, 8), data.make_geo(X0, Y0, 240.0))
-    named = write_guidance(tmp_path / "named.tif", gui[:2], ["dem", "red"], data.make_geo(X0, Y0, 30.0))
-    unnamed = write_guidance(tmp_path / "unnamed.tif", gui[:3], None, data.make_geo(X0, Y0, 30.0))
-    shifted = write_guidance(tmp_path / "nir.tif", gui[6], None, data.make_geo(X0 + 240.0, Y0, 30.0))
+    lst = write_lst(tmp_path / "lst.tif", data.block_mean(hr, 8), geotiff.make_geo(X0, Y0, 240.0))
+    named = write_guidance(tmp_path / "named.tif", gui[:2], ["dem", "red"], geotiff.make_geo(X0, Y0, 30.0))
+    unnamed = write_guidance(tmp_path / "unnamed.tif", gui[:3], None, geotiff.make_geo(X0, Y0, 30.0))
+    shifted = write_guidance(tmp_path / "nir.tif", gui[6], None, geotiff.make_geo(X0 + 240.0, Y0, 30.0))
     out = ["--out", str(tmp_path / "out.tif")]
     cases = [("is guided: give --guidance", [CFG["mocolsk_x8"], *TINY, "--lst", lst]),
              ("no guidance band 'nir'", [CFG["mocolsk_x8"], *TINY, "--lst", lst, "--guidance", named]),
@@ -274,7 +275,7 @@ def test_grid_and_input_errors(tmp_path):
 
 def test_png_quick_look(tmp_path):
     hr, _ = data.synth_scene(64, 64, seed=7)
-    lst = write_lst(tmp_path / "lst.tif", data.block_mean(hr, 4), data.make_geo(X0, Y0, 120.0))
+    lst = write_lst(tmp_path / "lst.tif", data.block_mean(hr, 4), geotiff.make_geo(X0, Y0, 120.0))
     argv = ["predict", CFG["bicubic_x4"], "--lst", lst, "--out", str(tmp_path / "out.tif"), "--png"]
     try:
         import matplotlib  # noqa: F401

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 import data
+import geotiff
 import groklst
 import prepare
 from conftest import ROOT
@@ -21,10 +22,10 @@ TILE, STEP, MAX_NODATA, LR_MAX_NODATA = 128, 64, 0.05, 0.25
 
 def write_scene(folder, name, h, w, seed, bands=BANDS):
     lst, gui = data.synth_scene(h, w, seed=seed)
-    geo = data.make_geo(X0, Y0, PX)
+    geo = geotiff.make_geo(X0, Y0, PX)
     order = [BANDS.index(b) for b in bands]
-    data.write_geotiff(os.path.join(folder, name + ".tif"), lst, geo)
-    data.write_geotiff(os.path.join(folder, name + "_gui.tif"), gui[order], geo, band_names=list(bands))
+    geotiff.write_geotiff(os.path.join(folder, name + ".tif"), lst, geo)
+    geotiff.write_geotiff(os.path.join(folder, name + "_gui.tif"), gui[order], geo, band_names=list(bands))
     return lst, gui
 
 
@@ -41,9 +42,9 @@ def prepared(tmp_path_factory):
     lst[392:400, 392:400][holes] = np.nan                # 20/64 NaN (> 25 %): that 240 m pixel is NaN
     for r, c in [(400, 400), (400, 401), (402, 402), (404, 404), (406, 406), (404, 406), (406, 404), (407, 407)]:
         lst[r, c] = np.nan                               # 8/64 NaN: finite at 240 m, some 60/120 m pixels NaN
-    geo = data.make_geo(X0, Y0, PX)
-    data.write_geotiff(os.path.join(folder, "myscene.tif"), lst, geo)
-    data.write_geotiff(os.path.join(folder, "myscene_gui.tif"), gui, geo, band_names=BANDS)
+    geo = geotiff.make_geo(X0, Y0, PX)
+    geotiff.write_geotiff(os.path.join(folder, "myscene.tif"), lst, geo)
+    geotiff.write_geotiff(os.path.join(folder, "myscene_gui.tif"), gui, geo, band_names=BANDS)
     out = os.path.join(folder, "out")
     summary = prepare.prepare([(os.path.join(folder, "myscene.tif"), os.path.join(folder, "myscene_gui.tif"))], out,
                               tile=TILE, step=STEP, max_nodata=MAX_NODATA, lr_max_nodata=LR_MAX_NODATA)
@@ -85,8 +86,8 @@ def expected_tiles(lst, gui):
 
 
 def extent(path):
-    x0, dx, _, y0, _, dy = data.geo_transform(data.read_geotiff(path)[1]["geo"])
-    h, w = data.read_geotiff(path)[0].shape[1:]
+    x0, dx, _, y0, _, dy = geotiff.geo_transform(geotiff.read_geotiff(path)[1]["geo"])
+    h, w = geotiff.read_geotiff(path)[0].shape[1:]
     return x0, x0 + w * dx, y0 + h * dy, y0  # left, right, bottom, top
 
 
@@ -108,17 +109,17 @@ def test_tile_count_and_splits(prepared):
 
 def test_tile_georeferencing(prepared):
     out, name = prepared["out"], "myscene_r00384_c00384"
-    lst, info = data.read_geotiff(os.path.join(out, "30m", "lst", name + ".tif"))
+    lst, info = geotiff.read_geotiff(os.path.join(out, "30m", "lst", name + ".tif"))
     assert lst.shape == (1, TILE, TILE)
-    assert data.geo_transform(info["geo"]) == (X0 + 384 * PX, PX, 0.0, Y0 - 384 * PX, 0.0, -PX)
-    assert tuple(info["geo"][data.TAG_GEOKEYS][2]) == data.make_geo(0, 0, 1)[data.TAG_GEOKEYS][2]  # CRS kept
-    gui, ginfo = data.read_geotiff(os.path.join(out, "30m", "guidance", name + ".tif"))
+    assert geotiff.geo_transform(info["geo"]) == (X0 + 384 * PX, PX, 0.0, Y0 - 384 * PX, 0.0, -PX)
+    assert tuple(info["geo"][geotiff.TAG_GEOKEYS][2]) == geotiff.make_geo(0, 0, 1)[geotiff.TAG_GEOKEYS][2]  # CRS kept
+    gui, ginfo = geotiff.read_geotiff(os.path.join(out, "30m", "guidance", name + ".tif"))
     assert ginfo["bands"] == list(BANDS) and ginfo["geo"] == info["geo"]
     assert np.array_equal(gui, prepared["gui"][:, 384:512, 384:512], equal_nan=True)
     for s, res in data.LR_FOLDERS.items():
-        lr, linfo = data.read_geotiff(os.path.join(out, res, "lst", name + ".tif"))
+        lr, linfo = geotiff.read_geotiff(os.path.join(out, res, "lst", name + ".tif"))
         assert lr.shape == (1, TILE // s, TILE // s)
-        assert data.geo_transform(linfo["geo"]) == (X0 + 384 * PX, PX * s, 0.0, Y0 - 384 * PX, 0.0, -PX * s)
+        assert geotiff.geo_transform(linfo["geo"]) == (X0 + 384 * PX, PX * s, 0.0, Y0 - 384 * PX, 0.0, -PX * s)
 
 
 def test_block_mean_and_nan_rule(prepared):
@@ -126,7 +127,7 @@ def test_block_mean_and_nan_rule(prepared):
     hr = prepared["lst"][384:512, 384:512].astype(np.float64)
     lr = {}
     for s, res in data.LR_FOLDERS.items():
-        lr[s] = data.read_geotiff(os.path.join(out, res, "lst", name + ".tif"))[0][0]
+        lr[s] = geotiff.read_geotiff(os.path.join(out, res, "lst", name + ".tif"))[0][0]
         blocks = hr.reshape(TILE // s, s, TILE // s, s).transpose(0, 2, 1, 3).reshape(TILE // s, TILE // s, -1)
         ref = np.array([[b[np.isfinite(b)].mean() if np.isfinite(b).any() else np.nan for b in row] for row in blocks])
         ref[np.isnan(blocks).mean(-1) > LR_MAX_NODATA] = np.nan
@@ -144,7 +145,7 @@ def test_stats_match_numpy(prepared):
         stats = yaml.safe_load(f)
     train = prepared["splits"]["train"]
     hr = np.concatenate([lst[r:r + TILE, c:c + TILE].ravel() for r, c in map(origin, train)]).astype(np.float64)
-    lr = np.concatenate([data.read_geotiff(os.path.join(out, "240m", "lst", n + ".tif"))[0].ravel() for n in train])
+    lr = np.concatenate([geotiff.read_geotiff(os.path.join(out, "240m", "lst", n + ".tif"))[0].ravel() for n in train])
     ndvi = np.concatenate([gui[8, r:r + TILE, c:c + TILE].ravel() for r, c in map(origin, train)]).astype(np.float64)
     for got, values in [(stats["lst"]["30m"], hr), (stats["lst"]["240m"], lr), (stats["guidance"]["stats"]["ndvi"], ndvi)]:
         v = values[np.isfinite(values)].astype(np.float64)
@@ -251,10 +252,10 @@ def test_cli_two_scenes(tmp_path, capsys):
     with open(os.path.join(out, "prepare.yaml")) as f:
         assert [r["positions"] for r in yaml.safe_load(f)["scenes"]] == [5 * 5, 5 * 7]  # 192 x 192, 192 x 256
     name = next(n for n in names if n.startswith("b_"))
-    (r, c), band_names = origin(name), data.read_geotiff(os.path.join(out, "30m/guidance", name + ".tif"))[1]["bands"]
+    (r, c), band_names = origin(name), geotiff.read_geotiff(os.path.join(out, "30m/guidance", name + ".tif"))[1]["bands"]
     gui = data.read_guidance(os.path.join(out, "30m/guidance", name + ".tif"), list(BANDS))
     assert band_names == list(BANDS) and np.array_equal(gui, gui_b[:, r:r + 64, c:c + 64])
-    lr = data.read_geotiff(os.path.join(out, "120m/lst", name + ".tif"))[0][0]
+    lr = geotiff.read_geotiff(os.path.join(out, "120m/lst", name + ".tif"))[0][0]
     assert np.allclose(lr, prepare.gaussian_decimate(lst_b[r:r + 64, c:c + 64], 4), atol=1e-4)
     with pytest.raises(SystemExit, match="already holds a dataset"):
         groklst.main(["prepare", "--lst", str(tmp_path / "a.tif"), "--guidance", str(tmp_path / "a_gui.tif"),
@@ -276,11 +277,11 @@ def test_argument_errors(tmp_path, kwargs, message):
 
 def test_scene_errors(tmp_path):
     lst, gui = data.synth_scene(64, 64, seed=4)
-    data.write_geotiff(str(tmp_path / "l.tif"), lst, data.make_geo(X0, Y0, PX))
-    data.write_geotiff(str(tmp_path / "g3.tif"), gui[:3], data.make_geo(X0, Y0, PX))  # unnamed, not 10 bands
-    data.write_geotiff(str(tmp_path / "gs.tif"), gui[:, :32], data.make_geo(X0, Y0, PX), band_names=BANDS)
-    data.write_geotiff(str(tmp_path / "gm.tif"), gui, data.make_geo(X0 + 30, Y0, PX), band_names=BANDS)
-    with pytest.raises(DataError, match="3 unnamed bands: name them with --band-names"):
+    geotiff.write_geotiff(str(tmp_path / "l.tif"), lst, geotiff.make_geo(X0, Y0, PX))
+    geotiff.write_geotiff(str(tmp_path / "g3.tif"), gui[:3], geotiff.make_geo(X0, Y0, PX))  # unnamed, not 10 bands
+    geotiff.write_geotiff(str(tmp_path / "gs.tif"), gui[:, :32], geotiff.make_geo(X0, Y0, PX), band_names=BANDS)
+    geotiff.write_geotiff(str(tmp_path / "gm.tif"), gui, geotiff.make_geo(X0 + 30, Y0, PX), band_names=BANDS)
+    with pytest.raises(DataError, match="3 unnamed bands; name them .*--band-names"):
         prepare.read_scene(str(tmp_path / "l.tif"), str(tmp_path / "g3.tif"))
     assert prepare.read_scene(str(tmp_path / "l.tif"), str(tmp_path / "g3.tif"), ["b", "g", "r"])[2] == ["b", "g", "r"]
     with pytest.raises(DataError, match="must be co-registered"):

@@ -1,10 +1,12 @@
 """Scene-scale prediction: downscale a whole georeferenced LST scene of any size, tile by tile.
 
-    python groklst.py predict configs/mocolsk_x8.yaml --checkpoint best.pth \
+    python predict.py configs/mocolsk_x8.yaml --checkpoint best.pth \
         --lst lst_240m.tif --guidance bands_30m.tif --out lst_30m.tif [--png]
-    python groklst.py predict configs/mocolsk_x8.yaml --checkpoint best.pth \
+    python predict.py configs/mocolsk_x8.yaml --checkpoint best.pth \
         --lst lst_240m.tif --guidance dem.tif red.tif nir.tif ... --out lst_30m.tif
-    python groklst.py predict configs/bicubic_x8.yaml --lst lst_240m.tif --out lst_30m.tif
+    python predict.py configs/bicubic_x8.yaml --lst lst_240m.tif --out lst_30m.tif
+
+(`python groklst.py predict ...` is the same command.)
 
 Inputs. The LST is one band in Kelvin; the guidance is one multi-band GeoTIFF whose GDAL band
 descriptions name the bands, or several files (`--guidance a.tif b.tif`, `--guidance-dir DIR`),
@@ -37,8 +39,7 @@ Memory. Host: the guidance and one float32 output scene, about 4 * (bands + 1) b
 pixel (tifffile reads whole pages). Device: one batch of tiles, batch * bands * (tile*scale)^2
 inputs plus the model's activations at that size, whatever the scene size.
 """
-import importlib.util
-import math
+import argparse
 import os
 import sys
 import time
@@ -46,147 +47,26 @@ import time
 import numpy as np
 import torch
 
+import figures
 import groklst
-from data import (DataError, BANDS, TAG_GDAL_METADATA, TAG_GEOKEYS, TAG_GEO_ASCII, TAG_GEO_DOUBLES,
-                  TAG_TIEPOINT, TAG_TRANSFORM, _band_names, geo_transform, geo_window, read_geotiff, write_geotiff)
-
-GEOKEY_MODEL_TYPE, GEOKEY_RASTER_TYPE, GEOKEY_GEOGRAPHIC, GEOKEY_PROJECTED = 1024, 1025, 2048, 3072
-CITATION_KEYS = (1026, 2049, 3073)  # free-text names, not compared
-USER_DEFINED = 32767
-TIFF_EXTENSIONS = (".tif", ".tiff")
-
-
-# --------------------------------------------------------------------------- grids
-
-
-def geokeys(geo):
-    """GeoKeyDirectory as {key id: value} (ints, tuples of doubles, or ASCII strings)."""
-    if TAG_GEOKEYS not in geo:
-        return {}
-    d = list(geo[TAG_GEOKEYS][2])
-    doubles = tuple(geo[TAG_GEO_DOUBLES][2]) if TAG_GEO_DOUBLES in geo else ()
-    ascii_ = geo[TAG_GEO_ASCII][2] if TAG_GEO_ASCII in geo else ""
-    keys = {}
-    for n in range(d[3]):
-        key, loc, count, value = d[4 + 4 * n:8 + 4 * n]
-        if loc == TAG_GEO_DOUBLES:
-            keys[key] = doubles[value:value + count]
-        elif loc == TAG_GEO_ASCII:
-            keys[key] = ascii_[value:value + count].rstrip("|\x00")
-        else:
-            keys[key] = value
-    return keys
-
-
-def crs_of(geo):
-    """What identifies the CRS: (model type, geographic, projected) EPSG codes; all non-citation
-    keys when the CRS is user-defined (32767). None without GeoKeys."""
-    keys = geokeys(geo)
-    if not keys:
-        return None
-    crs = tuple(keys.get(k) for k in (GEOKEY_MODEL_TYPE, GEOKEY_GEOGRAPHIC, GEOKEY_PROJECTED))
-    if USER_DEFINED in crs:
-        crs = tuple(sorted((k, v) for k, v in keys.items() if k not in CITATION_KEYS + (GEOKEY_RASTER_TYPE,)))
-    return crs
-
-
-def corner_transform(geo):
-    """Affine (x0, dx, rx, y0, ry, dy) of pixel corners (as data.geo_transform), also for PixelIsPoint
-    rasters, whose tiepoint / transform refers to the centre of pixel (0, 0). None without geo."""
-    t = geo_transform(geo) if geo else None
-    if t is not None and geokeys(geo).get(GEOKEY_RASTER_TYPE) == 2:
-        x0, dx, rx, y0, ry, dy = t
-        t = (x0 - 0.5 * (dx + rx), dx, rx, y0 - 0.5 * (ry + dy), ry, dy)
-    return t
-
-
-def describe_grid(path, shape, geo):
-    """One line: size, pixel size, corner, extent and CRS of a raster."""
-    h, w = shape
-    t = corner_transform(geo)
-    if t is None:
-        return f"{path}: {w} x {h} px, not georeferenced"
-    x0, dx, rx, y0, ry, dy = t
-    xs = [x0, x0 + w * dx, x0 + h * rx, x0 + w * dx + h * rx]
-    ys = [y0, y0 + w * ry, y0 + h * dy, y0 + w * ry + h * dy]
-    crs = crs_of(geo)
-    crs = ("EPSG:" + str(crs[2] or crs[1])) if crs and len(crs) == 3 and (crs[1] or crs[2]) else crs
-    return (f"{path}: {w} x {h} px of {math.hypot(dx, ry):g} x {math.hypot(rx, dy):g}, corner ({x0:.3f}, {y0:.3f}), "
-            f"x {min(xs):.3f}..{max(xs):.3f}, y {min(ys):.3f}..{max(ys):.3f}, CRS {crs}")
-
-
-def check_grids(lst_path, lst_shape, lst_geo, gui_path, gui_shape, gui_geo, scale):
-    """DataError stating both grids unless the guidance grid is the LST grid refined by `scale`:
-    pixel size / scale, same CRS, same extent within half an LST pixel, shape x scale.
-    Without georeferencing on either side only the shapes are checked (warning on stderr)."""
-    def fail(reason):
-        raise DataError(f"grids disagree: {reason} (scale {scale})\n  LST:      "
-                        f"{describe_grid(lst_path, lst_shape, lst_geo)}\n  guidance: "
-                        f"{describe_grid(gui_path, gui_shape, gui_geo)}")
-
-    lt, gt = corner_transform(lst_geo), corner_transform(gui_geo)
-    if lt is None or gt is None:
-        which = " and ".join(p for p, t in ((lst_path, lt), (gui_path, gt)) if t is None)
-        print(f"warning: {which}: no georeferencing; grids checked by shape only", file=sys.stderr)
-    else:
-        X0, DX, RX, Y0, RY, DY = lt
-        x0, dx, rx, y0, ry, dy = gt
-        tol = 1e-4 * math.hypot(DX, RX, RY, DY)
-        if any(abs(a / scale - b) > tol for a, b in ((DX, dx), (RX, rx), (RY, ry), (DY, dy))):
-            fail("guidance pixel size is not the LST pixel size / scale")
-        if crs_of(lst_geo) != crs_of(gui_geo):
-            fail(f"different CRS (GeoKeys {crs_of(lst_geo)} vs {crs_of(gui_geo)})")
-        (h, w), (gh, gw) = lst_shape, gui_shape
-        tol_x, tol_y = 0.5 * (abs(DX) + abs(RX)), 0.5 * (abs(RY) + abs(DY))
-        for (c, r), (gc, gr) in (((0, 0), (0, 0)), ((w, h), (gw, gh))):  # first and last corner
-            if (abs(X0 + c * DX + r * RX - (x0 + gc * dx + gr * rx)) > tol_x
-                    or abs(Y0 + c * RY + r * DY - (y0 + gc * ry + gr * dy)) > tol_y):
-                fail("extents differ by more than half an LST pixel")
-    if tuple(gui_shape) != (lst_shape[0] * scale, lst_shape[1] * scale):
-        fail(f"guidance shape {tuple(gui_shape)} is not LST shape x scale "
-             f"{(lst_shape[0] * scale, lst_shape[1] * scale)}")
-
-
-def output_geo(geo, scale):
-    """Georeferencing of the downscaled output: pixel size / scale, same corner (data.geo_window);
-    CRS keys, GeoDoubleParams and GeoAsciiParams copied. PixelIsPoint rasters keep their
-    convention: the origin moves from the LR to the HR centre of pixel (0, 0)."""
-    out = geo_window(geo, 0, 0, scale)
-    if geo_transform(geo) is not None and geokeys(geo).get(GEOKEY_RASTER_TYPE) == 2:
-        _, dx, rx, _, ry, dy = geo_transform(geo)
-        sx, sy = 0.5 * (1 / scale - 1) * (dx + rx), 0.5 * (1 / scale - 1) * (ry + dy)
-        code = TAG_TRANSFORM if TAG_TRANSFORM in out else TAG_TIEPOINT
-        v = list(out[code][2])
-        i, j = (3, 7) if code == TAG_TRANSFORM else (3, 4)
-        v[i], v[j] = v[i] + sx, v[j] + sy
-        out[code] = ("d", len(v), tuple(v))
-    return out
+from data import guidance_names, lst_band
+from errors import ConfigError, DataError, command
+from geotiff import (TIFF_EXTENSIONS, check_grids, geo_transform, geo_window, read_geotiff, read_header,
+                     write_geotiff)
 
 
 # --------------------------------------------------------------------------- reading
 
 
 def _peek_bands(path):
-    """Band names of a GeoTIFF without reading its pixels: GDAL descriptions, or for a single-band
-    file its stem (and description), or the GrokLST BANDS for an unnamed 10-band file."""
-    import tifffile
-    try:
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            count = page.samplesperpixel
-            meta = page.tags[TAG_GDAL_METADATA].value if TAG_GDAL_METADATA in page.tags else None
-    except (OSError, ValueError, tifffile.TiffFileError) as e:
-        raise DataError(f"{path}: unreadable GeoTIFF ({e})") from e
-    names = _band_names(meta, count)
-    stem = os.path.splitext(os.path.basename(path))[0]
+    """Band names of a guidance GeoTIFF from its header: a single-band file is named by its stem (and
+    its description, if any); a multi-band file by data.guidance_names. Lower-case sets per band."""
+    header = read_header(path)
+    count, names = header["shape"][0], header["bands"]
     if count == 1:
-        return [{stem.lower()} | ({names[0].lower()} if names and names[0] else set())]
-    if names is None and count == len(BANDS):
-        names = list(BANDS)
-    if names is None:
-        raise DataError(f"{path}: {count} unnamed bands; name them (GDAL band descriptions), pass one "
-                        f"file per band named by band, or use the {len(BANDS)} GrokLST bands {list(BANDS)}")
-    return [{n.lower()} for n in names]
+        stem = os.path.splitext(os.path.basename(path))[0]
+        return [{stem.lower()} | ({names[0].lower()} if names else set())]
+    return [{n} for n in guidance_names(names, count, path)]
 
 
 def guidance_paths(paths=(), folder=None):
@@ -274,7 +154,7 @@ def predict_array(model, normalizer, lst, guidance=None, scale=8, tile=64, overl
     s, hr_tile = scale, tile * scale
     multiple = getattr(model, "lr_multiple", 1)
     if not (tile >= 1 and 0 <= overlap < tile and tile % multiple == 0 and batch >= 1):
-        raise ValueError(f"tile={tile}, overlap={overlap}, batch={batch}: need 0 <= overlap < tile, "
+        raise ConfigError(f"tile={tile}, overlap={overlap}, batch={batch}: need 0 <= overlap < tile, "
                          f"tile a multiple of {multiple}, batch >= 1")
     rows, cols = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
     wt = taper(hr_tile, overlap * s)
@@ -321,24 +201,6 @@ def predict_array(model, normalizer, lst, guidance=None, scale=8, tile=64, overl
 # --------------------------------------------------------------------------- entry point
 
 
-def write_png(path, array, title=""):
-    """Quick-look PNG of a Kelvin array (2-98 % stretch, colour bar; NaN transparent)."""
-    if importlib.util.find_spec("matplotlib") is None:
-        raise DataError("--png needs matplotlib: pip install matplotlib")
-    from matplotlib.figure import Figure
-    step = max(1, -(-max(array.shape) // 2000))  # at most ~2000 px a side
-    a = array[::step, ::step]
-    finite = a[np.isfinite(a)]
-    vmin, vmax = np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0)
-    fig = Figure(figsize=(8, 8 * a.shape[0] / a.shape[1] + 0.6))
-    ax = fig.add_subplot()
-    im = ax.imshow(a, cmap="inferno", vmin=vmin, vmax=vmax, interpolation="nearest")
-    fig.colorbar(im, ax=ax, label="LST (K)", shrink=0.8)
-    ax.set_title(title, fontsize=9)
-    ax.set_axis_off()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-
-
 def predict(config, lst, out, guidance=(), guidance_dir=None, checkpoint=None, overrides=(), tile=None,
             overlap=None, batch=4, device=None, amp="none", nodata=None, png=False, progress=True):
     """Downscale the GeoTIFF scene `lst` with the model of `config` and write `out`.
@@ -350,18 +212,16 @@ def predict(config, lst, out, guidance=(), guidance_dir=None, checkpoint=None, o
     """
     cfg = groklst.load_config(config, overrides)
     scale, bands = cfg["data"]["scale"], groklst.guidance_bands(cfg)
-    if png and importlib.util.find_spec("matplotlib") is None:  # fail before the long part
-        raise DataError("--png needs matplotlib: pip install matplotlib")
+    if png:
+        figures.require_matplotlib("--png")  # fail before the long part
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if amp not in ("none", "bf16"):
-        raise ValueError(f"amp={amp!r}: expected none or bf16")
+        raise ConfigError(f"amp={amp!r}: expected none or bf16")
     if amp == "bf16" and device.type != "cuda":
         print("note: --amp bf16 is used on CUDA only; running in float32", file=sys.stderr)
         amp = "none"
     array, info = read_geotiff(lst)
-    if len(array) != 1:
-        raise DataError(f"{lst}: LST raster has {len(array)} bands, expected 1")
-    array = array[0]
+    array = lst_band(array, lst)
     median = np.nanmedian(array) if np.isfinite(array).any() else float("nan")
     if not 150 < median < 400:
         print(f"warning: {lst}: median {median:.1f} does not look like Kelvin", file=sys.stderr)
@@ -385,11 +245,39 @@ def predict(config, lst, out, guidance=(), guidance_dir=None, checkpoint=None, o
     del gui
     geo = None
     if geo_transform(info["geo"]) is not None:
-        geo = output_geo(info["geo"], scale)
+        geo = geo_window(info["geo"], 0, 0, scale)
     else:
         print(f"warning: {lst}: no georeferencing (ModelPixelScale + ModelTiepoint or ModelTransformation); "
               f"{out} will have none", file=sys.stderr)
     write_geotiff(out, pred, geo, nodata=float("nan") if nodata is None else float(nodata), tile=(256, 256))
     if png:
-        write_png(os.path.splitext(out)[0] + ".png", pred, f"{os.path.basename(out)}: {cfg['model']['name']} x{scale}")
+        figures.write_png(os.path.splitext(out)[0] + ".png", pred, f"{os.path.basename(out)}: {cfg['model']['name']} x{scale}")
     return pred
+
+
+@command
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="predict.py", description=__doc__.split("\n")[0])
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
+    p.add_argument("--lst", required=True, help="LR LST GeoTIFF, Kelvin")
+    p.add_argument("--guidance", nargs="+", default=[], help="one multi-band GeoTIFF, or one file per band (dem.tif)")
+    p.add_argument("--guidance-dir", default=None, help="folder of guidance GeoTIFFs (bands by name or file stem)")
+    p.add_argument("--out", required=True, help="output GeoTIFF (float32 Kelvin)")
+    p.add_argument("--checkpoint", default=None, help="weights (not needed for bicubic / bilinear)")
+    p.add_argument("--tile", type=int, default=None, help="tile side in LR pixels (default 512 // scale)")
+    p.add_argument("--overlap", type=int, default=None, help="tile overlap in LR pixels (default tile // 4)")
+    p.add_argument("--batch", type=int, default=4, help="tiles per forward")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--amp", default="none", choices=["none", "bf16"], help="bf16 autocast (CUDA only)")
+    p.add_argument("--nodata", type=float, default=None, help="output no-data value (default NaN)")
+    p.add_argument("--png", action="store_true", help="also write <out>.png with a colour bar (needs matplotlib)")
+    args = p.parse_intermixed_args(argv)
+    predict(args.config, args.lst, args.out, guidance=args.guidance, guidance_dir=args.guidance_dir,
+            checkpoint=args.checkpoint, overrides=args.overrides, tile=args.tile, overlap=args.overlap,
+            batch=args.batch, device=args.device, amp=args.amp, nodata=args.nodata, png=args.png)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

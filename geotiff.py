@@ -1,0 +1,381 @@
+"""Raster I/O and georeferencing, written once: GeoTIFF reading and writing with tifffile, band names,
+no-data, pixel grids (PixelIsArea / PixelIsPoint), windows and grid checks.
+
+A raster's georeferencing travels as `geo`, {TIFF tag code: (dtype, count, value)} of the tags
+below that the file has; outputs copy only these tags, never all of a file's tags. The affine of a
+raster (`geo_transform`) maps pixel (col, row) to map coordinates
+
+    x = x0 + col*dx + row*rx,   y = y0 + col*ry + row*dy      (dy < 0 for north-up rasters)
+
+and refers to the tiepoint as the file stores it: the corner of pixel (0, 0) for PixelIsArea (the
+GeoTIFF default) and its centre for PixelIsPoint; `corner_transform` always gives the corner.
+Band names are GDAL band descriptions (the GDAL_METADATA tag); no-data is the GDAL_NODATA tag or
+NaN, read as NaN.
+"""
+import math
+import os
+import sys
+import xml.etree.ElementTree as ET
+import zlib
+
+import numpy as np
+import tifffile
+
+from errors import DataError
+
+TAG_PIXEL_SCALE, TAG_TIEPOINT, TAG_TRANSFORM = 33550, 33922, 34264
+TAG_GEOKEYS, TAG_GEO_DOUBLES, TAG_GEO_ASCII = 34735, 34736, 34737
+TAG_GDAL_METADATA, TAG_GDAL_NODATA = 42112, 42113
+GEO_TAGS = (TAG_PIXEL_SCALE, TAG_TIEPOINT, TAG_TRANSFORM, TAG_GEOKEYS, TAG_GEO_DOUBLES, TAG_GEO_ASCII)
+
+GEOKEY_MODEL_TYPE, GEOKEY_RASTER_TYPE, GEOKEY_GEOGRAPHIC, GEOKEY_PROJECTED = 1024, 1025, 2048, 3072
+RASTER_PIXEL_IS_POINT = 2
+CITATION_KEYS = (1026, 2049, 3073)  # free-text names, not compared
+USER_DEFINED = 32767
+TIFF_EXTENSIONS = (".tif", ".tiff")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _open_error(path, e):
+    """A DataError naming `path` for anything tifffile or a codec raises on a broken file."""
+    if "imagecodecs" in str(e):
+        return DataError(f"{path}: compressed with a codec that needs the 'imagecodecs' package "
+                         f"(pip install imagecodecs, or re-save with gdal_translate -co COMPRESS=DEFLATE)")
+    return DataError(f"{path}: unreadable GeoTIFF ({type(e).__name__}: {e}); the file may be truncated or "
+                     f"not a TIFF: copy or export it again")
+
+
+def read_header(path):
+    """A GeoTIFF's header, no pixels read: {'shape': (C, H, W), 'bands': names or None, 'nodata':
+    float or None, 'geo': {...}, 'dtype': numpy dtype}."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return _header(path, tif.pages[0])
+    except (OSError, ValueError, tifffile.TiffFileError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise DataError(f"{path}: file not found") from None
+        raise _open_error(path, e) from e
+
+
+def _header(path, page):
+    tags = page.tags
+    count = page.samplesperpixel if page.ndim == 3 or page.samplesperpixel > 1 else 1
+    if page.ndim == 3 and page.samplesperpixel == 1:  # several 2-D images stacked in one page
+        count = page.shape[0]
+    nodata = None
+    if TAG_GDAL_NODATA in tags:  # page.nodata is 0 when the tag is absent: check the tag
+        text = str(tags[TAG_GDAL_NODATA].value).strip().strip("\x00")
+        try:
+            nodata = float(text)
+        except ValueError:
+            raise DataError(f"{path}: GDAL_NODATA tag {text!r} is not a number") from None
+    meta = tags[TAG_GDAL_METADATA].value if TAG_GDAL_METADATA in tags else None
+    return {"shape": (count, page.imagelength, page.imagewidth), "bands": band_names(meta, count, path),
+            "nodata": nodata, "geo": {c: (tags[c].dtype, tags[c].count, tags[c].value) for c in GEO_TAGS if c in tags},
+            "dtype": page.dtype}
+
+
+def read_geotiff(path, window=None):
+    """Read a GeoTIFF -> (array float32 (C, H, W) with no-data as NaN, header as read_header).
+
+    window (row0, col0, rows, cols): read only that part (whole strips or tiles are decoded,
+    the rest is not kept); the header's 'geo' is then the window's and 'shape' its shape.
+    """
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            info = _header(path, page)
+            array = page.asarray()
+            planar, samples = page.planarconfig, page.samplesperpixel
+    except (OSError, ValueError, tifffile.TiffFileError, zlib.error, RuntimeError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise DataError(f"{path}: file not found") from None
+        raise _open_error(path, e) from e
+    if array.ndim == 2:
+        array = array[None]
+    elif array.ndim == 3 and samples > 1 and planar == 1:  # contig: (H, W, C)
+        array = np.moveaxis(array, -1, 0)
+    elif array.ndim != 3:
+        raise DataError(f"{path}: expected a 2-D or 3-D raster, got shape {array.shape}")
+    if window is not None:
+        r0, c0, rows, cols = window
+        if r0 < 0 or c0 < 0 or rows <= 0 or cols <= 0 or r0 + rows > array.shape[1] or c0 + cols > array.shape[2]:
+            raise DataError(f"{path}: window rows {r0}..{r0 + rows}, cols {c0}..{c0 + cols} is outside the "
+                            f"raster's {array.shape[1]} x {array.shape[2]} pixels")
+        array = array[:, r0:r0 + rows, c0:c0 + cols]
+        info["geo"] = geo_window(info["geo"], r0, c0)
+    array = array.astype(np.float32, copy=True)
+    nodata = info["nodata"]
+    if nodata is not None and not math.isnan(nodata):
+        array[array == np.float32(nodata)] = np.nan
+    info["shape"] = array.shape
+    return array, info
+
+
+def band_names(gdal_metadata, count, path="GeoTIFF"):
+    """Band names from GDAL_METADATA <Item name="DESCRIPTION" sample="i" role="description">, or None
+    when no band is named. Either every band is named or none: a partly named file is a DataError
+    (reading it in the default band order would silently mix bands)."""
+    if not gdal_metadata:
+        return None
+    try:
+        root = ET.fromstring(gdal_metadata)
+    except ET.ParseError:
+        return None
+    names = {}
+    for item in root.iter("Item"):
+        if item.get("role") == "description" and item.get("sample") is not None and (item.text or "").strip():
+            names[int(item.get("sample"))] = item.text.strip()
+    if not names:
+        return None
+    if sorted(names) != list(range(count)):
+        unnamed = [i + 1 for i in range(count) if i not in names]
+        raise DataError(f"{path}: {len(names)} of {count} bands have a description (band names); bands "
+                        f"{unnamed} have none: name every band (gdal_edit.py -mo / rasterio "
+                        f"set_band_description) or none")
+    return [names[i] for i in range(count)]
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _extratags(geo, names, nodata):
+    tags = [(code, dtype, count, value, True) for code, (dtype, count, value) in sorted((geo or {}).items())]
+    if names is not None:
+        items = "".join(f'<Item name="DESCRIPTION" sample="{i}" role="description">{n}</Item>'
+                        for i, n in enumerate(names))
+        tags.append((TAG_GDAL_METADATA, "s", 0, f"<GDALMetadata>{items}</GDALMetadata>", True))
+    if nodata is not None:
+        tags.append((TAG_GDAL_NODATA, "s", 0, "nan" if math.isnan(nodata) else repr(float(nodata)), True))
+    return tags
+
+
+def temp_path(path):
+    """A unique temporary name beside `path` (same folder: os.replace is then atomic)."""
+    return f"{path}.tmp{os.getpid()}.{os.urandom(4).hex()}"
+
+
+def write_geotiff(path, array, geo=None, band_names=None, nodata=float("nan"), tile=None):
+    """Write float32 (H, W) or (C, H, W) as a zlib-compressed GeoTIFF, atomically (temp file, fsync,
+    rename): a crash or a full disk leaves any previous `path` intact.
+
+    geo: {tag code: (dtype, count, value)} as read_geotiff returns / geo_window makes.
+    band_names are stored as GDAL band descriptions; nodata as the GDAL_NODATA tag (NaN pixels are
+    written as that value).
+    """
+    array = np.asarray(array, dtype=np.float32)
+    if nodata is not None and not math.isnan(nodata):
+        array = np.where(np.isnan(array), np.float32(nodata), array)
+    kwargs = {"planarconfig": "separate"} if array.ndim == 3 else {}
+    tmp = temp_path(path)
+    try:
+        tifffile.imwrite(tmp, array, photometric="minisblack", compression="zlib",
+                         extratags=_extratags(geo, band_names, nodata), tile=tile,
+                         bigtiff=array.nbytes > 3.9e9, metadata=None, **kwargs)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_geotiff_rows(path, shape, rows, geo=None, nodata=float("nan"), tile=256):
+    """Write a single-band float32 (H, W) GeoTIFF from an iterator of row bands, so that host memory
+    holds one band, not the scene: `rows` yields (tile, W) float32 arrays top to bottom (the last may
+    be shorter), each consumed as tifffile writes its tile x tile tiles. NaN pixels are written as
+    `nodata`. Atomic like write_geotiff: on any error (also one raised by `rows`) the temp file is
+    removed and a previous `path` is intact."""
+    h, w = shape
+    fill = None if nodata is None or math.isnan(nodata) else np.float32(nodata)
+
+    def tiles():
+        done = 0
+        for band in rows:
+            band = np.asarray(band, np.float32)
+            if fill is not None:
+                band = np.where(np.isnan(band), fill, band)
+            for c in range(0, w, tile):
+                block = np.zeros((tile, tile), np.float32)
+                block[:band.shape[0], :min(tile, w - c)] = band[:, c:c + tile]
+                yield block
+            done += band.shape[0]
+        if done != h:
+            raise ValueError(f"write_geotiff_rows: got {done} rows, expected {h}")
+
+    tmp = temp_path(path)
+    try:
+        tifffile.imwrite(tmp, tiles(), shape=(h, w), dtype=np.float32, tile=(tile, tile), photometric="minisblack",
+                         compression="zlib", extratags=_extratags(geo, None, nodata), metadata=None,
+                         bigtiff=4.0 * h * w > 3.9e9)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def check_writable(path):
+    """DataError unless a file can be created at `path` (its folder exists and is writable), checked
+    before a long computation rather than after it."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise DataError(f"{path}: output folder {folder} does not exist: create it first")
+    if not os.access(folder, os.W_OK):
+        raise DataError(f"{path}: output folder {folder} is not writable")
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a folder; give an output file name")
+
+
+# --------------------------------------------------------------------------- grids
+
+
+def geokeys(geo):
+    """GeoKeyDirectory as {key id: value} (ints, tuples of doubles, or ASCII strings)."""
+    if TAG_GEOKEYS not in geo:
+        return {}
+    d = list(geo[TAG_GEOKEYS][2])
+    doubles = tuple(geo[TAG_GEO_DOUBLES][2]) if TAG_GEO_DOUBLES in geo else ()
+    ascii_ = geo[TAG_GEO_ASCII][2] if TAG_GEO_ASCII in geo else ""
+    keys = {}
+    for n in range(d[3]):
+        key, loc, count, value = d[4 + 4 * n:8 + 4 * n]
+        if loc == TAG_GEO_DOUBLES:
+            keys[key] = doubles[value:value + count]
+        elif loc == TAG_GEO_ASCII:
+            keys[key] = ascii_[value:value + count].rstrip("|\x00")
+        else:
+            keys[key] = value
+    return keys
+
+
+def pixel_is_point(geo):
+    """True when the GeoKeys say GTRasterType = PixelIsPoint (the tiepoint is a pixel centre)."""
+    return geokeys(geo).get(GEOKEY_RASTER_TYPE) == RASTER_PIXEL_IS_POINT
+
+
+def crs_of(geo):
+    """What identifies the CRS: (model type, geographic, projected) EPSG codes; all non-citation
+    keys when the CRS is user-defined (32767). None without GeoKeys."""
+    keys = geokeys(geo)
+    if not keys:
+        return None
+    crs = tuple(keys.get(k) for k in (GEOKEY_MODEL_TYPE, GEOKEY_GEOGRAPHIC, GEOKEY_PROJECTED))
+    if USER_DEFINED in crs:
+        crs = tuple(sorted((k, v) for k, v in keys.items() if k not in CITATION_KEYS + (GEOKEY_RASTER_TYPE,)))
+    return crs
+
+
+def geo_transform(geo):
+    """Affine (x0, dx, rx, y0, ry, dy) of the grid as stored (pixel corner for PixelIsArea, pixel
+    centre for PixelIsPoint), or None without georeferencing."""
+    if TAG_TRANSFORM in geo:
+        m = geo[TAG_TRANSFORM][2]
+        return (m[3], m[0], m[1], m[7], m[4], m[5])
+    if TAG_PIXEL_SCALE in geo and TAG_TIEPOINT in geo:
+        sx, sy = geo[TAG_PIXEL_SCALE][2][:2]
+        i, j, _, x, y = geo[TAG_TIEPOINT][2][:5]
+        return (x - i * sx, sx, 0.0, y + j * sy, 0.0, -sy)
+    return None
+
+
+def corner_transform(geo):
+    """Affine (x0, dx, rx, y0, ry, dy) of pixel corners, whatever the raster type. None without geo."""
+    t = geo_transform(geo) if geo else None
+    if t is not None and pixel_is_point(geo):
+        x0, dx, rx, y0, ry, dy = t
+        t = (x0 - 0.5 * (dx + rx), dx, rx, y0 - 0.5 * (ry + dy), ry, dy)
+    return t
+
+
+def geo_window(geo, row, col, factor=1):
+    """Georeferencing of a raster derived from `geo`: cut at (row, col) of the source grid and
+    resampled by `factor` (> 1: finer pixels, e.g. a downscaled output at `scale`; < 1: coarser, e.g.
+    an LR tile). Pixel corners stay where they are; the raster type is kept, so for PixelIsPoint the
+    origin moves to the centre of the new pixel (0, 0). CRS tags are copied."""
+    out = dict(geo)
+    t = geo_transform(geo)
+    if t is None:
+        return out
+    x0, dx, rx, y0, ry, dy = t
+    x0, y0 = x0 + col * dx + row * rx, y0 + col * ry + row * dy
+    if pixel_is_point(geo):  # from the source pixel's centre to the new one's
+        x0 += 0.5 * (1 / factor - 1) * (dx + rx)
+        y0 += 0.5 * (1 / factor - 1) * (ry + dy)
+    if TAG_TRANSFORM in geo:
+        m = list(geo[TAG_TRANSFORM][2])
+        m[0], m[1], m[4], m[5], m[3], m[7] = dx / factor, rx / factor, ry / factor, dy / factor, x0, y0
+        out[TAG_TRANSFORM] = ("d", 16, tuple(m))
+    else:
+        sz = geo[TAG_PIXEL_SCALE][2][2]
+        z, k = geo[TAG_TIEPOINT][2][5], geo[TAG_TIEPOINT][2][2]
+        out[TAG_PIXEL_SCALE] = ("d", 3, (dx / factor, -dy / factor, sz))
+        out[TAG_TIEPOINT] = ("d", 6, (0.0, 0.0, k, x0, y0, z))
+    return out
+
+
+def make_geo(x0, y0, pixel_size, epsg=32647, point=False):
+    """Georeferencing of a north-up grid in a projected EPSG CRS (metres), tiepoint at (x0, y0):
+    the corner of pixel (0, 0), or its centre with point=True (PixelIsPoint)."""
+    keys = (1, 1, 0, 4, GEOKEY_MODEL_TYPE, 0, 1, 1, GEOKEY_RASTER_TYPE, 0, 1, 2 if point else 1,
+            GEOKEY_PROJECTED, 0, 1, epsg, 3076, 0, 1, 9001)
+    return {TAG_PIXEL_SCALE: ("d", 3, (float(pixel_size), float(pixel_size), 0.0)),
+            TAG_TIEPOINT: ("d", 6, (0.0, 0.0, 0.0, float(x0), float(y0), 0.0)),
+            TAG_GEOKEYS: ("H", len(keys), keys)}
+
+
+def describe_grid(path, shape, geo):
+    """One line: size, pixel size, corner, extent and CRS of a raster."""
+    h, w = shape
+    t = corner_transform(geo)
+    if t is None:
+        return f"{path}: {w} x {h} px, not georeferenced"
+    x0, dx, rx, y0, ry, dy = t
+    xs = [x0, x0 + w * dx, x0 + h * rx, x0 + w * dx + h * rx]
+    ys = [y0, y0 + w * ry, y0 + h * dy, y0 + w * ry + h * dy]
+    crs = crs_of(geo)
+    crs = ("EPSG:" + str(crs[2] or crs[1])) if crs and len(crs) == 3 and (crs[1] or crs[2]) else crs
+    return (f"{path}: {w} x {h} px of {math.hypot(dx, ry):g} x {math.hypot(rx, dy):g}, corner ({x0:.3f}, {y0:.3f}), "
+            f"x {min(xs):.3f}..{max(xs):.3f}, y {min(ys):.3f}..{max(ys):.3f}, CRS {crs}")
+
+
+def check_grids(lst_path, lst_shape, lst_geo, gui_path, gui_shape, gui_geo, scale=1):
+    """DataError stating both grids unless the guidance grid is the LST grid refined by `scale`
+    (1: the same grid): pixel size / scale, same CRS, same extent within half an LST pixel,
+    shape x scale. Without georeferencing on either side only the shapes are checked (warning on stderr)."""
+    def fail(reason):
+        raise DataError(f"grids disagree: {reason} (scale {scale})\n  LST:      "
+                        f"{describe_grid(lst_path, lst_shape, lst_geo)}\n  guidance: "
+                        f"{describe_grid(gui_path, gui_shape, gui_geo)}\n  resample both onto one grid first")
+
+    lt, gt = corner_transform(lst_geo), corner_transform(gui_geo)
+    if lt is None or gt is None:
+        which = " and ".join(p for p, t in ((lst_path, lt), (gui_path, gt)) if t is None)
+        print(f"warning: {which}: no georeferencing; grids checked by shape only", file=sys.stderr)
+    else:
+        X0, DX, RX, Y0, RY, DY = lt
+        x0, dx, rx, y0, ry, dy = gt
+        tol = 1e-4 * math.hypot(DX, RX, RY, DY)
+        if any(abs(a / scale - b) > tol for a, b in ((DX, dx), (RX, rx), (RY, ry), (DY, dy))):
+            fail("guidance pixel size is not the LST pixel size / scale" if scale > 1 else "pixel sizes differ")
+        if crs_of(lst_geo) != crs_of(gui_geo):
+            fail(f"different CRS (GeoKeys {crs_of(lst_geo)} vs {crs_of(gui_geo)})")
+        (h, w), (gh, gw) = lst_shape, gui_shape
+        tol_x, tol_y = 0.5 * (abs(DX) + abs(RX)), 0.5 * (abs(RY) + abs(DY))
+        for (c, r), (gc, gr) in (((0, 0), (0, 0)), ((w, h), (gw, gh))):  # first and last corner
+            if (abs(X0 + c * DX + r * RX - (x0 + gc * dx + gr * rx)) > tol_x
+                    or abs(Y0 + c * RY + r * DY - (y0 + gc * ry + gr * dy)) > tol_y):
+                fail("extents differ by more than half an LST pixel")
+    if tuple(gui_shape) != (lst_shape[0] * scale, lst_shape[1] * scale):
+        fail(f"guidance shape {tuple(gui_shape)} is not LST shape x scale "
+             f"{(lst_shape[0] * scale, lst_shape[1] * scale)}")
+
+
+def same_grid(geo_a, geo_b, tol=1e-6):
+    """True unless both rasters are georeferenced and their pixel-corner grids differ by more than
+    `tol` of a pixel (co-registered rasters of one scene share one grid exactly)."""
+    a, b = corner_transform(geo_a), corner_transform(geo_b)
+    return a is None or b is None or bool(np.allclose(a, b, rtol=0, atol=tol * abs(a[1])))
