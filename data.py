@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from errors import ConfigError, DataError
-from geotiff import read_geotiff, write_geotiff, geo_window, make_geo
+from geotiff import geo_window, make_geo, read_geotiff, write_geotiff
 
 BANDS = ("dem", "deepblue", "blue", "green", "red", "vre", "nir", "ndmvi", "ndvi", "ndwi")
 LR_FOLDERS = {2: "60m", 4: "120m", 8: "240m"}
@@ -115,9 +115,42 @@ def cached(path, fields, read, cache_dir):
     return array
 
 
-def read_lst(path, cache_dir=None):
-    """One LST raster -> float32 (1, H, W) Kelvin, no-data as NaN."""
-    return cached(path, ["lst"], lambda: _read_lst(path), cache_dir)
+# How LST values are stored: Kelvin (the default), or a product's integer DN with a scale and offset,
+# an untagged fill value, and the range of plausible Kelvin values that every input must fall in.
+LST_UNITS = {"scale": 1.0, "offset": 0.0, "nodata": None, "range": (150.0, 400.0)}
+
+
+def to_kelvin(array, path, units=None):
+    """LST as stored -> Kelvin, in place where possible: the fill value units['nodata'] (compared before
+    scaling) -> NaN, then array * scale + offset. Finite values outside units['range'] are a DataError
+    naming the file and the value: DN taken for Kelvin, or a fill value without a GDAL_NODATA tag,
+    would otherwise give results off by hundreds of kelvin without a word."""
+    u = dict(LST_UNITS, **(units or {}))
+    array = np.asarray(array, np.float32)
+    if u["nodata"] is not None:
+        array = np.where(array == np.float32(u["nodata"]), np.float32(np.nan), array)
+    if u["scale"] != 1.0 or u["offset"] != 0.0:
+        array = array * np.float32(u["scale"]) + np.float32(u["offset"])
+    lo, hi = u["range"]
+    finite = array[np.isfinite(array)]
+    if finite.size and (finite.min() < lo or finite.max() > hi):
+        bad = float(finite.min()) if finite.min() < lo else float(finite.max())
+        raise DataError(f"{path}: LST value {bad:g} is outside the plausible range {lo:g}..{hi:g} K. If the file "
+                        f"stores a product's DN, give its scale and offset (data.lst_scale / data.lst_offset, "
+                        f"--lst-scale / --lst-offset; Landsat C2 ST: 0.00341802, 149.0); if {bad:g} is a fill value, "
+                        f"declare it (data.nodata, --nodata); for another range set data.lst_range")
+    return array
+
+
+def read_lst(path, cache_dir=None, units=None):
+    """One LST raster -> float32 (1, H, W) Kelvin, no-data as NaN (units: see to_kelvin)."""
+    return to_kelvin(cached(path, ["lst"], lambda: _read_lst(path), cache_dir), path, units)
+
+
+def read_lst_geotiff(path, units=None, window=None):
+    """A whole LST scene GeoTIFF -> ((H, W) float32 Kelvin, header as geotiff.read_geotiff)."""
+    array, info = read_geotiff(path, window)
+    return to_kelvin(lst_band(array, path), path, units), info
 
 
 def _read_lst(path):
@@ -201,7 +234,7 @@ class GrokLSTDataset(torch.utils.data.Dataset):
     pure function of (seed, epoch, index), so resumed runs see identical crops.
     """
 
-    def __init__(self, root, split, scale, guidance_bands=(), hr_crop=None, seed=0, cache=False):
+    def __init__(self, root, split, scale, guidance_bands=(), hr_crop=None, seed=0, cache=False, lst_units=None):
         if scale not in LR_FOLDERS:
             raise DataError(f"scale {scale} not supported (GrokLST has {sorted(LR_FOLDERS)})")
         if not os.path.isdir(root):
@@ -210,6 +243,7 @@ class GrokLSTDataset(torch.utils.data.Dataset):
         self.hr_crop, self.seed, self.epoch = hr_crop, seed, 0
         # cache: memory-mapped float32 .npy copies under <root>/.cache, rebuilt when a source changes
         self.cache_dir = os.path.join(root, ".cache") if cache else None
+        self.lst_units = lst_units
         if hr_crop is not None and hr_crop % scale:
             raise DataError(f"data.hr_crop={hr_crop} is not a multiple of scale {scale}")
         self.names = read_split(root, split)
@@ -229,7 +263,8 @@ class GrokLSTDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         p = self.paths[index]
-        lr, hr = read_lst(p["lr_lst"], self.cache_dir), read_lst(p["hr_lst"], self.cache_dir)
+        lr = read_lst(p["lr_lst"], self.cache_dir, self.lst_units)
+        hr = read_lst(p["hr_lst"], self.cache_dir, self.lst_units)
         s = self.scale
         if hr.shape[1] != lr.shape[1] * s or hr.shape[2] != lr.shape[2] * s:
             raise DataError(f"{p['lr_lst']}: LR shape {lr.shape[1:]} x scale {s} does not match "

@@ -31,11 +31,10 @@ if __name__ == "__main__":  # `python groklst.py` is also `import groklst` for t
 import torch
 import yaml
 
-from data import BANDS, Normalizer, hole_mask
+from data import BANDS, GrokLSTDataset, Normalizer, hole_mask
 from errors import ConfigError, DataError, command
 from geotiff import read_geotiff, write_geotiff
 from metrics import average, image_metrics
-
 from models.act import ACT
 from models.ahmf import AHMF
 from models.baselines import Bicubic, Bilinear
@@ -191,6 +190,10 @@ DEFAULTS = {
         "hr_crop": None,               # random HR training crops (multiple of scale); None = whole tiles
         "num_workers": 0,
         "cache": False,                # memory-mappable .npy copies of the rasters (see data.py)
+        "lst_scale": 1.0,              # Kelvin = stored * lst_scale + lst_offset (a product's DN)
+        "lst_offset": 0.0,
+        "nodata": None,                # a fill value of LST files without a GDAL_NODATA tag
+        "lst_range": [150.0, 400.0],   # plausible Kelvin: values outside are an error naming the file
     },
     "norm": {
         "lst": {"method": "zscore", "mean": 282.51, "std": 14.59, "min": 243.53, "max": 320.85},
@@ -370,6 +373,21 @@ def build_model(cfg):
             raise ConfigError(f"model {cfg['model']['name']!r} is guided but data.guidance_bands is empty")
         kwargs["guidance_channels"] = len(cfg["data"]["guidance_bands"])
     return create_model(cfg["model"]["name"], **kwargs)
+
+
+def lst_units(cfg):
+    """The data section's LST storage rule, as data.to_kelvin takes it."""
+    d = cfg["data"]
+    return {"scale": d["lst_scale"], "offset": d["lst_offset"], "nodata": d["nodata"], "range": tuple(d["lst_range"])}
+
+
+def build_dataset(cfg, split, bands=None, train=False):
+    """The config's dataset of `split`: the model's guidance bands unless `bands` is given ([] for
+    none), training crops (data.hr_crop) only with train=True."""
+    d = cfg["data"]
+    bands = guidance_bands(cfg) if bands is None else bands
+    return GrokLSTDataset(d["root"], split, d["scale"], bands, d["hr_crop"] if train else None, cfg["train"]["seed"],
+                          d["cache"], lst_units(cfg))
 
 
 def build_normalizer(cfg):

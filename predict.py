@@ -49,11 +49,9 @@ import torch
 
 import figures
 import groklst
-from data import guidance_names, lst_band
+from data import guidance_names, read_lst_geotiff
 from errors import ConfigError, DataError, command
-from geotiff import (TIFF_EXTENSIONS, check_grids, geo_transform, geo_window, read_geotiff, read_header,
-                     write_geotiff)
-
+from geotiff import TIFF_EXTENSIONS, check_grids, geo_transform, geo_window, read_geotiff, read_header, write_geotiff
 
 # --------------------------------------------------------------------------- reading
 
@@ -220,11 +218,7 @@ def predict(config, lst, out, guidance=(), guidance_dir=None, checkpoint=None, o
     if amp == "bf16" and device.type != "cuda":
         print("note: --amp bf16 is used on CUDA only; running in float32", file=sys.stderr)
         amp = "none"
-    array, info = read_geotiff(lst)
-    array = lst_band(array, lst)
-    median = np.nanmedian(array) if np.isfinite(array).any() else float("nan")
-    if not 150 < median < 400:
-        print(f"warning: {lst}: median {median:.1f} does not look like Kelvin", file=sys.stderr)
+    array, info = read_lst_geotiff(lst, groklst.lst_units(cfg))
     paths = guidance_paths(guidance, guidance_dir)
     gui = None
     if bands:

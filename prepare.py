@@ -51,8 +51,17 @@ import sys
 import numpy as np
 import yaml
 
-from data import (LR_FOLDERS, block_mean, block_nan_fraction, compute_stats, guidance_names, lst_band, make_layout,
-                  write_sample, write_splits)
+from data import (
+    LR_FOLDERS,
+    block_mean,
+    block_nan_fraction,
+    compute_stats,
+    guidance_names,
+    make_layout,
+    read_lst_geotiff,
+    write_sample,
+    write_splits,
+)
 from errors import DataError, command
 from geotiff import geo_transform, geo_window, read_geotiff, read_header, same_grid
 
@@ -157,8 +166,7 @@ def read_scene(lst_path, guidance_path, band_names=None):
     same corner and pixel size). geo: the LST's georeferencing, else the guidance's ({} if none).
     Band names: --band-names, else the file's (data.guidance_names).
     """
-    lst, lst_info = read_geotiff(lst_path)
-    lst = lst_band(lst, lst_path)
+    lst, lst_info = read_lst_geotiff(lst_path)
     gui, gui_info = read_geotiff(guidance_path)
     if gui.shape[1:] != lst.shape:
         raise DataError(f"{guidance_path}: {gui.shape[1]} x {gui.shape[2]} pixels but {lst_path} has "

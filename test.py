@@ -24,11 +24,10 @@ import json
 import os
 import sys
 
-import numpy as np
 import torch
 
 import groklst
-from data import GrokLSTDataset, Normalizer, hole_mask
+from data import Normalizer, hole_mask
 from errors import ConfigError, DataError, command
 from figures import draw_figure, require_matplotlib
 from metrics import METRICS, format_table
@@ -70,7 +69,7 @@ def figure_rows(cfg, models, split, names=None, device="cpu", amp="none"):
     names: samples of the split (default: its first 2). Predictions are NaN where the LR input had no
     data (as the --save-dir GeoTIFFs)."""
     d = cfg["data"]
-    base = GrokLSTDataset(d["root"], split, d["scale"])
+    base = groklst.build_dataset(cfg, split, bands=[])
     names = names or base.names[:2]
     missing = [n for n in names if n not in base.names]
     if missing:
@@ -78,7 +77,7 @@ def figure_rows(cfg, models, split, names=None, device="cpu", amp="none"):
     runs = [("bicubic", groklst.create_model("bicubic", scale=d["scale"]).to(device), Normalizer(cfg["norm"]), base)]
     for label, mcfg, ckpt in models:
         runs.append((label, groklst.load_model(mcfg, ckpt, device), groklst.build_normalizer(mcfg),
-                     GrokLSTDataset(d["root"], split, d["scale"], groklst.guidance_bands(mcfg))))
+                     groklst.build_dataset(dict(mcfg, data=d), split, groklst.guidance_bands(mcfg))))
     rows = []
     for name in names:
         panels = {}
@@ -105,13 +104,13 @@ def benchmark_table(work_root, split=None, overrides=(), device="cpu"):
     for run in runs:
         cfg = groklst.load_config(os.path.join(work_root, run, "config.yaml"), overrides)
         scale, data_split = cfg["data"]["scale"], split or cfg["data"]["test_split"]
-        dataset = GrokLSTDataset(cfg["data"]["root"], data_split, scale, groklst.guidance_bands(cfg))
+        dataset = groklst.build_dataset(cfg, data_split)
         model = groklst.load_model(cfg, os.path.join(work_root, run, "best.pth"), device)
         normalizer = groklst.build_normalizer(cfg)
         results.setdefault(run, {})[scale] = groklst.evaluate(model, normalizer, dataset, device)[0]
         if scale not in bicubic_done:  # the reference row, on the same data
             bicubic_done.add(scale)
-            base = GrokLSTDataset(cfg["data"]["root"], data_split, scale)
+            base = groklst.build_dataset(cfg, data_split, bands=[])
             bicubic = groklst.create_model("bicubic", scale=scale)
             results.setdefault("bicubic", {})[scale] = groklst.evaluate(bicubic, normalizer, base, device)[0]
         print(f"  evaluated {run} (x{scale})", file=sys.stderr)
@@ -164,7 +163,7 @@ def main(argv=None):
     try:
         cfg = groklst.load_config(args.config, args.overrides)
         split = args.split or cfg["data"]["test_split"]
-        dataset = GrokLSTDataset(cfg["data"]["root"], split, cfg["data"]["scale"], groklst.guidance_bands(cfg))
+        dataset = groklst.build_dataset(cfg, split)
         model = groklst.load_model(cfg, args.checkpoint, device)
         normalizer = groklst.build_normalizer(cfg)
         means, per_image = groklst.evaluate(model, normalizer, dataset, device, args.amp or cfg["train"]["amp"],

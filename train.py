@@ -26,7 +26,6 @@ import torch.nn.functional as F
 import yaml
 
 import groklst
-from data import GrokLSTDataset
 from errors import ConfigError, DataError, TrainingError, command
 from metrics import format_table
 
@@ -109,9 +108,8 @@ def train(cfg, args, rank, world, device):
     if t["deterministic"]:
         torch.backends.cudnn.benchmark = False
         torch.use_deterministic_algorithms(True, warn_only=True)
-    bands = groklst.guidance_bands(cfg)
-    train_set = GrokLSTDataset(d["root"], d["train_split"], d["scale"], bands, d["hr_crop"], t["seed"], d["cache"])
-    val_set = GrokLSTDataset(d["root"], d["val_split"], d["scale"], bands, cache=d["cache"])
+    train_set = groklst.build_dataset(cfg, d["train_split"], train=True)
+    val_set = groklst.build_dataset(cfg, d["val_split"])
     normalizer = groklst.build_normalizer(cfg)
     model = groklst.build_model(cfg).to(device)
     raw_model = model
@@ -205,7 +203,8 @@ def train(cfg, args, rank, world, device):
             mem = groklst.peak_memory_mb(device)
             log({"iter": done, "loss": loss_avg, "lr": lr, "grad_norm_max": grad_norm_max, "it_per_s": speed,
                  "data_wait": data_wait / elapsed, "peak_mem_mb": mem},
-                f"iter {done}/{t['max_iters']} | loss {loss_avg:.4f} K | lr {lr:.2e} | grad norm <= {grad_norm_max:.3g} | {speed:.2f} it/s "
+                f"iter {done}/{t['max_iters']} | loss {loss_avg:.4f} K | lr {lr:.2e} | grad norm <= {grad_norm_max:.3g} "
+                f"| {speed:.2f} it/s "
                 f"(data {100 * data_wait / elapsed:.0f}%) | eta {time.strftime('%H:%M:%S', time.gmtime(eta))} "
                 f"| peak mem {mem:.0f} MB")
             t_last, data_wait, loss_sum, n_logged, grad_norm_max = time.time(), 0.0, 0.0, 0, 0.0
@@ -231,7 +230,7 @@ def train(cfg, args, rank, world, device):
 def final_test(cfg, normalizer, model, device):
     """best.pth and bicubic on the test split: the table a user wants at the end of a run."""
     d = cfg["data"]
-    test_set = GrokLSTDataset(d["root"], d["test_split"], d["scale"], groklst.guidance_bands(cfg))
+    test_set = groklst.build_dataset(cfg, d["test_split"])
     best = os.path.join(cfg["work_dir"], "best.pth")
     if os.path.exists(best):
         groklst.load_weights(model, best)

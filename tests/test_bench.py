@@ -3,10 +3,9 @@ import json
 import subprocess
 import sys
 
-import bench
-import groklst
-
 from conftest import ROOT
+
+import bench
 
 
 def run_bench(*args):

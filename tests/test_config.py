@@ -4,11 +4,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT
 
 import groklst
 from groklst import ConfigError, load_config
-
-from conftest import ROOT
 
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
 

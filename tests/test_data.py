@@ -91,7 +91,7 @@ def test_missing_file_in_split(demo_root, tmp_path):
 def test_shape_mismatch(demo_root, tmp_path):
     root = copy_demo(demo_root, tmp_path)
     name = open(os.path.join(root, "split", "test.txt")).readline().strip()
-    geotiff.write_geotiff(os.path.join(root, "120m", "lst", name + ".tif"), np.zeros((8, 8), np.float32))
+    geotiff.write_geotiff(os.path.join(root, "120m", "lst", name + ".tif"), np.full((8, 8), 290.0, np.float32))
     with pytest.raises(DataError, match=rf"120m/lst/{name}.tif: LR shape \(8, 8\) x scale 4"):
         GrokLSTDataset(root, "test", 4)[0]
     geotiff.write_geotiff(os.path.join(root, "30m", "guidance", name + ".tif"),

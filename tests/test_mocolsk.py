@@ -8,13 +8,11 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
+from conftest import ROOT
 
 import groklst
-import torch.nn.functional as F
-
 from models.mocolsk import RCAB, MoCoLSK, MoCoLSKCS, MoCoLSKNet, OneLargeKernel, pool_tokens
-
-from conftest import ROOT
 
 REFERENCE = {2: 20011833, 4: 25430841, 8: 40913721}
 TREE = os.path.join(ROOT, "..", "shared", "reference", "mocolsk_param_tree.txt")

@@ -7,10 +7,9 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT
 
 import groklst
-
-from conftest import ROOT
 
 # Parameter counts of the original toolkit (GrokCV/GrokLST d5c4740, its configs), per scale.
 REFERENCE = {

@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from conftest import ROOT
 
 import data
 import geotiff
 import groklst
 import predict
-
-from conftest import ROOT
 
 CFG = {name: os.path.join(ROOT, "configs", name + ".yaml") for name in ("mocolsk_x8", "bicubic_x8", "bicubic_x4",
                                                                            "bilinear_x4", "edsr_x8")}

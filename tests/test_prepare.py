@@ -8,12 +8,12 @@ import sys
 import numpy as np
 import pytest
 import yaml
+from conftest import ROOT
 
 import data
 import geotiff
 import groklst
 import prepare
-from conftest import ROOT
 from data import BANDS, DataError, GrokLSTDataset
 
 X0, Y0, PX = 500000.0, 4300000.0, 30.0

@@ -6,7 +6,6 @@ import sys
 
 import torch
 import yaml
-
 from conftest import ROOT
 
 TINY = {"name": "mocolsk", "num_feats": 8, "reduction": 4, "num_stages": 1, "n_resblocks": 1}
