@@ -29,6 +29,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# GrokLST downscales a single LST band. A constant, not a model argument: every layer that reads
+# or writes the LST is built for one channel, so checkpoints always have the upstream shapes.
+LST_CHANNELS = 1
+
 
 def default_conv(in_channels, out_channels, kernel_size, bias=True):
     return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
@@ -191,14 +195,30 @@ class CrossAttention(nn.Module):
 
 # ----------------------------------------------------------------------------------------------- model
 class ACT(nn.Module):
-    """ACT for single-image LST super-resolution. (B, 1, h, w) -> (B, 1, h*scale, w*scale), normalised units."""
+    """ACT for single-image LST super-resolution (the LST channel count `lst_channels` is fixed to 1).
+
+    Args (each is the config key `model.<arg>`, except scale, which is derived from data.scale):
+        scale: upsampling factor, 2, 4 or 8 (the tail has log2(scale) conv + PixelShuffle(2) steps).
+        n_feats: channel width of the CNN branch (64); a token holds n_feats * token_size**2 values.
+        n_resgroups: residual groups built in the CNN branch (4); only the first n_fusionblocks run.
+        n_resblocks: channel-attention blocks (RCAB) per residual group (12).
+        reduction: channel-attention squeeze ratio of each RCAB (16).
+        token_size: side of the square tokens of the Transformer branch, in LR pixels (3).
+        n_heads: attention heads of the self-attentions (8; the cross-attentions use n_heads // 2).
+        n_layers: Transformer layers (8); n_layers // 2 must equal n_fusionblocks.
+        dropout_rate: dropout probability in the attentions and feed-forwards (0.0).
+        n_fusionblocks: CNN/Transformer fusion stages (4); must not exceed n_resgroups.
+        expansion_ratio: feed-forward hidden width as a multiple of the token width (4).
+        pad_to_tokens: replicate-pad the LR input to a multiple of token_size and crop the output
+            (False: upstream's behaviour, see the module docstring).
+    """
 
     kind = "sisr"
     scales = (2, 4, 8)
     lr_multiple = 1
     unused_parameters = ("cnn_branch.4.",)  # trailing conv of cnn_branch, never called (as upstream)
 
-    def __init__(self, scale: int = 8, lst_channels: int = 1, n_feats: int = 64, n_resgroups: int = 4,
+    def __init__(self, scale: int = 8, n_feats: int = 64, n_resgroups: int = 4,
                  n_resblocks: int = 12, reduction: int = 16, token_size: int = 3, n_heads: int = 8,
                  n_layers: int = 8, dropout_rate: float = 0.0, n_fusionblocks: int = 4, expansion_ratio: int = 4,
                  pad_to_tokens: bool = False):
@@ -210,7 +230,7 @@ class ACT(nn.Module):
         self.embedding_dim = dim = n_feats * token_size ** 2
         hidden, dim_head = dim * expansion_ratio, dim // n_heads
 
-        self.head = nn.Sequential(conv(lst_channels, n_feats, 3), ResBlock(conv, n_feats, 5),
+        self.head = nn.Sequential(conv(LST_CHANNELS, n_feats, 3), ResBlock(conv, n_feats, 5),
                                   ResBlock(conv, n_feats, 5))
         self.linear_encoding = nn.Linear(dim, dim)
         self.mhsa_block = nn.ModuleList([
@@ -242,10 +262,11 @@ class ACT(nn.Module):
             nn.Sequential(conv(n_feats, n_feats, 3), nn.ReLU(True), conv(n_feats, n_feats, 3))
             for _ in range(n_fusionblocks - 1)])
         self.conv_last = conv(n_feats * 2, n_feats, 3)
-        self.tail = nn.Sequential(Upsampler(conv, scale, n_feats), conv(n_feats, lst_channels, 3))
+        self.tail = nn.Sequential(Upsampler(conv, scale, n_feats), conv(n_feats, LST_CHANNELS, 3))
 
     def forward(self, lr_lst, hr_guidance=None):
-        """lr_lst: (B, 1, h, w) normalised LST; hr_guidance ignored. Returns (B, 1, h*scale, w*scale)."""
+        """lr_lst (B, 1, h, w) normalised LST; hr_guidance is ignored (SISR; None is fine)
+        -> (B, 1, h*scale, w*scale) normalised LST."""
         h0, w0 = lr_lst.shape[-2:]
         ts = self.token_size
         h, w = (-(-h0 // ts) * ts, -(-w0 // ts) * ts) if self.pad_to_tokens else (h0, w0)

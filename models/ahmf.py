@@ -172,7 +172,13 @@ class ConvGRU(nn.Module):
 class AHMF(nn.Module):
     """AHMF (upstream ahmf/AHMF). Params x2 2,509,864  x4 2,542,954  x8 3,362,476.
 
-    forward(lr_lst (B, 1, h, w), hr_guidance (B, C, h*s, w*s)) -> (B, 1, h*s, w*s), normalised units.
+    Args (each is the config key `model.<arg>`, except scale and guidance_channels, which are
+    derived from data.scale and len(data.guidance_bands)):
+        scale: upsampling factor, 2, 4 or 8 (log2(scale) pixel-(un)shuffle stages down and up).
+        guidance_channels: number of guidance bands C (10 in GrokLST).
+        act: activation of the feature convs: 'PReLU' (default), 'ReLU', 'LeakyReLU', 'ELU' or 'Sigmoid'.
+        num_features: channel width of both branches and of the fusion (64).
+
     HR 512x512, B=1, x8 (LR 64), one forward+backward, CPU 2 threads (fresh process, max RSS; shared 2-core
     machine at load ~9): peak RSS 1.06 GB, 31 s.
     """
@@ -197,6 +203,8 @@ class AHMF(nn.Module):
                                      ConvBNReLU2D(n, 1, 3, padding=1))
 
     def forward(self, lr_lst, hr_guidance=None):
+        """lr_lst (B, 1, h, w) normalised LST, hr_guidance (B, C, h*scale, w*scale) normalised guidance
+        (C = guidance_channels) -> (B, 1, h*scale, w*scale) normalised LST."""
         hr_lst = F.interpolate(lr_lst, scale_factor=self.scale, mode="bicubic", align_corners=False)
         d, g = self.head(lr_lst, hr_guidance)  # both (B, F, h, w)
         depth_out, guide_out = [d], [g]

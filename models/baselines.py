@@ -11,7 +11,11 @@ import torch.nn.functional as F
 
 
 class Interpolation(nn.Module):
-    """Upsample the LR LST by `scale`. lr_lst (B, 1, h, w) -> (B, 1, h*scale, w*scale)."""
+    """Upsample the LR LST by `scale` (no parameters).
+
+    Args (each is the config key `model.<arg>`, except scale, which is derived from data.scale):
+        scale: upsampling factor, 2, 4 or 8.
+    """
 
     kind = "sisr"
     scales = (2, 4, 8)
@@ -24,12 +28,26 @@ class Interpolation(nn.Module):
         self.scale = scale
 
     def forward(self, lr_lst, hr_guidance=None):
+        """lr_lst (B, 1, h, w) normalised LST; hr_guidance is ignored (SISR; None is fine)
+        -> (B, 1, h*scale, w*scale) normalised LST."""
         return F.interpolate(lr_lst, scale_factor=self.scale, mode=self.mode, align_corners=False)
 
 
 class Bicubic(Interpolation):
+    """Bicubic upsampling of the LR LST (a = -0.75, clamped borders); no parameters.
+
+    Args (each is the config key `model.<arg>`, except scale, which is derived from data.scale):
+        scale: upsampling factor, 2, 4 or 8.
+    """
+
     mode = "bicubic"
 
 
 class Bilinear(Interpolation):
+    """Bilinear upsampling of the LR LST; no parameters.
+
+    Args (each is the config key `model.<arg>`, except scale, which is derived from data.scale):
+        scale: upsampling factor, 2, 4 or 8.
+    """
+
     mode = "bilinear"

@@ -17,6 +17,10 @@ shared weights (identical to float precision). Input size: any h, w.
 import torch
 import torch.nn as nn
 
+# GrokLST downscales a single LST band. A constant, not a model argument: every layer that reads
+# or writes the LST is built for one channel, so checkpoints always have the upstream shapes.
+LST_CHANNELS = 1
+
 
 def stdv_channels(x):
     """Per-channel spatial standard deviation, (B, C, H, W) -> (B, C, 1, 1)."""
@@ -77,9 +81,12 @@ class MainBlock(nn.Module):
 
 
 class CFGN(nn.Module):
-    """CFGN for 1-channel LST.
+    """CFGN for 1-channel LST (the LST channel count `lst_channels` is fixed to 1).
 
-    forward(lr_lst (B, 1, h, w), hr_guidance ignored) -> (B, 1, h*scale, w*scale), normalised units.
+    Args (each is the config key `model.<arg>`, except scale, which is derived from data.scale):
+        scale: upsampling factor, 2, 4 or 8 (one conv + PixelShuffle(scale) head).
+        n_feats: channel width of the stem and of every main block (48).
+        n_resgroups: number of main blocks (6); all their outputs are fused before the head.
     """
 
     kind = "sisr"
@@ -87,17 +94,19 @@ class CFGN(nn.Module):
     lr_multiple = 1
     unused_parameters = ()
 
-    def __init__(self, scale: int = 8, lst_channels=1, n_feats=48, n_resgroups=6):
+    def __init__(self, scale: int = 8, n_feats=48, n_resgroups=6):
         super().__init__()
-        self.head_conv = nn.Conv2d(lst_channels, n_feats, 3, 1, 1)
+        self.head_conv = nn.Conv2d(LST_CHANNELS, n_feats, 3, 1, 1)
         self.body = nn.Sequential(*[MainBlock(n_feats) for _ in range(n_resgroups)])
         self.features_fusion_module = nn.Sequential(
             nn.Conv2d(n_feats * (n_resgroups + 1), n_feats, 1, 1, 0), nn.LeakyReLU(0.05, inplace=True),
             nn.Conv2d(n_feats, n_feats, 3, 1, 1), nn.Identity())
-        self.upsampler = nn.Sequential(nn.Conv2d(n_feats, lst_channels * scale * scale, 3, 1, 1),
+        self.upsampler = nn.Sequential(nn.Conv2d(n_feats, LST_CHANNELS * scale * scale, 3, 1, 1),
                                        nn.PixelShuffle(scale))
 
     def forward(self, lr_lst, hr_guidance=None):
+        """lr_lst (B, 1, h, w) normalised LST; hr_guidance is ignored (SISR; None is fine)
+        -> (B, 1, h*scale, w*scale) normalised LST."""
         x = self.head_conv(lr_lst)
         now, outs = x, [x]
         for block in self.body:

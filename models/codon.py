@@ -60,6 +60,14 @@ class SpatialGate(nn.Module):
 
 
 class CODON(nn.Module):
+    """CODON (upstream codon/CODONNet4 and CODONNet8 in one class).
+
+    Args (each is the config key `model.<arg>`, except scale and guidance_channels, which are
+    derived from data.scale and len(data.guidance_bands)):
+        scale: upsampling factor, 4 or 8 (only sets the bicubic pre-upsampling: all layers run at HR).
+        guidance_channels: number of guidance bands C (10 in GrokLST).
+    """
+
     kind = "gisr"
     scales = (4, 8)
     lr_multiple = 1
@@ -101,7 +109,8 @@ class CODON(nn.Module):
         self.attention_s5 = SpatialGate()
 
     def forward(self, lr_lst, hr_guidance=None):
-        """lr_lst (B, 1, h, w), hr_guidance (B, C, h*s, w*s) -> (B, 1, h*s, w*s), normalised units."""
+        """lr_lst (B, 1, h, w) normalised LST, hr_guidance (B, C, h*scale, w*scale) normalised guidance
+        (C = guidance_channels) -> (B, 1, h*scale, w*scale) normalised LST."""
         r = self.relu
         residual = F.interpolate(lr_lst, scale_factor=self.scale, mode="bicubic", align_corners=False)
         inputs = r(self.conv_input(r(self.input(residual))))

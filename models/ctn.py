@@ -29,6 +29,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# GrokLST downscales a single LST band. A constant, not a model argument: every layer that reads
+# or writes the LST is built for one channel, so checkpoints always have the upstream shapes.
+LST_CHANNELS = 1
+
 
 class CEM(nn.Module):
     """Contextual enhancement: x * sigmoid(1x1(up(context(x)) + 1x1(x))), context via stride-2 conv + max-pool."""
@@ -122,9 +126,14 @@ class PA(nn.Module):
 
 
 class CTNet(nn.Module):
-    """CTNet for 1-channel LST (x2 / x4).
+    """CTNet for 1-channel LST (x2 / x4; the LST channel counts `in_nc` / `out_nc` are fixed to 1).
 
-    forward(lr_lst (B, 1, h, w), hr_guidance ignored) -> (B, 1, h*scale, w*scale), normalised units.
+    Args (each is the config key `model.<arg>`, except scale, which is derived from data.scale):
+        scale: upsampling factor, 2 or 4 (one or two nearest-x2 upsampling stages).
+        nf: channel width of the stem and of the 16 transformation blocks (64).
+        unf: channel width of the upsampling stages (24).
+        nb: each block taps nf // nb channels for the final fusion; the 16 taps must add up to nf,
+            so nb must be 16 (the block count).
     """
 
     kind = "sisr"
@@ -132,12 +141,12 @@ class CTNet(nn.Module):
     lr_multiple = 1
     unused_parameters = tuple(f"ctb{i}.ctl{j}.cfe.0.k{k}." for i in range(1, 17) for j in (1, 2) for k in (3, 4))
 
-    def __init__(self, scale: int = 4, in_nc=1, out_nc=1, nf=64, unf=24, nb=16):
+    def __init__(self, scale: int = 4, nf=64, unf=24, nb=16):
         super().__init__()
         assert scale in (2, 4), "CTNet supports x2 and x4"
         self.scale = scale
         self.n_blocks = 16
-        self.conv_first = nn.Conv2d(in_nc, nf, 3, 1, 1)
+        self.conv_first = nn.Conv2d(LST_CHANNELS, nf, 3, 1, 1)
         for i in range(1, self.n_blocks + 1):
             if i > 1:
                 setattr(self, f"cem{i}", CEM(nf))
@@ -150,11 +159,13 @@ class CTNet(nn.Module):
             self.upconv2 = nn.Conv2d(unf, unf, 3, 1, 1)
             self.att2 = PA(unf)
             self.HRconv2 = nn.Conv2d(unf, unf, 3, 1, 1)
-        self.conv_last = nn.Conv2d(unf, out_nc, 3, 1, 1)
+        self.conv_last = nn.Conv2d(unf, LST_CHANNELS, 3, 1, 1)
         self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
         self.c = nn.Conv2d(nf, nf, 1, 1, 0)
 
     def forward(self, lr_lst, hr_guidance=None):
+        """lr_lst (B, 1, h, w) normalised LST; hr_guidance is ignored (SISR; None is fine)
+        -> (B, 1, h*scale, w*scale) normalised LST."""
         fea = self.conv_first(lr_lst)
         x, skips = fea, []
         for i in range(1, self.n_blocks + 1):

@@ -17,6 +17,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# GrokLST downscales a single LST band. A constant, not a model argument: every layer that reads
+# or writes the LST is built for one channel, so checkpoints always have the upstream shapes.
+LST_CHANNELS = 1
+
 
 def soft_threshold(x, lam):
     """sign(x) * relu(|x| - lam): the proximal operator of lam * ||x||_1."""
@@ -64,25 +68,35 @@ class Decoder(nn.Module):
 
 
 class CUNet(nn.Module):
-    """forward(lr_lst (B,1,h,w), hr_guidance (B,C,h*s,w*s)) -> (B,1,h*s,w*s), normalised units."""
+    """CUNet (upstream cunet/CUNet; the LST channel count `dep_in_channels` is fixed to 1).
+
+    Args (each is the config key `model.<arg>`, except scale and guidance_channels, which are
+    derived from data.scale and len(data.guidance_bands)):
+        scale: upsampling factor, 2, 4 or 8 (only sets the bicubic pre-upsampling: all layers run at HR).
+        guidance_channels: number of guidance bands C (10 in GrokLST).
+        num_filters: number of sparse-code channels (convolutional dictionary atoms) of each encoder (64).
+        kernel_size: side of every (dictionary) convolution, in HR pixels (9).
+    """
+
     kind = "gisr"
     scales = (2, 4, 8)
     lr_multiple = 1
     unused_parameters = ()
 
-    def __init__(self, scale: int = 8, guidance_channels: int = 10, dep_in_channels: int = 1,
-                 num_filters: int = 64, kernel_size: int = 9):
+    def __init__(self, scale: int = 8, guidance_channels: int = 10, num_filters: int = 64, kernel_size: int = 9):
         super().__init__()
         self.scale = scale
         nf, k = num_filters, kernel_size
-        self.net_u = Prediction(dep_in_channels, nf, k)
-        self.conv_u = xavier_conv(nf, dep_in_channels, k)
+        self.net_u = Prediction(LST_CHANNELS, nf, k)
+        self.conv_u = xavier_conv(nf, LST_CHANNELS, k)
         self.net_v = Prediction(guidance_channels, nf, k)
         self.conv_v = xavier_conv(nf, guidance_channels, k)
-        self.net_z = Prediction(guidance_channels + dep_in_channels, nf, k)
-        self.decoder = Decoder(dep_in_channels, nf, k)
+        self.net_z = Prediction(guidance_channels + LST_CHANNELS, nf, k)
+        self.decoder = Decoder(LST_CHANNELS, nf, k)
 
     def forward(self, lr_lst, hr_guidance=None):
+        """lr_lst (B, 1, h, w) normalised LST, hr_guidance (B, C, h*scale, w*scale) normalised guidance
+        (C = guidance_channels) -> (B, 1, h*scale, w*scale) normalised LST."""
         x = F.interpolate(lr_lst, scale_factor=self.scale, mode="bicubic", align_corners=False)
         u = self.net_u(x)
         v = self.net_v(hr_guidance)

@@ -233,7 +233,20 @@ class PyModel(nn.Module):
 class DAGF(nn.Module):
     """DAGF (upstream dagf/DAGF). 2,442,223 parameters at every scale.
 
-    forward(lr_lst (B, 1, h, w), hr_guidance (B, C, h*s, w*s)) -> (B, 1, h*s, w*s), normalised units.
+    Args (each is the config key `model.<arg>`, except scale and guidance_channels, which are
+    derived from data.scale and len(data.guidance_bands)):
+        scale: upsampling factor, 2, 4 or 8 (only sets the bicubic pre-upsampling: the pyramid is at HR).
+        guidance_channels: number of guidance bands C (10 in GrokLST).
+        num_pyramid: pyramid levels, HR down to HR / 2**(num_pyramid - 1) (3; HR is padded to a
+            multiple of 2**(num_pyramid + 1)).
+        num_features: channel width of the LST and guidance features at every level (32).
+        act: activation name: 'PReLU' (default), 'ReLU', 'LeakyReLU', 'ELU' or 'Sigmoid'.
+        norm: normalisation of the feature convs: 'None' (default, none), 'BN' or 'Adaptive'.
+        filter_size: side of the learned filter kernels (3; the only size the filtering supports).
+        num_res: residual blocks applied to the running features before each filtering (2).
+        bn_momentum: PyTorch BatchNorm momentum (weight of the new batch) of the AdaptiveNorms of the
+            attention net (0.001; upstream's 0.999 keeps only the last batch, see the module docstring).
+
     HR 512x512, B=1, x8 (LR 64), one forward+backward, CPU 2 threads (fresh process, max RSS):
         peak RSS 2.41 GB, 49 s (shared 2-core machine at load ~9, so seconds are pessimistic).
     """
@@ -264,6 +277,8 @@ class DAGF(nn.Module):
                 m.bn.momentum = bn_momentum
 
     def forward(self, lr_lst, hr_guidance=None):
+        """lr_lst (B, 1, h, w) normalised LST, hr_guidance (B, C, h*scale, w*scale) normalised guidance
+        (C = guidance_channels) -> (B, 1, h*scale, w*scale) normalised LST."""
         h, w = lr_lst.shape[-2:]
         m = 2 ** (self.num_pyramid + 1)  # HR must divide by 16 (num_pyramid=3)
         step = m // math.gcd(m, self.scale)

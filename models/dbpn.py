@@ -18,6 +18,10 @@ with upstream on shared weights (identical). Input size: any h, w.
 import torch
 import torch.nn as nn
 
+# GrokLST downscales a single LST band. A constant, not a model argument: every layer that reads
+# or writes the LST is built for one channel, so checkpoints always have the upstream shapes.
+LST_CHANNELS = 1
+
 
 class ConvBlock(nn.Module):
     """Conv2d (+ PReLU unless activation is None)."""
@@ -89,17 +93,26 @@ class DownBlock(nn.Module):
 
 
 class DBPN(nn.Module):
+    """Dense DBPN for 1-channel LST (the LST channel count `num_channels` is fixed to 1).
+
+    Args (each is the config key `model.<arg>`, except scale, which is derived from data.scale):
+        scale: upsampling factor, 2, 4 or 8 (sets the projection kernel / stride / padding).
+        base_filter: channel width of the projection units (64).
+        feat: channel width of the initial 3x3 feature conv (256).
+        num_stages: number of up-projection units (7); their HR maps are concatenated for the output.
+    """
+
     kind = "sisr"
     scales = (2, 4, 8)
     lr_multiple = 1
     unused_parameters = ()
 
-    def __init__(self, scale: int = 8, num_channels=1, base_filter=64, feat=256, num_stages=7):
+    def __init__(self, scale: int = 8, base_filter=64, feat=256, num_stages=7):
         super().__init__()
         kernel, stride, padding = {2: (6, 2, 2), 4: (8, 4, 2), 8: (12, 8, 2)}[scale]
         proj = (base_filter, kernel, stride, padding)
         self.num_stages = num_stages
-        self.feat0 = ConvBlock(num_channels, feat, 3, 1, 1)
+        self.feat0 = ConvBlock(LST_CHANNELS, feat, 3, 1, 1)
         self.feat1 = ConvBlock(feat, base_filter, 1, 1, 0)
         # up1, down1, up2 are plain; down_k / up_(k+1) for k >= 2 fuse k previous maps (dense variant)
         self.up1 = UpBlock(*proj)
@@ -108,7 +121,7 @@ class DBPN(nn.Module):
         for k in range(2, num_stages):
             setattr(self, f"down{k}", DownBlock(*proj, num_stages=k))
             setattr(self, f"up{k + 1}", UpBlock(*proj, num_stages=k))
-        self.output_conv = ConvBlock(num_stages * base_filter, num_channels, 3, 1, 1, activation=None)
+        self.output_conv = ConvBlock(num_stages * base_filter, LST_CHANNELS, 3, 1, 1, activation=None)
 
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
@@ -117,7 +130,8 @@ class DBPN(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def forward(self, lr_lst, hr_guidance=None):
-        """lr_lst: (B, 1, h, w) normalised LST -> (B, 1, h*scale, w*scale), same units. hr_guidance is ignored."""
+        """lr_lst (B, 1, h, w) normalised LST; hr_guidance is ignored (SISR; None is fine)
+        -> (B, 1, h*scale, w*scale) normalised LST."""
         x = self.feat1(self.feat0(lr_lst))
         h1 = self.up1(x)
         l1 = self.down1(h1)

@@ -36,6 +36,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# GrokLST downscales a single LST band. A constant, not a model argument: every layer that reads
+# or writes the LST is built for one channel, so checkpoints always have the upstream shapes.
+LST_CHANNELS = 1
+
 
 def dct_matrix(n, device=None, dtype=torch.float32):
     """Orthonormal DCT-II matrix (n, n): X = D @ x, x = D.T @ X."""
@@ -138,23 +142,36 @@ class Decoder_Deep(nn.Module):
 
 
 class DCTNet(nn.Module):
-    """forward(lr_lst (B,1,h,w), hr_guidance (B,C,h*s,w*s)) -> (B,1,h*s,w*s), normalised units."""
+    """DCTNet (upstream dct/DCTNet; the LST channel count `dep_in_channels` is fixed to 1).
+
+    Args (each is the config key `model.<arg>`, except scale and guidance_channels, which are
+    derived from data.scale and len(data.guidance_bands)):
+        scale: upsampling factor, 2, 4 or 8 (only sets the bicubic pre-upsampling: all layers run at HR).
+        guidance_channels: number of guidance bands C (10 in GrokLST).
+        lambd: accepted for config parity, no effect: upstream's init overwrites it (the per-channel
+            log-lambda is drawn from N(0.1, 0.3)).
+        n_feats: channel width of the coupled encoder and of the DCT solve (64; half of the filters shared).
+        output_relu: end the decoder with upstream's ReLU (output >= 0, wrong for z-scored LST; False).
+    """
+
     kind = "gisr"
     scales = (2, 4, 8)
     lr_multiple = 1
     unused_parameters = ("WPNet.conv_dilation",)
 
-    def __init__(self, scale: int = 8, guidance_channels: int = 10, dep_in_channels: int = 1,
-                 lambd: float = 3.0, n_feats: int = 64, output_relu: bool = False):
+    def __init__(self, scale: int = 8, guidance_channels: int = 10, lambd: float = 3.0, n_feats: int = 64,
+                 output_relu: bool = False):
         super().__init__()
         self.scale = scale
         # log-lambda per channel; upstream fills with `lambd` and then immediately re-draws from N(0.1, 0.3)
         self.lambd = nn.Parameter(torch.empty(1, n_feats, 1, 1).normal_(0.1, 0.3))
         self.WPNet = Weight_Prediction_Network(n_feats)
-        self.Encoder_coupled = Coupled_Encoder(dep_in_channels, guidance_channels, n_feats)
+        self.Encoder_coupled = Coupled_Encoder(LST_CHANNELS, guidance_channels, n_feats)
         self.Decoder_depth = Decoder_Deep(n_feats, output_relu)
 
     def forward(self, lr_lst, hr_guidance=None):
+        """lr_lst (B, 1, h, w) normalised LST, hr_guidance (B, C, h*scale, w*scale) normalised guidance
+        (C = guidance_channels) -> (B, 1, h*scale, w*scale) normalised LST."""
         x = F.interpolate(lr_lst, scale_factor=self.scale, mode="bicubic", align_corners=False)
         H, W = x.shape[-2:]
         feat_d, feat_r = self.Encoder_coupled(x, hr_guidance)

@@ -24,6 +24,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# GrokLST downscales a single LST band. A constant, not a model argument: every layer that reads
+# or writes the LST is built for one channel, so checkpoints always have the upstream shapes.
+LST_CHANNELS = 1
+
 
 def window_partition(x, ws):
     """(B, H, W, C) -> (B * H/ws * W/ws, ws, ws, C)."""
@@ -172,9 +176,13 @@ def conv1x1_lrelu(cin, cout):
 
 
 class DCTLSA(nn.Module):
-    """DCTLSA for 1-channel LST.
+    """DCTLSA for 1-channel LST (the LST channel counts `in_nc` / `out_nc` are fixed to 1).
 
-    forward(lr_lst (B, 1, h, w), hr_guidance ignored) -> (B, 1, h*scale, w*scale), normalised units.
+    Args (each is the config key `model.<arg>`, except scale, which is derived from data.scale):
+        scale: upsampling factor, 2, 4 or 8 (one conv + PixelShuffle(scale) head).
+        nf: channel width of the stem and of every attention block (55; divisible by num_head).
+        num_modules: number of densely connected attention blocks (LSAB); the wiring needs 6.
+        num_head: attention heads per window (5).
     """
 
     kind = "sisr"
@@ -182,19 +190,21 @@ class DCTLSA(nn.Module):
     lr_multiple = 1
     unused_parameters = ()
 
-    def __init__(self, scale: int = 8, in_nc=1, out_nc=1, nf=55, num_modules=6, num_head=5):
+    def __init__(self, scale: int = 8, nf=55, num_modules=6, num_head=5):
         super().__init__()
         assert num_modules == 6, "the dense wiring (B1..B6, c1..c5) is fixed to six blocks"
-        self.fea_conv = nn.Conv2d(in_nc, nf, 3, 1, 1)
+        self.fea_conv = nn.Conv2d(LST_CHANNELS, nf, 3, 1, 1)
         for i in range(1, 7):
             setattr(self, f"B{i}", LSAB(nf, num_head))
         self.c = conv1x1_lrelu(nf * num_modules, nf)
         for i in range(1, 6):
             setattr(self, f"c{i}", conv1x1_lrelu(nf * (i + 1), nf))
         self.LR_conv = nn.Conv2d(nf, nf, 3, 1, 1)
-        self.upsampler = nn.Sequential(nn.Conv2d(nf, out_nc * scale ** 2, 3, 1, 1), nn.PixelShuffle(scale))
+        self.upsampler = nn.Sequential(nn.Conv2d(nf, LST_CHANNELS * scale ** 2, 3, 1, 1), nn.PixelShuffle(scale))
 
     def forward(self, lr_lst, hr_guidance=None):
+        """lr_lst (B, 1, h, w) normalised LST; hr_guidance is ignored (SISR; None is fine)
+        -> (B, 1, h*scale, w*scale) normalised LST."""
         fea = self.fea_conv(lr_lst)
         dense, outs, x = fea, [], fea
         for i in range(1, 7):

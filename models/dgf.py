@@ -69,10 +69,15 @@ class ConvGuidedFilter(nn.Module):
 
 
 class DGF(nn.Module):
-    """Deep guided filter for LST.
+    """Deep guided filter for LST. The guide is the mean over the C guidance bands (as upstream).
 
-    forward(lr_lst (B,1,h,w), hr_guidance (B,C,h*s,w*s)) -> (B,1,h*s,w*s), normalised units.
-    The guide is the mean over the C guidance bands (as upstream).
+    Args (each is the config key `model.<arg>`, except scale and guidance_channels, which are
+    derived from data.scale and len(data.guidance_bands)):
+        scale: upsampling factor, 2, 4 or 8 (only sets the bicubic pre-upsampling: the filter runs at HR).
+        guidance_channels: number of guidance bands C (10 in GrokLST); no parameter depends on it.
+        num_features: hidden width of the 1x1-conv network that predicts the linear coefficient A (64).
+        standardize_guide: standardise the averaged guide per image before filtering (True; False is
+            upstream's behaviour, see the module docstring).
     """
     kind = "gisr"
     scales = (2, 4, 8)
@@ -88,6 +93,8 @@ class DGF(nn.Module):
         self.layers = ConvGuidedFilter(in_channels=1, num_features=num_features)
 
     def forward(self, lr_lst, hr_guidance=None):
+        """lr_lst (B, 1, h, w) normalised LST, hr_guidance (B, C, h*scale, w*scale) normalised guidance
+        (C = guidance_channels) -> (B, 1, h*scale, w*scale) normalised LST."""
         up = F.interpolate(lr_lst, scale_factor=self.scale, mode="bicubic", align_corners=False)
         guide = hr_guidance.mean(dim=1, keepdim=True)
         if self.standardize_guide:  # the fix for upstream's "big loss", see the module docstring

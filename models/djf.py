@@ -15,6 +15,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# GrokLST downscales a single LST band. A constant, not a model argument: every layer that reads
+# or writes the LST is built for one channel, so checkpoints always have the upstream shapes.
+LST_CHANNELS = 1
+
 
 class CNN(nn.Module):
     """Three convs (ReLU between, none after the last). The paddings (2, 2, 2) with kernels (9, 1, 5) shrink
@@ -34,23 +38,26 @@ class CNN(nn.Module):
 
 
 class DJF(nn.Module):
-    """Deep Joint Filter.
+    """Deep Joint Filter (the LST channel count `dep_in_channels` is fixed to 1).
 
-    forward(lr_lst (B,1,h,w), hr_guidance (B,C,h*s,w*s)) -> (B,1,h*s,w*s), all in normalised units.
-    `residual=True` adds the bicubic LST to the output (upstream default and config: False).
-    `init_weights=True` applies the pix2pix-style N(0, 0.02) init of the upstream code (config: False).
+    Args (each is the config key `model.<arg>`, except scale and guidance_channels, which are
+    derived from data.scale and len(data.guidance_bands)):
+        scale: upsampling factor, 2, 4 or 8 (only sets the bicubic pre-upsampling: all layers run at HR).
+        guidance_channels: number of guidance bands C (10 in GrokLST).
+        init_weights: apply the pix2pix-style N(0, 0.02) init of the upstream code (upstream config: False).
+        residual: add the bicubic LST to the output (upstream default and config: False).
     """
     kind = "gisr"
     scales = (2, 4, 8)
     lr_multiple = 1
     unused_parameters = ()
 
-    def __init__(self, scale: int = 8, guidance_channels: int = 10, dep_in_channels: int = 1,
-                 init_weights: bool = False, residual: bool = False):
+    def __init__(self, scale: int = 8, guidance_channels: int = 10, init_weights: bool = False,
+                 residual: bool = False):
         super().__init__()
         self.scale = scale
         self.residual = residual
-        self.cnn_t = CNN(c_in=dep_in_channels, channel=(96, 48, 1))
+        self.cnn_t = CNN(c_in=LST_CHANNELS, channel=(96, 48, 1))
         self.cnn_g = CNN(c_in=guidance_channels, channel=(96, 48, 1))
         self.cnn_f = CNN(c_in=2, channel=(64, 32, 1))
         if init_weights:
@@ -60,6 +67,8 @@ class DJF(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def forward(self, lr_lst, hr_guidance=None):
+        """lr_lst (B, 1, h, w) normalised LST, hr_guidance (B, C, h*scale, w*scale) normalised guidance
+        (C = guidance_channels) -> (B, 1, h*scale, w*scale) normalised LST."""
         up = F.interpolate(lr_lst, scale_factor=self.scale, mode="bicubic", align_corners=False)
         out = self.cnn_f(torch.cat([self.cnn_t(up), self.cnn_g(hr_guidance)], dim=1))
         return out + up if self.residual else out
@@ -79,18 +88,22 @@ class ConvAct(nn.Module):
 
 
 class DJFR(nn.Module):
-    """Residual Deep Joint Filter.
+    """Residual Deep Joint Filter (the LST channel count `dep_in_channels` is fixed to 1).
 
     Encoders: 9x9 (96) -> 1x1 (48) -> 5x5 (3) for LST and guidance; decoder on the 6-channel concat:
     9x9 (64) -> 1x1 (32) -> 5x5 (1); output = decoder + bicubic LST.
-    forward(lr_lst (B,1,h,w), hr_guidance (B,C,h*s,w*s)) -> (B,1,h*s,w*s), normalised units.
+
+    Args (each is the config key `model.<arg>`, except scale and guidance_channels, which are
+    derived from data.scale and len(data.guidance_bands)):
+        scale: upsampling factor, 2, 4 or 8 (only sets the bicubic pre-upsampling: all layers run at HR).
+        guidance_channels: number of guidance bands C (10 in GrokLST).
     """
     kind = "gisr"
     scales = (2, 4, 8)
     lr_multiple = 1
     unused_parameters = ()
 
-    def __init__(self, scale: int = 8, guidance_channels: int = 10, dep_in_channels: int = 1):
+    def __init__(self, scale: int = 8, guidance_channels: int = 10):
         super().__init__()
         self.scale = scale
 
@@ -98,12 +111,14 @@ class DJFR(nn.Module):
             return nn.Sequential(ConvAct(c_in, 96, 9, 2, act=True), ConvAct(96, 48, 1, 2, act=True),
                                  ConvAct(48, 3, 5, 2))
 
-        self.depth_encoder = encoder(dep_in_channels)
+        self.depth_encoder = encoder(LST_CHANNELS)
         self.rgb_encoder = encoder(guidance_channels)
         self.decoder = nn.Sequential(ConvAct(6, 64, 9, 4, act=True), ConvAct(64, 32, 1, 0, act=True),
-                                     ConvAct(32, dep_in_channels, 5, 2))
+                                     ConvAct(32, LST_CHANNELS, 5, 2))
 
     def forward(self, lr_lst, hr_guidance=None):
+        """lr_lst (B, 1, h, w) normalised LST, hr_guidance (B, C, h*scale, w*scale) normalised guidance
+        (C = guidance_channels) -> (B, 1, h*scale, w*scale) normalised LST."""
         up = F.interpolate(lr_lst, scale_factor=self.scale, mode="bicubic", align_corners=False)
         feats = torch.cat([self.rgb_encoder(hr_guidance), self.depth_encoder(up)], dim=1)
         return self.decoder(feats) + up

@@ -104,8 +104,17 @@ class KernelDKN(nn.Module):
 class DKN(nn.Module):
     """DKN (upstream dkn/DKN). 1,169,046 parameters at every scale.
 
-    forward(lr_lst (B, 1, h, w), hr_guidance (B, C, h*s, w*s)) -> (B, 1, h*s, w*s), normalised units.
-    stitch=False (default): one-pass a trous kernel nets (see module docstring); True: upstream 16-pass loop.
+    Args (each is the config key `model.<arg>`, except scale and guidance_channels, which are
+    derived from data.scale and len(data.guidance_bands)):
+        scale: upsampling factor, 2, 4 or 8 (only sets the bicubic pre-upsampling: the kernel nets run at HR).
+        guidance_channels: number of guidance bands C (10 in GrokLST).
+        kernel_size: taps per side r of the deformable filter (3: 9 weights and 9 2-D offsets per HR pixel).
+        filter_size: side of the window around each HR pixel that the taps sample inside, in HR pixels (15).
+        residual: zero-mean kernel whose output is added to the bicubic LST (True, upstream); False
+            normalises the kernel to sum 1 and returns the filtered bicubic LST.
+        stitch: False (default): one-pass a trous kernel nets (see module docstring); True: upstream's
+            16-pass shift-and-stitch loop (same parameters, differs in train-mode BatchNorm only).
+
     HR 512x512, B=1, x8, one forward+backward, CPU 2 threads (fresh process, shared machine at load ~9):
         stitch=False: peak RSS 2.77 GB, 107 s      stitch=True (upstream loop): peak RSS 5.86 GB, 211 s
     """
@@ -150,6 +159,8 @@ class DKN(nn.Module):
         return weight[..., :H, :W], offset[..., :H, :W]
 
     def forward(self, lr_lst, hr_guidance=None):
+        """lr_lst (B, 1, h, w) normalised LST, hr_guidance (B, C, h*scale, w*scale) normalised guidance
+        (C = guidance_channels) -> (B, 1, h*scale, w*scale) normalised LST."""
         x = F.interpolate(lr_lst, scale_factor=self.scale, mode="bicubic", align_corners=False)
         weight, offset = self._kernels(hr_guidance, x)
         out = deform_filter(x, weight, offset, self.filter_size, self.kernel_size)
@@ -196,7 +207,16 @@ class FDKN(nn.Module):
     """FDKN (upstream dkn/FDKN): fast DKN, kernel nets at LR on s x s space-to-depth input, pixel-shuffled.
 
     Parameters: x2 613,720, x4 735,328, x8 1,221,760.
-    forward(lr_lst (B, 1, h, w), hr_guidance (B, C, h*s, w*s)) -> (B, 1, h*s, w*s), normalised units.
+
+    Args (each is the config key `model.<arg>`, except scale and guidance_channels, which are
+    derived from data.scale and len(data.guidance_bands)):
+        scale: upsampling factor, 2, 4 or 8 (the kernel nets see scale x scale space-to-depth blocks).
+        guidance_channels: number of guidance bands C (10 in GrokLST).
+        kernel_size: taps per side r of the deformable filter (3: 9 weights and 9 2-D offsets per HR pixel).
+        filter_size: side of the window around each HR pixel that the taps sample inside, in HR pixels (15).
+        residual: zero-mean kernel whose output is added to the bicubic LST (True, upstream); False
+            normalises the kernel to sum 1 and returns the filtered bicubic LST.
+
     HR 512x512, B=1, x8, one forward+backward, CPU 2 threads (fresh process, shared machine at load ~9):
         peak RSS 0.76 GB, 8.9 s.
     """
@@ -214,6 +234,8 @@ class FDKN(nn.Module):
         self.DepthKernel = KernelFDKN(scale * scale, kernel_size, factor=scale)
 
     def forward(self, lr_lst, hr_guidance=None):
+        """lr_lst (B, 1, h, w) normalised LST, hr_guidance (B, C, h*scale, w*scale) normalised guidance
+        (C = guidance_channels) -> (B, 1, h*scale, w*scale) normalised LST."""
         s = self.scale
         x = F.interpolate(lr_lst, scale_factor=s, mode="bicubic", align_corners=False)
         imw, imo = self.ImageKernel(space_to_depth(hr_guidance, s))

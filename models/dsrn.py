@@ -22,6 +22,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# GrokLST downscales a single LST band. A constant, not a model argument: every layer that reads
+# or writes the LST is built for one channel, so checkpoints always have the upstream shapes.
+LST_CHANNELS = 1
+
 
 class ConvReLU(nn.Module):
     """conv3x3 (Xavier-normal, zero bias) -> BatchNorm -> ReLU."""
@@ -54,13 +58,19 @@ class DeConvReLU(nn.Module):
 
 
 class DSRN(nn.Module):
-    """forward(lr_lst (B,1,h,w), hr_guidance (B,C,h*s,w*s)) -> (B,1,h*s,w*s), normalised units."""
+    """DSRN (upstream dsrn/DSRN; the LST channel count `dep_in_channels` is fixed to 1).
+
+    Args (each is the config key `model.<arg>`, except scale and guidance_channels, which are
+    derived from data.scale and len(data.guidance_bands)):
+        scale: upsampling factor, 2, 4 or 8 (only sets the bicubic pre-upsampling: the U-Net runs at HR).
+        guidance_channels: number of guidance bands C (10 in GrokLST).
+    """
     kind = "gisr"
     scales = (2, 4, 8)
     lr_multiple = 1
     unused_parameters = ()
 
-    def __init__(self, scale: int = 8, guidance_channels: int = 10, dep_in_channels: int = 1):
+    def __init__(self, scale: int = 8, guidance_channels: int = 10):
         super().__init__()
         self.scale = scale
         C = ConvReLU
@@ -70,15 +80,17 @@ class DSRN(nn.Module):
         self.encoder_2 = nn.Sequential(C(128, 128), C(128, 128))
         self.encoder_3 = nn.Sequential(C(256, 256), C(256, 256))
         self.encoder_4 = nn.Sequential(C(512, 512), C(512, 512))
-        self.input_1, self.input_2 = C(dep_in_channels, 64), C(dep_in_channels, 128)
-        self.input_3, self.input_4 = C(dep_in_channels, 256), C(dep_in_channels, 512)
+        self.input_1, self.input_2 = C(LST_CHANNELS, 64), C(LST_CHANNELS, 128)
+        self.input_3, self.input_4 = C(LST_CHANNELS, 256), C(LST_CHANNELS, 512)
         self.decoder_1 = nn.Sequential(C(1024, 1024), C(1024, 1024), DeConvReLU(1024, 512))
         self.decoder_2 = nn.Sequential(C(512 * 3, 512), C(512, 512), DeConvReLU(512, 256))
         self.decoder_3 = nn.Sequential(C(256 * 3, 256), C(256, 256), DeConvReLU(256, 128))
         self.decoder_4 = nn.Sequential(C(128 * 3, 128), C(128, 128), DeConvReLU(128, 64))
-        self.tail = nn.Sequential(C(64 * 3, 64), C(64, 64), C(64, dep_in_channels))
+        self.tail = nn.Sequential(C(64 * 3, 64), C(64, 64), C(64, LST_CHANNELS))
 
     def forward(self, lr_lst, hr_guidance=None):
+        """lr_lst (B, 1, h, w) normalised LST, hr_guidance (B, C, h*scale, w*scale) normalised guidance
+        (C = guidance_channels) -> (B, 1, h*scale, w*scale) normalised LST."""
         up = F.interpolate(lr_lst, scale_factor=self.scale, mode="bicubic", align_corners=False)
         H, W = up.shape[-2:]
         ph, pw = -H % 16, -W % 16

@@ -16,6 +16,10 @@ import math
 import torch.nn as nn
 import torch.nn.functional as F
 
+# GrokLST downscales a single LST band. A constant, not a model argument: every layer that reads
+# or writes the LST is built for one channel, so checkpoints always have the upstream shapes.
+LST_CHANNELS = 1
+
 
 def kaiming_init_(module, scale=1.0):
     """MMagic's default_init_weights: kaiming-normal (fan_in, relu) weights times `scale`, zero bias."""
@@ -71,21 +75,31 @@ class UpsampleModule(nn.Sequential):
 
 
 class EDSR(nn.Module):
+    """EDSR for 1-channel LST (the LST channel counts `in_channels` / `out_channels` are fixed to 1).
+
+    Args (each is the config key `model.<arg>`, except scale, which is derived from data.scale):
+        scale: upsampling factor, 2, 4 or 8 (log2(scale) conv + PixelShuffle(2) stages).
+        mid_channels: channel width of the stem, residual blocks and upsampler (64).
+        num_blocks: number of residual blocks (16).
+        res_scale: factor on each residual branch (1; at 1 the block convs start at 0.1 x kaiming).
+    """
+
     kind = "sisr"
     scales = (2, 4, 8)
     lr_multiple = 1
     unused_parameters = ()
 
-    def __init__(self, scale: int = 8, in_channels=1, out_channels=1, mid_channels=64, num_blocks=16, res_scale=1):
+    def __init__(self, scale: int = 8, mid_channels=64, num_blocks=16, res_scale=1):
         super().__init__()
-        self.conv_first = nn.Conv2d(in_channels, mid_channels, 3, padding=1)
+        self.conv_first = nn.Conv2d(LST_CHANNELS, mid_channels, 3, padding=1)
         self.body = nn.Sequential(*[ResidualBlockNoBN(mid_channels, res_scale) for _ in range(num_blocks)])
         self.conv_after_body = nn.Conv2d(mid_channels, mid_channels, 3, 1, 1)
         self.upsample = UpsampleModule(scale, mid_channels)
-        self.conv_last = nn.Conv2d(mid_channels, out_channels, 3, 1, 1)
+        self.conv_last = nn.Conv2d(mid_channels, LST_CHANNELS, 3, 1, 1)
 
     def forward(self, lr_lst, hr_guidance=None):
-        """lr_lst: (B, 1, h, w) normalised LST -> (B, 1, h*scale, w*scale), same units. hr_guidance is ignored."""
+        """lr_lst (B, 1, h, w) normalised LST; hr_guidance is ignored (SISR; None is fine)
+        -> (B, 1, h*scale, w*scale) normalised LST."""
         x = self.conv_first(lr_lst)
         x = x + self.conv_after_body(self.body(x))
         return self.conv_last(self.upsample(x))

@@ -25,6 +25,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# GrokLST downscales a single LST band. A constant, not a model argument: every layer that reads
+# or writes the LST is built for one channel, so checkpoints always have the upstream shapes.
+LST_CHANNELS = 1
+
 
 def default_conv(in_channels, out_channels, kernel_size, bias=True):
     return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
@@ -170,27 +174,41 @@ def _unused_names(n_resgroups, n_resblocks):
 
 
 class EGASR(nn.Module):
-    """EGASR for single-image LST super-resolution. (B, 1, h, w) -> (B, 1, h*scale, w*scale), normalised units."""
+    """EGASR for single-image LST super-resolution (the LST channel count `n_colors` is fixed to 1).
+
+    Args (each is the config key `model.<arg>`, except scale, which is derived from data.scale):
+        scale: upsampling factor, 2, 4 or 8 (log2(scale) conv + PixelShuffle(2) stages).
+        kernel_size: side of the body convolutions, in LR pixels (3).
+        n_feats: channel width of the head, body and upsampler (64).
+        n_resgroups: number of residual edge-enhanced groups (REG) (10).
+        n_resblocks: edge-guided residual attention blocks (EGRAB) per group (16).
+        reduction: accepted for config parity, unused (as upstream).
+        res_scale: accepted for config parity, unused (as upstream).
+        conv: factory conv(in_channels, out_channels, kernel_size, bias=True) -> nn.Module of the head,
+            body, upsampler and tail convs (default_conv: 'same'-padded nn.Conv2d); Python only, not
+            settable from YAML.
+    """
 
     kind = "sisr"
     scales = (2, 4, 8)
     lr_multiple = 1
     unused_parameters = _unused_names(10, 16)  # default depth; the instance attribute follows the real depth
 
-    def __init__(self, scale: int = 8, n_colors: int = 1, kernel_size: int = 3, n_feats: int = 64,
+    def __init__(self, scale: int = 8, kernel_size: int = 3, n_feats: int = 64,
                  n_resgroups: int = 10, n_resblocks: int = 16, reduction: int = 16, res_scale: float = 1,
                  conv=default_conv):
         super().__init__()
         self.scale = scale
         self.unused_parameters = _unused_names(n_resgroups, n_resblocks)
         self.gamma = nn.Parameter(torch.zeros(1))
-        self.head = nn.Sequential(conv(n_colors, n_feats, kernel_size))
+        self.head = nn.Sequential(conv(LST_CHANNELS, n_feats, kernel_size))
         self.REGs = nn.ModuleList([REG(conv, n_feats, kernel_size, n_resblocks) for _ in range(n_resgroups)])
         self.conv = conv(n_feats, n_feats, kernel_size)
-        self.tail = nn.Sequential(Upsampler(conv, scale, n_feats), conv(n_feats, n_colors, kernel_size))
+        self.tail = nn.Sequential(Upsampler(conv, scale, n_feats), conv(n_feats, LST_CHANNELS, kernel_size))
 
     def forward(self, lr_lst, hr_guidance=None):
-        """lr_lst: (B, 1, h, w) normalised LST; hr_guidance ignored. Returns (B, 1, h*scale, w*scale)."""
+        """lr_lst (B, 1, h, w) normalised LST; hr_guidance is ignored (SISR; None is fine)
+        -> (B, 1, h*scale, w*scale) normalised LST."""
         x = self.conv(self.head(lr_lst))
         skip = x
         for group in self.REGs:

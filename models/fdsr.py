@@ -24,6 +24,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# GrokLST downscales a single LST band. A constant, not a model argument: every layer that reads
+# or writes the LST is built for one channel, so checkpoints always have the upstream shapes.
+LST_CHANNELS = 1
+
 
 def resample_data(x, s):
     """Space-to-depth (B,C,H,W) -> (B,C*s*s,H/s,W/s); channel order (i, j, c) as upstream (not pixel_unshuffle's)."""
@@ -86,14 +90,22 @@ class MS_RB(nn.Module):
 
 
 class FDSR(nn.Module):
-    """forward(lr_lst (B,1,h,w), hr_guidance (B,C,h*s,w*s)) -> (B,1,h*s,w*s), normalised units."""
+    """FDSR (upstream fdsr/FDSR; the LST channel count `lst_channels` is fixed to 1).
+
+    Args (each is the config key `model.<arg>`, except scale and guidance_channels, which are
+    derived from data.scale and len(data.guidance_bands)):
+        scale: upsampling factor, 2, 4 or 8 (only sets the bicubic pre-upsampling: the net runs at HR / 4).
+        guidance_channels: number of guidance bands C (10 in GrokLST).
+        num_feats: channel width of the guidance branch and first LST block (32; the LST branch
+            grows by 3/4 of it per fusion).
+        kernel_size: side of the convolutions (3; the paddings assume 3).
+    """
     kind = "gisr"
     scales = (2, 4, 8)
     lr_multiple = 1
     unused_parameters = ("rgb_cbl4.conv.conv_h2l", "rgb_cbl4.conv.conv_l2l")
 
-    def __init__(self, scale: int = 8, guidance_channels: int = 10, lst_channels: int = 1,
-                 num_feats: int = 32, kernel_size: int = 3):
+    def __init__(self, scale: int = 8, guidance_channels: int = 10, num_feats: int = 32, kernel_size: int = 3):
         super().__init__()
         self.scale = scale
         nf, k = num_feats, kernel_size
@@ -101,7 +113,7 @@ class FDSR(nn.Module):
         self.rgb_cbl2 = Conv_BN_ACT(nf, nf, k, alpha_in=0, alpha_out=0.25)
         self.rgb_cbl3 = Conv_BN_ACT(nf, nf, k, alpha_in=0.25, alpha_out=0.25)
         self.rgb_cbl4 = Conv_BN_ACT(nf, nf, k, alpha_in=0.25, alpha_out=0.25)
-        self.conv_dp1 = nn.Conv2d(lst_channels * 16, nf, k, padding=1)
+        self.conv_dp1 = nn.Conv2d(LST_CHANNELS * 16, nf, k, padding=1)
         hi = nf - int(0.25 * nf)  # high-frequency guidance width added at each fusion (24)
         self.MSB1 = MS_RB(nf, k)
         self.MSB2 = MS_RB(nf + hi, k)
@@ -111,10 +123,12 @@ class FDSR(nn.Module):
         self.ps1 = nn.PixelShuffle(2)
         self.conv_recon2 = nn.Conv2d(nf, 4 * nf, k, padding=1)
         self.ps2 = nn.PixelShuffle(2)
-        self.restore = nn.Conv2d(nf, lst_channels, k, padding=1)
+        self.restore = nn.Conv2d(nf, LST_CHANNELS, k, padding=1)
         self.act = nn.LeakyReLU(0.2)
 
     def forward(self, lr_lst, hr_guidance=None):
+        """lr_lst (B, 1, h, w) normalised LST, hr_guidance (B, C, h*scale, w*scale) normalised guidance
+        (C = guidance_channels) -> (B, 1, h*scale, w*scale) normalised LST."""
         up = F.interpolate(lr_lst, scale_factor=self.scale, mode="bicubic", align_corners=False)
         H, W = up.shape[-2:]
         ph, pw = -H % 8, -W % 8

@@ -23,6 +23,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# GrokLST downscales a single LST band. A constant, not a model argument: every layer that reads
+# or writes the LST is built for one channel, so checkpoints always have the upstream shapes.
+LST_CHANNELS = 1
+
 
 class WNConv2d(nn.Conv2d):
     """Conv2d with weight normalisation: parameters weight_g (out, 1, 1, 1), weight_v, bias."""
@@ -114,9 +118,11 @@ class FEB(nn.Module):
 
 
 class FENet(nn.Module):
-    """FENet for 1-channel LST.
+    """FENet for 1-channel LST (the LST channel count `lst_channels` is fixed to 1).
 
-    forward(lr_lst (B, 1, h, w), hr_guidance ignored) -> (B, 1, h*scale, w*scale), normalised units.
+    Args (each is the config key `model.<arg>`, except scale, which is derived from data.scale):
+        scale: upsampling factor, 2, 4 or 8 (log2(scale) grouped conv + PixelShuffle(2) stages).
+        group: groups of the upsampler's 3x3 convs (4; must divide the 64 channels).
     """
 
     kind = "sisr"
@@ -124,17 +130,19 @@ class FENet(nn.Module):
     lr_multiple = 1
     unused_parameters = ()
 
-    def __init__(self, scale: int = 8, lst_channels=1, group=4):
+    def __init__(self, scale: int = 8, group=4):
         super().__init__()
         self.scale = scale
         self.n_blocks = 12
-        self.entry_1 = WNConv2d(lst_channels, 64, 3, 1, 1)
+        self.entry_1 = WNConv2d(LST_CHANNELS, 64, 3, 1, 1)
         self.body = nn.Sequential(*[FEB(64, 64) for _ in range(self.n_blocks)])
         self.reduction = BasicConv2d(64 * (self.n_blocks + 1), 64, 1, 1, 0)
         self.upscample = UpsampleBlock(64, scale, group)
-        self.exit = WNConv2d(64, lst_channels, 3, 1, 1)
+        self.exit = WNConv2d(64, LST_CHANNELS, 3, 1, 1)
 
     def forward(self, lr_lst, hr_guidance=None):
+        """lr_lst (B, 1, h, w) normalised LST; hr_guidance is ignored (SISR; None is fine)
+        -> (B, 1, h*scale, w*scale) normalised LST."""
         h, w = lr_lst.shape[-2:]
         x = self.entry_1(lr_lst)
         feats = [x]

@@ -15,6 +15,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# GrokLST downscales a single LST band. A constant, not a model argument: every layer that reads
+# or writes the LST is built for one channel, so checkpoints always have the upstream shapes.
+LST_CHANNELS = 1
+
 
 class CALayer(nn.Module):
     """Channel attention weights: avg-pool, 1x1 squeeze by 8, ReLU, 1x1, sigmoid -> (B, C, 1, 1)."""
@@ -108,9 +112,12 @@ class BFModule(nn.Module):
 
 
 class FeNet(nn.Module):
-    """FeNet for 1-channel LST.
+    """FeNet for 1-channel LST (the LST channel counts `in_channels` / `out_channels` are fixed to 1).
 
-    forward(lr_lst (B, 1, h, w), hr_guidance ignored) -> (B, 1, h*scale, w*scale), normalised units.
+    Args (each is the config key `model.<arg>`, except scale, which is derived from data.scale):
+        scale: upsampling factor, 2, 4 or 8 (one conv + PixelShuffle(scale) head).
+        num_fea: channel width of the features and of every enhancement block (48; even).
+        num_LBs: number of feature enhancement blocks (FEB); the back-fusion module needs 4.
     """
 
     kind = "sisr"
@@ -118,19 +125,21 @@ class FeNet(nn.Module):
     lr_multiple = 1
     unused_parameters = ()
 
-    def __init__(self, scale: int = 8, in_channels=1, num_fea=48, out_channels=1, num_LBs=4):
+    def __init__(self, scale: int = 8, num_fea=48, num_LBs=4):
         super().__init__()
         assert num_LBs == 4, "the back-fusion module is wired for four blocks"
         self.scale = scale
-        self.fea_conv = nn.Sequential(nn.Conv2d(in_channels, num_fea, 3, 1, 1), nn.Conv2d(num_fea, num_fea, 3, 1, 1))
+        self.fea_conv = nn.Sequential(nn.Conv2d(LST_CHANNELS, num_fea, 3, 1, 1), nn.Conv2d(num_fea, num_fea, 3, 1, 1))
         self.LBs = nn.ModuleList([FEB(num_fea) for _ in range(num_LBs)])
         self.BFM = BFModule(num_fea)
         self.upsample = nn.Sequential(
             nn.Conv2d(num_fea, num_fea, 3, 1, 1),
-            nn.Conv2d(num_fea, out_channels * scale ** 2, 3, 1, 1),
+            nn.Conv2d(num_fea, LST_CHANNELS * scale ** 2, 3, 1, 1),
             nn.PixelShuffle(scale))
 
     def forward(self, lr_lst, hr_guidance=None):
+        """lr_lst (B, 1, h, w) normalised LST; hr_guidance is ignored (SISR; None is fine)
+        -> (B, 1, h*scale, w*scale) normalised LST."""
         base = F.interpolate(lr_lst, scale_factor=self.scale, mode="bicubic", align_corners=False)
         fea = self.fea_conv(lr_lst)
         outs, t = [], fea

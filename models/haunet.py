@@ -37,6 +37,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# GrokLST downscales a single LST band. A constant, not a model argument: every layer that reads
+# or writes the LST is built for one channel, so checkpoints always have the upstream shapes.
+LST_CHANNELS = 1
+
 
 class LayerNorm2d(nn.Module):
     """LayerNorm over channels of (B, C, H, W), eps inside the sqrt."""
@@ -171,9 +175,15 @@ class lateral_nafblock(nn.Module):
 
 
 class HAUNet(nn.Module):
-    """HAUNet for 1-channel LST.
+    """HAUNet for 1-channel LST (the LST channel count `img_channel` is fixed to 1).
 
-    forward(lr_lst (B, 1, h, w), hr_guidance ignored) -> (B, 1, h*scale, w*scale), normalised units.
+    Args (each is the config key `model.<arg>`, except scale, which is derived from data.scale):
+        scale: upsampling factor, 2, 4 or 8 (one conv + PixelShuffle(scale) head).
+        width: channel width at every level of the U-Net (180; divisible by every entry of heads).
+        middle_blk_num: CEM blocks at 1/4 LR size, half before and half after the lateral block (10).
+        enc_blk_nums: blocks of the two encoder levels, [1x, 1/2] LR size ((5, 5); two levels only).
+        dec_blk_nums: blocks of the two decoder levels, [1/2, 1x] LR size ((5, 5); two levels only).
+        heads: attention heads at 1x, 1/2 and 1/4 LR size ((1, 2, 4)).
     """
 
     kind = "sisr"
@@ -181,13 +191,13 @@ class HAUNet(nn.Module):
     lr_multiple = 1
     unused_parameters = ("lateral_nafblock.qkv.0.project_out2.",)
 
-    def __init__(self, scale: int = 8, img_channel=1, width=180, middle_blk_num=10, enc_blk_nums=(5, 5),
+    def __init__(self, scale: int = 8, width=180, middle_blk_num=10, enc_blk_nums=(5, 5),
                  dec_blk_nums=(5, 5), heads=(1, 2, 4)):
         super().__init__()
         assert len(enc_blk_nums) == 2 and len(dec_blk_nums) == 2, "the lateral block is wired for two levels"
         self.scale = scale
         c = width
-        self.intro = nn.Conv2d(img_channel, c, 3, padding=1)
+        self.intro = nn.Conv2d(LST_CHANNELS, c, 3, padding=1)
         self.encoders, self.downs = nn.ModuleList(), nn.ModuleList()
         for i, n in enumerate(enc_blk_nums):
             block = S_CEMBlock if i == 0 else CEMBlock
@@ -202,9 +212,11 @@ class HAUNet(nn.Module):
             block = CEMBlock if i == 0 else S_CEMBlock
             self.decoders.append(nn.Sequential(*[block(c, num_heads=heads[1 - i]) for _ in range(n)]))
         self.padder_size = 2 ** len(self.encoders)
-        self.up = nn.Sequential(nn.Conv2d(c, img_channel * scale ** 2, 3, padding=1), nn.PixelShuffle(scale))
+        self.up = nn.Sequential(nn.Conv2d(c, LST_CHANNELS * scale ** 2, 3, padding=1), nn.PixelShuffle(scale))
 
     def forward(self, lr_lst, hr_guidance=None):
+        """lr_lst (B, 1, h, w) normalised LST; hr_guidance is ignored (SISR; None is fine)
+        -> (B, 1, h*scale, w*scale) normalised LST."""
         h, w = lr_lst.shape[-2:]
         p = self.padder_size
         base = F.interpolate(lr_lst, scale_factor=self.scale, mode="bilinear", align_corners=False)

@@ -437,13 +437,15 @@ class Bridge(nn.Module):
 class MoCoLSKNet(nn.Module):
     """MoCoLSK-Net.
 
-    Args:
-        scale: 2, 4 or 8 (16 also builds).
-        guidance_channels: number of guidance bands (10 in GrokLST).
+    Args (each is the config key `model.<arg>`, except scale and guidance_channels, which are
+    derived from data.scale and len(data.guidance_bands)):
+        scale: upsampling factor, 2, 4 or 8 (16 also builds).
+        guidance_channels: number of guidance bands C (10 in GrokLST).
         num_feats: base width (32); LST widths grow by num_feats per stage, the reconstruction
             module is (num_stages + 1) * num_feats wide.
-        kernel_size, n_resblocks, reduction: convs, RCABs per residual group (the reconstruction
-            module's last two groups have 2x), channel-attention reduction.
+        kernel_size: side of the convs of the stems, residual blocks and head (3).
+        n_resblocks: RCABs per residual group (4; the reconstruction module's last two groups have 2x).
+        reduction: channel-attention squeeze ratio of the RCABs (16; at most num_feats).
         num_stages: number of stages (4).
         stages: fusion module per stage, a list of num_stages letters or one letter for all:
             'S' spatial MoCoLSK, 'C' MoCoLSK-CS, 'B' baseline (identity fusion); None = all 'S'.
@@ -453,7 +455,10 @@ class MoCoLSKNet(nn.Module):
         dynamic_conv: False uses a static 7x7 conv instead of the generated kernel.
         modality_fusion: False gives Z = X * S instead of Y * S.
         pooling: token pooling of the MCWG pathway: 'ppm' (bins ppm_bins), 'avg', 'max', 'avgmax'.
-        mlp_type, mlp_layers, mlp_hidden: dynamic MLP version (A/B/C), layers, hidden width.
+        ppm_bins: grid sizes of the pyramid pooling ((1, 2, 3, 6): 1 + 4 + 9 + 36 = 50 tokens per modality).
+        mlp_type: dynamic MLP version A, B or C ('a'; any case).
+        mlp_layers: layers of the dynamic MLP (1).
+        mlp_hidden: hidden width of the dynamic MLP (32).
         dynamic_kernel_size: size k of the generated 2->2 kernel (3; paper tries 3..9).
         lsk_input: 'lst' (default) or 'guidance' (the 'Ex' variant).
         reference_compat: reproduce the original exactly: generated kernel detached (the dynamic
@@ -524,7 +529,8 @@ class MoCoLSKNet(nn.Module):
                                            if s.upper() == "S")
 
     def forward(self, lr_lst, hr_guidance):
-        """lr_lst (B, 1, h, w), hr_guidance (B, C, h*s, w*s), normalised -> (B, 1, h*s, w*s)."""
+        """lr_lst (B, 1, h, w) normalised LST, hr_guidance (B, C, h*scale, w*scale) normalised guidance
+        (C = guidance_channels) -> (B, 1, h*scale, w*scale) normalised LST."""
         recompute = self.checkpointing and torch.is_grad_enabled()
 
         def run(module, *inputs):  # with checkpointing, HR stages keep only their inputs

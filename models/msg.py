@@ -77,7 +77,16 @@ def gaussian_conv(kernel_size=15, sigma=5.0):
 
 
 class DMSG(nn.Module):
-    """forward(lr_lst (B,1,h,w), hr_guidance (B,C,h*s,w*s)) -> (B,1,h*s,w*s), normalised units. s in {2,4,8}."""
+    """DMSG / MSG-Net (upstream dmsg/DMSG, registered as `dmsg` and `msg`).
+
+    Args (each is the config key `model.<arg>`, except scale and guidance_channels, which are
+    derived from data.scale and len(data.guidance_bands)):
+        scale: upsampling factor, 2, 4 or 8 (a power of 2: log2(scale) 2x stages).
+        guidance_channels: number of guidance bands C (10 in GrokLST); no parameter depends on it: the
+            bands are averaged into one guide.
+        fix_borders: border-correct Gaussian low-pass and guarded min-max (True; False is upstream's
+            behaviour, see the module docstring).
+    """
     kind = "gisr"
     scales = (2, 4, 8)
     lr_multiple = 1
@@ -116,6 +125,8 @@ class DMSG(nn.Module):
         return self.gaussian(v) / n
 
     def forward(self, lr_lst, hr_guidance=None):
+        """lr_lst (B, 1, h, w) normalised LST, hr_guidance (B, C, h*scale, w*scale) normalised guidance
+        (C = guidance_channels) -> (B, 1, h*scale, w*scale) normalised LST."""
         up = F.interpolate(lr_lst, scale_factor=self.scale, mode="bicubic", align_corners=False)
 
         g = hr_guidance.mean(dim=1, keepdim=True)

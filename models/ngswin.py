@@ -35,6 +35,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# GrokLST downscales a single LST band. A constant, not a model argument: every layer that reads
+# or writes the LST is built for one channel, so checkpoints always have the upstream shapes.
+LST_CHANNELS = 1
+
 
 # ----------------------------------------------------------------------------------------------- helpers
 def trunc_normal_(t, std=0.02):
@@ -337,14 +341,35 @@ class SCDPBottleneck(nn.Module):
 
 # ----------------------------------------------------------------------------------------------- model
 class NGswin(nn.Module):
-    """NGswin for single-image LST super-resolution. (B, 1, h, w) -> (B, 1, h*scale, w*scale), normalised units."""
+    """NGswin for single-image LST super-resolution (the LST channel count `in_chans` is fixed to 1).
+
+    Args (each is the config key `model.<arg>`, except scale, which is derived from data.scale):
+        scale: upsampling factor, 2 or 4 (one conv + PixelShuffle(scale) reconstruction).
+        training_img_size: upstream's training LR size (default 512 // scale); no effect (module docstring).
+        target_mode: upstream's 'light_x{scale}' (default derived from scale; must match it).
+        ngrams: N of the N-gram window context, per encoder stage and then the decoder ((2, 2, 2, 2)).
+        embed_dim: token width of the encoder stages (64).
+        depths: N-Gram Swin blocks (NSTB) per encoder stage, at 1, 1/2, 1/4 LR size ((6, 4, 4)).
+        num_heads: attention heads per encoder stage ((6, 4, 4)).
+        head_dim: width of each encoder attention head (None: embed_dim // heads).
+        dec_dim: token width of the decoder stage (64).
+        dec_depths: NSTBs in the decoder stage (6).
+        dec_num_heads: attention heads of the decoder stage (6).
+        dec_head_dim: width of each decoder attention head (None: dec_dim // dec_num_heads).
+        window_size: side of the attention windows, in LR pixels (8; inputs are padded to 4 * window_size).
+        mlp_ratio: MLP hidden width as a multiple of the token width (2.0).
+        qkv_bias: learn a bias in the q, k, v projections (True).
+        drop_rate: dropout probability of the attention output projection and of the MLPs (0.0).
+        attn_drop_rate: dropout probability on the attention weights (0.0).
+        drop_path_rate: stochastic-depth rate of the last block, rising linearly from 0 (0.0).
+    """
 
     kind = "sisr"
     scales = (2, 4)
     lr_multiple = 1  # zero-pads to a multiple of 4 * window_size internally and crops back
     unused_parameters = ()
 
-    def __init__(self, scale: int = 4, in_chans: int = 1, training_img_size: int = None, target_mode: str = None,
+    def __init__(self, scale: int = 4, training_img_size: int = None, target_mode: str = None,
                  ngrams=(2, 2, 2, 2), embed_dim: int = 64, depths=(6, 4, 4), num_heads=(6, 4, 4), head_dim=None,
                  dec_dim: int = 64, dec_depths: int = 6, dec_num_heads: int = 6, dec_head_dim=None,
                  window_size: int = 8, mlp_ratio: float = 2.0, qkv_bias: bool = True, drop_rate: float = 0.0,
@@ -359,7 +384,7 @@ class NGswin(nn.Module):
         dpr = [drop_path_rate * i / max(sum(depths) + dec_depths - 1, 1) for i in range(sum(depths) + dec_depths)]  # linspace, device-free
 
         self.shallow_extract = nn.Module()
-        self.shallow_extract.conv1 = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
+        self.shallow_extract.conv1 = nn.Conv2d(LST_CHANNELS, embed_dim, 3, 1, 1)
         for i in range(n_enc):
             self.add_module(f"encoder_layer{i + 1}", EncoderLayer(
                 embed_dim, ngrams[i], depths[i], num_heads[i], window_size, head_dim, mlp_ratio, qkv_bias,
@@ -371,9 +396,9 @@ class NGswin(nn.Module):
                                            dpr[sum(depths):])
         self.norm = nn.LayerNorm(dec_dim)
         self.to_target = nn.Sequential()
-        self.to_target.add_module("before_shuffle", nn.Conv2d(dec_dim, in_chans * scale ** 2, 3, 1, 1))
+        self.to_target.add_module("before_shuffle", nn.Conv2d(dec_dim, LST_CHANNELS * scale ** 2, 3, 1, 1))
         self.to_target.add_module("shuffler", nn.PixelShuffle(scale))
-        self.to_target.add_module("to_origin", nn.Conv2d(in_chans, in_chans, 3, 1, 1))
+        self.to_target.add_module("to_origin", nn.Conv2d(LST_CHANNELS, LST_CHANNELS, 3, 1, 1))
         self.apply(self._init_weights)
 
     @staticmethod
@@ -387,7 +412,8 @@ class NGswin(nn.Module):
             nn.init.zeros_(m.bias)
 
     def forward(self, lr_lst, hr_guidance=None):
-        """lr_lst: (B, 1, h, w) normalised LST; hr_guidance ignored. Returns (B, 1, h*scale, w*scale)."""
+        """lr_lst (B, 1, h, w) normalised LST; hr_guidance is ignored (SISR; None is fine)
+        -> (B, 1, h*scale, w*scale) normalised LST."""
         h0, w0 = lr_lst.shape[-2:]
         unit = 4 * self.window_size
         x = F.pad(lr_lst, (0, (-w0) % unit, 0, (-h0) % unit))  # zeros, bottom/right (as upstream)

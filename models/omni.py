@@ -24,6 +24,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# GrokLST downscales a single LST band. A constant, not a model argument: every layer that reads
+# or writes the LST is built for one channel, so checkpoints always have the upstream shapes.
+LST_CHANNELS = 1
+
 
 class LayerNorm2d(nn.Module):
     """LayerNorm over channels of (B, C, H, W), eps inside the sqrt."""
@@ -274,9 +278,15 @@ class OSAG(nn.Module):
 
 
 class OmniSR(nn.Module):
-    """OmniSR for 1-channel LST.
+    """OmniSR for 1-channel LST (the LST channel counts `num_in_ch` / `num_out_ch` are fixed to 1).
 
-    forward(lr_lst (B, 1, h, w), hr_guidance ignored) -> (B, 1, h*scale, w*scale), normalised units.
+    Args (each is the config key `model.<arg>`, except scale, which is derived from data.scale):
+        scale: upsampling factor, 2, 4 or 8 (one conv + PixelShuffle(scale) head).
+        num_feat: channel width of the stem and of every attention group (64).
+        res_num: number of omni self-attention groups (OSAG) (5).
+        block_num: OSA blocks per group (4).
+        window_size: side of the block / grid attention windows, in LR pixels (8; the input is
+            zero-padded to a multiple of it).
     """
 
     kind = "sisr"
@@ -284,17 +294,18 @@ class OmniSR(nn.Module):
     lr_multiple = 1
     unused_parameters = ()
 
-    def __init__(self, scale: int = 8, num_in_ch=1, num_out_ch=1, num_feat=64, res_num=5, block_num=4,
-                 window_size=8):
+    def __init__(self, scale: int = 8, num_feat=64, res_num=5, block_num=4, window_size=8):
         super().__init__()
         self.scale = scale
         self.window_size = window_size
-        self.input = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
+        self.input = nn.Conv2d(LST_CHANNELS, num_feat, 3, 1, 1)
         self.residual_layer = nn.Sequential(*[OSAG(num_feat, block_num, window_size) for _ in range(res_num)])
         self.output = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-        self.up = nn.Sequential(nn.Conv2d(num_feat, num_out_ch * scale ** 2, 3, 1, 1), nn.PixelShuffle(scale))
+        self.up = nn.Sequential(nn.Conv2d(num_feat, LST_CHANNELS * scale ** 2, 3, 1, 1), nn.PixelShuffle(scale))
 
     def forward(self, lr_lst, hr_guidance=None):
+        """lr_lst (B, 1, h, w) normalised LST; hr_guidance is ignored (SISR; None is fine)
+        -> (B, 1, h*scale, w*scale) normalised LST."""
         h, w = lr_lst.shape[-2:]
         ws = self.window_size
         x = F.pad(lr_lst, (0, (ws - w % ws) % ws, 0, (ws - h % ws) % ws))   # zeros, as upstream

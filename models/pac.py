@@ -117,7 +117,25 @@ def _branch(channels, f_sz, bn):
 class PAC(nn.Module):
     """PAC joint upsampler (upstream pac/PAC). Params x2 150,641  x4 189,089  x8 227,537.
 
-    forward(lr_lst (B, 1, h, w), hr_guidance (B, C, h*s, w*s)) -> (B, 1, h*s, w*s), normalised units.
+    Args (each is the config key `model.<arg>`, except scale and guidance_channels, which are
+    derived from data.scale and len(data.guidance_bands)):
+        scale: upsampling factor, 2, 4 or 8 (a power of 2: log2(scale) pixel-adaptive 2x stages).
+        guidance_channels: number of guidance bands C (10 in GrokLST).
+        n_t_layers: convs of the target (LR LST) branch (3).
+        n_g_layers: convs of the guidance branch (3).
+        n_f_layers: convs of the final branch, after the upsampling stages (2).
+        n_t_filters: width of the target-branch convs (32; or a list of n_t_layers widths).
+        n_g_filters: width of the guidance-branch hidden convs (32; or a list of n_g_layers - 1 widths).
+        n_f_filters: width of the upsampling stages and final hidden convs (32; or a list of
+            n_f_layers + log2(scale) - 1 widths).
+        k_ch: adapting guidance features per 2x stage (16); the guidance branch outputs k_ch * log2(scale).
+        f_sz_1: kernel side of the branch convs (5; odd).
+        f_sz_2: kernel side of the pixel-adaptive transposed convs (5).
+        t_bn: BatchNorm after each target-branch conv (False).
+        g_bn: BatchNorm after each guidance-branch conv (False).
+        u_bn: BatchNorm after each upsampling stage (False).
+        f_bn: BatchNorm after each final-branch conv (False).
+
     HR 512x512, B=1, x8 (LR 64), one forward+backward, CPU 2 threads (fresh process, max RSS; shared
     2-core machine at load ~9, so seconds are pessimistic): peak RSS 1.68 GB, 56 s.
     """
@@ -147,6 +165,8 @@ class PAC(nn.Module):
         self.branch_f = _branch(n_f[num_ups:], f_sz_1, f_bn)
 
     def forward(self, lr_lst, hr_guidance=None):
+        """lr_lst (B, 1, h, w) normalised LST, hr_guidance (B, C, h*scale, w*scale) normalised guidance
+        (C = guidance_channels) -> (B, 1, h*scale, w*scale) normalised LST."""
         x = self.branch_t(lr_lst)
         g = self.branch_g(hr_guidance)
         for i, up in enumerate(self.up_convts):

@@ -122,6 +122,18 @@ class ChannelAttention(nn.Module):
 
 
 class PMBA(nn.Module):
+    """PMBANet (upstream pmba/PMBANet2, PMBANet4, PMBANet8 in one class).
+
+    Args (each is the config key `model.<arg>`, except scale and guidance_channels, which are
+    derived from data.scale and len(data.guidance_bands)):
+        scale: upsampling factor, 2, 4 or 8 (sets the projection kernel / stride / padding).
+        guidance_channels: number of guidance bands C (10 in GrokLST).
+        base_filter: channel width of the stage features (64; the multi-view and attention blocks are
+            built for 64 as upstream, so only 64 works).
+        feat: channel width of the initial 3x3 LST and guidance feature convs (256).
+        num_stages: accepted for config parity, no effect: upstream always builds three stages.
+    """
+
     kind = "gisr"
     scales = (2, 4, 8)
     lr_multiple = 1
@@ -168,7 +180,8 @@ class PMBA(nn.Module):
         return getattr(self, f"m{i}")(x) + getattr(self, f"output_conv{i}_1")(torch.cat(hs, 1))
 
     def forward(self, lr_lst, hr_guidance=None):
-        """lr_lst (B, 1, h, w), hr_guidance (B, C, h*s, w*s) -> (B, 1, h*s, w*s), normalised units."""
+        """lr_lst (B, 1, h, w) normalised LST, hr_guidance (B, C, h*scale, w*scale) normalised guidance
+        (C = guidance_channels) -> (B, 1, h*scale, w*scale) normalised LST."""
         x = self.feat1(self.feat0(lr_lst))
         c3 = self.feat_color3(self.feat_color1(self.feat_color0(hr_guidance)))
         d1 = self.c1(self.stage(1, x) + c3)

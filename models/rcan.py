@@ -16,6 +16,10 @@ import math
 
 import torch.nn as nn
 
+# GrokLST downscales a single LST band. A constant, not a model argument: every layer that reads
+# or writes the LST is built for one channel, so checkpoints always have the upstream shapes.
+LST_CHANNELS = 1
+
 
 def default_conv(in_channels, out_channels, kernel_size, bias=True):
     """'Same'-padded conv."""
@@ -76,19 +80,30 @@ class ResidualGroup(nn.Module):
 
 
 class RCAN(nn.Module):
+    """RCAN for 1-channel LST (the LST channel count `n_colors` is fixed to 1).
+
+    Args (each is the config key `model.<arg>`, except scale, which is derived from data.scale):
+        scale: upsampling factor, 2, 4 or 8 (log2(scale) conv + PixelShuffle(2) stages).
+        n_resgroups: number of residual groups (10).
+        n_resblocks: residual channel-attention blocks (RCAB) per group (20).
+        n_feats: channel width of the stem, body and upsampler (64).
+        reduction: channel-attention squeeze ratio (16).
+    """
+
     kind = "sisr"
     scales = (2, 4, 8)
     lr_multiple = 1
     unused_parameters = ()
 
-    def __init__(self, scale: int = 8, n_colors=1, n_resgroups=10, n_resblocks=20, n_feats=64, reduction=16):
+    def __init__(self, scale: int = 8, n_resgroups=10, n_resblocks=20, n_feats=64, reduction=16):
         super().__init__()
-        self.head = nn.Sequential(default_conv(n_colors, n_feats, 3))
+        self.head = nn.Sequential(default_conv(LST_CHANNELS, n_feats, 3))
         groups = [ResidualGroup(n_feats, 3, reduction, n_resblocks) for _ in range(n_resgroups)]
         self.body = nn.Sequential(*groups, default_conv(n_feats, n_feats, 3))
-        self.tail = nn.Sequential(Upsampler(scale, n_feats), default_conv(n_feats, n_colors, 3))
+        self.tail = nn.Sequential(Upsampler(scale, n_feats), default_conv(n_feats, LST_CHANNELS, 3))
 
     def forward(self, lr_lst, hr_guidance=None):
-        """lr_lst: (B, 1, h, w) normalised LST -> (B, 1, h*scale, w*scale), same units. hr_guidance is ignored."""
+        """lr_lst (B, 1, h, w) normalised LST; hr_guidance is ignored (SISR; None is fine)
+        -> (B, 1, h*scale, w*scale) normalised LST."""
         x = self.head(lr_lst)
         return self.tail(x + self.body(x))

@@ -16,6 +16,10 @@ upstream on shared weights (identical). Input size: any h, w.
 import torch
 import torch.nn as nn
 
+# GrokLST downscales a single LST band. A constant, not a model argument: every layer that reads
+# or writes the LST is built for one channel, so checkpoints always have the upstream shapes.
+LST_CHANNELS = 1
+
 
 class DenseLayer(nn.Module):
     """(B, C, h, w) -> (B, C + growth, h, w): concat input with relu(conv3x3(input))."""
@@ -43,16 +47,26 @@ class RDB(nn.Module):
 
 
 class RDN(nn.Module):
+    """RDN for 1-channel LST (the LST channel counts `in_channels` / `out_channels` are fixed to 1).
+
+    Args (each is the config key `model.<arg>`, except scale, which is derived from data.scale):
+        scale: upsampling factor, 2, 4 or 8 (x2 / x4: one or two conv + PixelShuffle(2) steps; x8: one
+            conv + PixelShuffle(8), as upstream).
+        mid_channels: channel width of the shallow convs and between the dense blocks (64).
+        num_blocks: number of residual dense blocks (16).
+        num_layers: densely connected conv layers per block (8).
+        channel_growth: channels each dense layer adds (64).
+    """
+
     kind = "sisr"
     scales = (2, 4, 8)
     lr_multiple = 1
     unused_parameters = ()
 
-    def __init__(self, scale: int = 8, in_channels=1, out_channels=1, mid_channels=64, num_blocks=16,
-                 num_layers=8, channel_growth=64):
+    def __init__(self, scale: int = 8, mid_channels=64, num_blocks=16, num_layers=8, channel_growth=64):
         super().__init__()
         c = mid_channels
-        self.sfe1 = nn.Conv2d(in_channels, c, 3, padding=1)
+        self.sfe1 = nn.Conv2d(LST_CHANNELS, c, 3, padding=1)
         self.sfe2 = nn.Conv2d(c, c, 3, padding=1)
         self.rdbs = nn.ModuleList([RDB(c, channel_growth, num_layers) for _ in range(num_blocks)])
         self.gff = nn.Sequential(nn.Conv2d(c * num_blocks, c, 1), nn.Conv2d(c, c, 3, padding=1))
@@ -63,10 +77,11 @@ class RDN(nn.Module):
             self.upscale = nn.Sequential(*layers)
         else:  # one sub-pixel step of the full factor
             self.upscale = nn.Sequential(nn.Conv2d(c, c * scale ** 2, 3, padding=1), nn.PixelShuffle(scale))
-        self.output = nn.Conv2d(c, out_channels, 3, padding=1)
+        self.output = nn.Conv2d(c, LST_CHANNELS, 3, padding=1)
 
     def forward(self, lr_lst, hr_guidance=None):
-        """lr_lst: (B, 1, h, w) normalised LST -> (B, 1, h*scale, w*scale), same units. hr_guidance is ignored."""
+        """lr_lst (B, 1, h, w) normalised LST; hr_guidance is ignored (SISR; None is fine)
+        -> (B, 1, h*scale, w*scale) normalised LST."""
         sfe1 = self.sfe1(lr_lst)
         x = self.sfe2(sfe1)
         feats = []

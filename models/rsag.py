@@ -132,6 +132,16 @@ class DCN(nn.Module):
 
 
 class RSAG(nn.Module):
+    """RSAG (upstream rsag/RSAG).
+
+    Args (each is the config key `model.<arg>`, except scale and guidance_channels, which are
+    derived from data.scale and len(data.guidance_bands)):
+        scale: upsampling factor, 4 or 8 (log2(scale) encoder / decoder phases).
+        guidance_channels: number of guidance bands C (10 in GrokLST).
+        n_blocks: CBAM blocks per decoder phase (30).
+        n_feats: base channel width (16); the width doubles with every encoder phase.
+    """
+
     kind = "gisr"
     scales = (4, 8)
     lr_multiple = 1
@@ -178,7 +188,8 @@ class RSAG(nn.Module):
         return self.tail_lf(torch.cat([lf, res[-1]], 1))
 
     def forward(self, lr_lst, hr_guidance=None):
-        """lr_lst (B, 1, h, w), hr_guidance (B, C, h*s, w*s) -> (B, 1, h*s, w*s), normalised units."""
+        """lr_lst (B, 1, h, w) normalised LST, hr_guidance (B, C, h*scale, w*scale) normalised guidance
+        (C = guidance_channels) -> (B, 1, h*scale, w*scale) normalised LST."""
         P = self.phase
         hr_0, lf_0 = self.conv35(F.interpolate(lr_lst, scale_factor=self.scale, mode="bicubic", align_corners=False))
         x, g = self.head(hr_0), self.rgb_head(hr_guidance)

@@ -17,6 +17,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# GrokLST downscales a single LST band. A constant, not a model argument: every layer that reads
+# or writes the LST is built for one channel, so checkpoints always have the upstream shapes.
+LST_CHANNELS = 1
+
 
 class GRN(nn.Module):
     """Global Response Normalisation (ConvNeXt-V2): x + gamma * (x * N(x)) + beta, N = L2 over H, W."""
@@ -83,9 +87,13 @@ class AttBlock(nn.Module):
 
 
 class SAFMN(nn.Module):
-    """SAFMN for 1-channel LST.
+    """SAFMN for 1-channel LST (the LST channel count `lst_channels` is fixed to 1).
 
-    forward(lr_lst (B, 1, h, w), hr_guidance ignored) -> (B, 1, h*scale, w*scale), normalised units.
+    Args (each is the config key `model.<arg>`, except scale, which is derived from data.scale):
+        scale: upsampling factor, 2, 4 or 8 (one conv + PixelShuffle(scale) head).
+        dim: channel width of the features (36; divisible by the 4 SAFM levels).
+        n_blocks: number of SAFM + channel-mixer blocks (8).
+        ffn_scale: hidden width of the conv channel mixer as a multiple of dim (2.0).
     """
 
     kind = "sisr"
@@ -93,15 +101,17 @@ class SAFMN(nn.Module):
     lr_multiple = 1
     unused_parameters = ()
 
-    def __init__(self, scale: int = 8, lst_channels=1, dim=36, n_blocks=8, ffn_scale=2.0):
+    def __init__(self, scale: int = 8, dim=36, n_blocks=8, ffn_scale=2.0):
         super().__init__()
         self.scale = scale
         self.norm = GRN(dim)
-        self.to_feat = nn.Conv2d(lst_channels, dim, 3, 1, 1)
+        self.to_feat = nn.Conv2d(LST_CHANNELS, dim, 3, 1, 1)
         self.feats = nn.Sequential(*[AttBlock(dim, ffn_scale) for _ in range(n_blocks)])
-        self.to_img = nn.Sequential(nn.Conv2d(dim, lst_channels * scale ** 2, 3, 1, 1), nn.PixelShuffle(scale))
+        self.to_img = nn.Sequential(nn.Conv2d(dim, LST_CHANNELS * scale ** 2, 3, 1, 1), nn.PixelShuffle(scale))
 
     def forward(self, lr_lst, hr_guidance=None):
+        """lr_lst (B, 1, h, w) normalised LST; hr_guidance is ignored (SISR; None is fine)
+        -> (B, 1, h*scale, w*scale) normalised LST."""
         base = F.interpolate(lr_lst, scale_factor=self.scale, mode="bilinear", align_corners=False)
         x = self.feats(self.norm(self.to_feat(lr_lst)))
         return self.to_img(x) + base

@@ -38,6 +38,10 @@ import math
 import torch
 import torch.nn as nn
 
+# GrokLST downscales a single LST band. A constant, not a model argument: every layer that reads
+# or writes the LST is built for one channel, so checkpoints always have the upstream shapes.
+LST_CHANNELS = 1
+
 
 def default_conv(in_channels, out_channels, kernel_size, bias=True):
     """'Same'-padded conv."""
@@ -177,25 +181,35 @@ class LSRAG(nn.Module):
 
 
 class SAN(nn.Module):
+    """SAN for 1-channel LST (the LST channel count `n_colors` is fixed to 1).
+
+    Args (each is the config key `model.<arg>`, except scale, which is derived from data.scale):
+        scale: upsampling factor, 2, 4 or 8 (log2(scale) conv + PixelShuffle(2) stages).
+        n_resgroups: number of local-source residual attention groups (LSRAG) (20).
+        n_resblocks: plain residual blocks per group (10).
+        n_feats: channel width of the stem, body and upsampler (64).
+        reduction: squeeze ratio of the groups' second-order channel attention (16).
+    """
+
     kind = "sisr"
     scales = (2, 4, 8)
     lr_multiple = 1
     # never used by the forward pass (see module docstring); RG.<i>.gamma listed for the default 20 groups
     unused_parameters = ("conv_last.", "non_local.soca.") + tuple(f"RG.{i}.gamma" for i in range(20))
 
-    def __init__(self, scale: int = 8, n_colors=1, n_resgroups=20, n_resblocks=10, n_feats=64, reduction=16):
+    def __init__(self, scale: int = 8, n_resgroups=20, n_resblocks=10, n_feats=64, reduction=16):
         super().__init__()
         self.unused_parameters = ("conv_last.", "non_local.soca.") + tuple(f"RG.{i}.gamma" for i in range(n_resgroups))
         self.gamma = nn.Parameter(torch.zeros(1))
         self.RG = nn.ModuleList([LSRAG(n_feats, 3, reduction, n_resblocks) for _ in range(n_resgroups)])
         self.conv_last = default_conv(n_feats, n_feats, 3)  # unused upstream
         self.non_local = Nonlocal_CA(in_feat=n_feats, inter_feat=n_feats // 8, reduction=8)
-        self.head = nn.Sequential(default_conv(n_colors, n_feats, 3))
-        self.tail = nn.Sequential(Upsampler(scale, n_feats), default_conv(n_feats, n_colors, 3))
+        self.head = nn.Sequential(default_conv(LST_CHANNELS, n_feats, 3))
+        self.tail = nn.Sequential(Upsampler(scale, n_feats), default_conv(n_feats, LST_CHANNELS, 3))
 
     def forward(self, lr_lst, hr_guidance=None):
-        """lr_lst: (B, 1, h, w) normalised LST, h, w >= 4 -> (B, 1, h*scale, w*scale), same units.
-        hr_guidance is ignored."""
+        """lr_lst (B, 1, h, w) normalised LST, h, w >= 4; hr_guidance is ignored (SISR; None is fine)
+        -> (B, 1, h*scale, w*scale) normalised LST."""
         x = self.head(lr_lst)
         xx = self.non_local(x)
         shared = xx

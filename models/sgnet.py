@@ -312,6 +312,19 @@ class GCM(nn.Module):
 
 
 class SGNet(nn.Module):
+    """SGNet (upstream sgnet/SGNet).
+
+    Args (each is the config key `model.<arg>`, except scale and guidance_channels, which are
+    derived from data.scale and len(data.guidance_bands)):
+        scale: upsampling factor, 2, 4 or 8 (sets the back-projection kernel / stride / padding).
+        guidance_channels: number of guidance bands C (10 in GrokLST; at least 3: the gradient module
+            reads bands 0..2).
+        num_feats: base channel width (40); the LST branch grows to 3 * num_feats.
+        kernel_size: side of the branch convolutions (3; the paddings assume 3).
+        grad_checkpoint: recompute the HR stages in backward instead of storing their activations,
+            when training on HR >= 128x128 (True; a memory setting, not architecture).
+    """
+
     kind = "gisr"
     scales = (2, 4, 8)
     lr_multiple = 1
@@ -351,7 +364,8 @@ class SGNet(nn.Module):
         self.gradNet = GCM(nf, scale)
 
     def forward(self, lr_lst, hr_guidance=None):
-        """lr_lst (B, 1, h, w), hr_guidance (B, C>=3, h*s, w*s) -> (B, 1, h*s, w*s), normalised units."""
+        """lr_lst (B, 1, h, w) normalised LST, hr_guidance (B, C, h*scale, w*scale) normalised guidance
+        (C = guidance_channels >= 3) -> (B, 1, h*scale, w*scale) normalised LST."""
         # checkpointing only pays off on large inputs; below 128x128 HR the recompute just costs time
         ck = self.grad_checkpoint and hr_guidance.shape[-2] * hr_guidance.shape[-1] >= 128 * 128
         _, grad_d4 = run(self.gradNet, lr_lst, hr_guidance, ckpt=ck)  # HR gradient estimate unused here

@@ -13,6 +13,15 @@ import torch.nn.functional as F
 
 
 class SRCNN(nn.Module):
+    """SRCNN for 1-channel LST.
+
+    Args (each is the config key `model.<arg>`, except scale, which is derived from data.scale):
+        scale: upsampling factor, 2, 4 or 8 (only sets the bicubic pre-upsampling).
+        channels: widths (in, hidden 1, hidden 2, out) of the three convs ((1, 64, 32, 1); in and out
+            are the LST band and must stay 1; upstream's name, so ported configs keep working).
+        kernel_sizes: sides of the three convs, in HR pixels ((9, 1, 5)).
+    """
+
     kind = "sisr"
     scales = (2, 4, 8)
     lr_multiple = 1
@@ -28,7 +37,8 @@ class SRCNN(nn.Module):
         self.relu = nn.ReLU()
 
     def forward(self, lr_lst, hr_guidance=None):
-        """lr_lst: (B, 1, h, w) normalised LST -> (B, 1, h*scale, w*scale), same units. hr_guidance is ignored."""
+        """lr_lst (B, 1, h, w) normalised LST; hr_guidance is ignored (SISR; None is fine)
+        -> (B, 1, h*scale, w*scale) normalised LST."""
         x = F.interpolate(lr_lst, scale_factor=self.scale, mode="bicubic", align_corners=False)
         x = self.relu(self.conv1(x))
         x = self.relu(self.conv2(x))

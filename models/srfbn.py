@@ -26,6 +26,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# GrokLST downscales a single LST band. A constant, not a model argument: every layer that reads
+# or writes the LST is built for one channel, so checkpoints always have the upstream shapes.
+LST_CHANNELS = 1
+
 _PROJ = {2: (6, 2, 2), 3: (7, 3, 2), 4: (8, 4, 2), 8: (12, 8, 2)}  # scale -> kernel, stride, padding
 
 
@@ -75,24 +79,34 @@ class FeedbackBlock(nn.Module):
 
 
 class SRFBN(nn.Module):
+    """SRFBN for 1-channel LST (the LST channel counts `in_channels` / `out_channels` are fixed to 1).
+
+    Args (each is the config key `model.<arg>`, except scale, which is derived from data.scale):
+        scale: upsampling factor, 2, 4 or 8 (sets the projection kernel / stride / padding).
+        num_features: channel width F of the feedback block (32; the first conv is 4F wide).
+        num_steps: unrolled feedback iterations (4); only the last one's output is returned.
+        num_groups: densely connected up/down projection pairs inside the feedback block (3).
+    """
+
     kind = "sisr"
     scales = (2, 4, 8)
     lr_multiple = 1
     unused_parameters = ()
 
-    def __init__(self, scale: int = 8, in_channels=1, out_channels=1, num_features=32, num_steps=4, num_groups=3):
+    def __init__(self, scale: int = 8, num_features=32, num_steps=4, num_groups=3):
         super().__init__()
         k, s, p = _PROJ[scale]
         self.scale = scale
         self.num_steps = num_steps
-        self.conv_in = conv_block(in_channels, 4 * num_features, 3)
+        self.conv_in = conv_block(LST_CHANNELS, 4 * num_features, 3)
         self.feat_in = conv_block(4 * num_features, num_features, 1)
         self.block = FeedbackBlock(num_features, num_groups, scale)
         self.out = deconv_block(num_features, num_features, k, s, p)
-        self.conv_out = conv_block(num_features, out_channels, 3, act=False)
+        self.conv_out = conv_block(num_features, LST_CHANNELS, 3, act=False)
 
     def forward(self, lr_lst, hr_guidance=None):
-        """lr_lst: (B, 1, h, w) normalised LST -> (B, 1, h*scale, w*scale), same units. hr_guidance is ignored."""
+        """lr_lst (B, 1, h, w) normalised LST; hr_guidance is ignored (SISR; None is fine)
+        -> (B, 1, h*scale, w*scale) normalised LST."""
         up = F.interpolate(lr_lst, scale_factor=self.scale, mode="bilinear", align_corners=False)
         x = self.feat_in(self.conv_in(lr_lst))
         hidden = x

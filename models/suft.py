@@ -113,6 +113,17 @@ class SUFT(nn.Module):
 
 
 class SUFTNet(nn.Module):
+    """SUFTNet (upstream suft/SUFTNet).
+
+    Args (each is the config key `model.<arg>`, except scale and guidance_channels, which are
+    derived from data.scale and len(data.guidance_bands)):
+        scale: upsampling factor, 2, 4 or 8 (sets the back-projection kernel / stride / padding).
+        guidance_channels: number of guidance bands C (10 in GrokLST).
+        num_feats: width of the guidance branch and first LST group (32; upstream hard-codes the
+            bridge widths 32/64/96/128, so only 32 works).
+        kernel_size: side of the branch convolutions (3; the paddings assume 3).
+    """
+
     kind = "gisr"
     scales = (2, 4, 8)
     lr_multiple = 1
@@ -143,7 +154,8 @@ class SUFTNet(nn.Module):
         self.act = nn.LeakyReLU(0.2, True)
 
     def forward(self, lr_lst, hr_guidance=None):
-        """lr_lst (B, 1, h, w), hr_guidance (B, C, h*s, w*s) -> (B, 1, h*s, w*s), normalised units."""
+        """lr_lst (B, 1, h, w) normalised LST, hr_guidance (B, C, h*scale, w*scale) normalised guidance
+        (C = guidance_channels) -> (B, 1, h*scale, w*scale) normalised LST."""
         dp1 = self.dp_rg1(self.act(self.conv_dp1(lr_lst)))
         rgb2 = self.rgb_rb2(self.act(self.conv_rgb1(hr_guidance)))
         dp2 = self.dp_rg2(self.bridge1(dp1, rgb2))

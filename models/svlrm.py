@@ -33,20 +33,31 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# GrokLST downscales a single LST band. A constant, not a model argument: every layer that reads
+# or writes the LST is built for one channel, so checkpoints always have the upstream shapes.
+LST_CHANNELS = 1
+
 
 class SVLRM(nn.Module):
-    """forward(lr_lst (B,1,h,w), hr_guidance (B,C,h*s,w*s)) -> (B,1,h*s,w*s), normalised units."""
+    """SVLRM (upstream svlrm/SVLRM; the LST channel count `dep_channel` is fixed to 1).
+
+    Args (each is the config key `model.<arg>`, except scale and guidance_channels, which are
+    derived from data.scale and len(data.guidance_bands)):
+        scale: upsampling factor, 2, 4 or 8 (only sets the bicubic pre-upsampling: all layers run at HR).
+        guidance_channels: number of guidance bands C (10 in GrokLST).
+        residual_alpha: predict alpha as 1 + a small correction, final layer initialised near 0 (True;
+            False is upstream's behaviour, see the module docstring).
+    """
     kind = "gisr"
     scales = (2, 4, 8)
     lr_multiple = 1
     unused_parameters = ()
 
-    def __init__(self, scale: int = 8, guidance_channels: int = 10, dep_channel: int = 1,
-                 residual_alpha: bool = True):
+    def __init__(self, scale: int = 8, guidance_channels: int = 10, residual_alpha: bool = True):
         super().__init__()
         self.scale = scale
         self.residual_alpha = residual_alpha
-        self.first_layer = nn.Conv2d(dep_channel + guidance_channels, 64, 3, 1, 1)
+        self.first_layer = nn.Conv2d(LST_CHANNELS + guidance_channels, 64, 3, 1, 1)
         layers = []
         for _ in range(10):
             layers += [nn.Conv2d(64, 64, 3, 1, 1), nn.LeakyReLU(0.1)]
@@ -61,6 +72,8 @@ class SVLRM(nn.Module):
             nn.init.normal_(self.final_layer.weight, 0.0, 1e-3)
 
     def forward(self, lr_lst, hr_guidance=None):
+        """lr_lst (B, 1, h, w) normalised LST, hr_guidance (B, C, h*scale, w*scale) normalised guidance
+        (C = guidance_channels) -> (B, 1, h*scale, w*scale) normalised LST."""
         up = F.interpolate(lr_lst, scale_factor=self.scale, mode="bicubic", align_corners=False)
         p = F.leaky_relu(self.first_layer(torch.cat([up, hr_guidance], dim=1)), 0.1)
         p = self.final_layer(self.feature_block(p))

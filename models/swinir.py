@@ -22,6 +22,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# GrokLST downscales a single LST band. A constant, not a model argument: every layer that reads
+# or writes the LST is built for one channel, so checkpoints always have the upstream shapes.
+LST_CHANNELS = 1
+
 
 # ----------------------------------------------------------------------------------------------- helpers
 def trunc_normal_(t, std=0.02):
@@ -214,14 +218,33 @@ class Upsample(nn.Sequential):
 
 # ----------------------------------------------------------------------------------------------- model
 class SwinIR(nn.Module):
-    """SwinIR for single-image LST super-resolution. (B, 1, h, w) -> (B, 1, h*scale, w*scale), normalised units."""
+    """SwinIR for single-image LST super-resolution (the LST channel count `in_chans` is fixed to 1).
+
+    Args (each is the config key `model.<arg>`, except scale, which is derived from data.scale):
+        scale: upsampling factor, 2, 4 or 8 (log2(scale) conv + PixelShuffle(2) stages).
+        img_size: upstream's training LR size (default 512 // scale); it only matters when not larger
+            than window_size (window shrunk, no shift), see the module docstring.
+        window_size: side of the attention windows, in LR pixels (8; the input is padded to a multiple).
+        img_range: the input is multiplied by it before the network and the output divided (1.0).
+        depths: Swin blocks per residual Swin Transformer block (RSTB), one entry per RSTB ((6,) * 6).
+        embed_dim: token width of the transformer body (180; divisible by every num_heads entry).
+        num_heads: attention heads per RSTB ((6,) * 6).
+        mlp_ratio: MLP hidden width as a multiple of embed_dim (2.0).
+        qkv_bias: learn a bias in the q, k, v projection (True).
+        qk_scale: attention logit scale (None: head_dim ** -0.5).
+        drop_rate: dropout probability after the patch embedding, the attention projection and in the
+            MLPs (0.0).
+        attn_drop_rate: dropout probability on the attention weights (0.0).
+        drop_path_rate: stochastic-depth rate of the last block, rising linearly from 0 (0.1).
+        num_feat: channel width of the upsampler (64).
+    """
 
     kind = "sisr"
     scales = (2, 4, 8)
     lr_multiple = 1  # pads internally to window_size multiples and crops back
     unused_parameters = ()
 
-    def __init__(self, scale: int = 8, in_chans: int = 1, img_size: int = None, window_size: int = 8,
+    def __init__(self, scale: int = 8, img_size: int = None, window_size: int = 8,
                  img_range: float = 1.0, depths=(6, 6, 6, 6, 6, 6), embed_dim: int = 180,
                  num_heads=(6, 6, 6, 6, 6, 6), mlp_ratio: float = 2.0, qkv_bias: bool = True, qk_scale=None,
                  drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.1,
@@ -234,7 +257,7 @@ class SwinIR(nn.Module):
         self.attn_window = min(res) if min(res) <= window_size else window_size
         self.attn_shift = 0 if min(res) <= window_size else window_size // 2
 
-        self.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
+        self.conv_first = nn.Conv2d(LST_CHANNELS, embed_dim, 3, 1, 1)
         self.patch_embed = PatchEmbed(embed_dim)
         self.pos_drop = nn.Dropout(drop_rate)
         dpr = [drop_path_rate * i / max(sum(depths) - 1, 1) for i in range(sum(depths))]  # linspace, device-free
@@ -247,7 +270,7 @@ class SwinIR(nn.Module):
         self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1),
                                                   nn.LeakyReLU(inplace=True))
         self.upsample = Upsample(scale, num_feat)
-        self.conv_last = nn.Conv2d(num_feat, in_chans, 3, 1, 1)
+        self.conv_last = nn.Conv2d(num_feat, LST_CHANNELS, 3, 1, 1)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -272,7 +295,8 @@ class SwinIR(nn.Module):
         return self.norm(t).transpose(1, 2).reshape(B, C, H, W)
 
     def forward(self, lr_lst, hr_guidance=None):
-        """lr_lst: (B, 1, h, w) normalised LST; hr_guidance ignored. Returns (B, 1, h*scale, w*scale)."""
+        """lr_lst (B, 1, h, w) normalised LST; hr_guidance is ignored (SISR; None is fine)
+        -> (B, 1, h*scale, w*scale) normalised LST."""
         h, w = lr_lst.shape[-2:]
         ws = self.window_size
         ph, pw = (ws - h % ws) % ws, (ws - w % ws) % ws
