@@ -91,3 +91,22 @@ def test_model_file_imports_alone(path, tmp_path):
     source = open(path).read()
     for forbidden in ("import numpy", "einops", "timm", "mmcv", "mmagic", "mmengine", "scipy"):
         assert forbidden not in source, f"{path} uses {forbidden}"
+
+
+@pytest.mark.parametrize("name", [n for n in groklst.list_models() if groklst.MODELS[n].__module__.startswith("models.")])
+def test_model_documents_its_arguments_and_shapes(name):
+    """Each constructor argument is a documented config key (`model.<arg>`: one line each), forward
+    states its shapes, and no model takes an LST channel count (always 1 here)."""
+    import re
+    cls = groklst.MODELS[name]
+    doc, args = cls.__doc__ or "", groklst.model_arguments(cls)
+    assert "config key `model.<arg>`" in doc
+    documented = re.findall(r"^        (\w+): \S", doc, re.M)
+    assert sorted(set(documented)) == sorted(args), f"documented {documented}, signature {list(args)}"
+    lst_channel_names = {"lst_channels", "in_nc", "num_channels", "dep_in_channels", "dep_channel", "in_chans",
+                         "num_in_ch", "n_colors", "img_channel", "in_channels"}
+    assert not lst_channel_names & set(args)
+    shapes = cls.forward.__doc__ or ""
+    assert "lr_lst (B, 1, h, w)" in shapes and "(B, 1, h*scale, w*scale)" in shapes
+    if cls.kind == "gisr":
+        assert "hr_guidance (B, C, h*scale, w*scale)" in shapes
