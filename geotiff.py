@@ -47,16 +47,24 @@ def _open_error(path, e):
                      f"not a TIFF: copy or export it again")
 
 
+def _with_first_page(path, read):
+    """read(page) of the file's first page; whatever a missing, broken or truncated file raises in
+    tifffile or a codec becomes one DataError naming `path`."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return read(tif.pages[0])
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, ValueError, tifffile.TiffFileError, zlib.error, RuntimeError) as e:
+        raise _open_error(path, e) from e
+
+
 def read_header(path):
     """A GeoTIFF's header, no pixels read: {'shape': (C, H, W), 'bands': names or None, 'nodata':
     float or None, 'geo': {...}, 'dtype': numpy dtype}."""
-    try:
-        with tifffile.TiffFile(path) as tif:
-            return _header(path, tif.pages[0])
-    except (OSError, ValueError, tifffile.TiffFileError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise DataError(f"{path}: file not found") from None
-        raise _open_error(path, e) from e
+    return _with_first_page(path, lambda page: _header(path, page))
 
 
 def _header(path, page):
@@ -83,16 +91,8 @@ def read_geotiff(path, window=None):
     window (row0, col0, rows, cols): read only that part (whole strips or tiles are decoded,
     the rest is not kept); the header's 'geo' is then the window's and 'shape' its shape.
     """
-    try:
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            info = _header(path, page)
-            array = page.asarray()
-            planar, samples = page.planarconfig, page.samplesperpixel
-    except (OSError, ValueError, tifffile.TiffFileError, zlib.error, RuntimeError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise DataError(f"{path}: file not found") from None
-        raise _open_error(path, e) from e
+    info, array, planar, samples = _with_first_page(
+        path, lambda page: (_header(path, page), page.asarray(), page.planarconfig, page.samplesperpixel))
     if array.ndim == 2:
         array = array[None]
     elif array.ndim == 3 and samples > 1 and planar == 1:  # contig: (H, W, C)
@@ -169,11 +169,16 @@ def write_geotiff(path, array, geo=None, band_names=None, nodata=float("nan"), t
     if nodata is not None and not math.isnan(nodata):
         array = np.where(np.isnan(array), np.float32(nodata), array)
     kwargs = {"planarconfig": "separate"} if array.ndim == 3 else {}
+    _atomic_imwrite(path, array, extratags=_extratags(geo, band_names, nodata), tile=tile,
+                    bigtiff=array.nbytes > 3.9e9, **kwargs)
+
+
+def _atomic_imwrite(path, data, **kwargs):
+    """tifffile.imwrite to a temp file beside `path`, fsync, rename: `path` is either the old file or
+    the whole new one, never half-written, and no temp file is left behind on an error."""
     tmp = temp_path(path)
     try:
-        tifffile.imwrite(tmp, array, photometric="minisblack", compression="zlib",
-                         extratags=_extratags(geo, band_names, nodata), tile=tile,
-                         bigtiff=array.nbytes > 3.9e9, metadata=None, **kwargs)
+        tifffile.imwrite(tmp, data, photometric="minisblack", compression="zlib", metadata=None, **kwargs)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -205,17 +210,8 @@ def write_geotiff_rows(path, shape, rows, geo=None, nodata=float("nan"), tile=25
         if done != h:
             raise ValueError(f"write_geotiff_rows: got {done} rows, expected {h}")
 
-    tmp = temp_path(path)
-    try:
-        tifffile.imwrite(tmp, tiles(), shape=(h, w), dtype=np.float32, tile=(tile, tile), photometric="minisblack",
-                         compression="zlib", extratags=_extratags(geo, None, nodata), metadata=None,
-                         bigtiff=4.0 * h * w > 3.9e9)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    _atomic_imwrite(path, tiles(), shape=(h, w), dtype=np.float32, tile=(tile, tile),
+                    extratags=_extratags(geo, None, nodata), bigtiff=4.0 * h * w > 3.9e9)
 
 
 def check_writable(path):
