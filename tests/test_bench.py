@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 
 import bench
@@ -12,6 +13,7 @@ def run_bench(*args):
     return subprocess.run([sys.executable, "groklst.py", "bench", *args], cwd=ROOT, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_bench_cli_rows_and_json(tmp_path):
     out = tmp_path / "bench.json"
     r = run_bench("bicubic", "mocolsk", "--scale", "4", "--hr", "32", "--batch", "2", "--train",

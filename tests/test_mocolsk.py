@@ -257,6 +257,7 @@ def require_compile():
         pytest.skip(f"torch.compile unavailable: {type(e).__name__}")
 
 
+@pytest.mark.slow
 def test_torch_compile_matches_eager():
     torch.manual_seed(0)
     net = small(scale=4).eval()
@@ -268,6 +269,7 @@ def test_torch_compile_matches_eager():
     assert torch.allclose(eager, compiled, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_torch_compile_backward_through_conv_attention():
     """torch.compile traces ConvAttention's custom backward: same gradients as eager."""
     torch.manual_seed(0)
@@ -280,6 +282,7 @@ def test_torch_compile_backward_through_conv_attention():
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(eager, compiled))
 
 
+@pytest.mark.slow
 def test_compiled_bf16_gradients_on_cpu():
     """groklst.compile_model (train.py, bench): bf16 gradients of a compiled MoCoLSK module equal
     eager ones. With inductor's channels_last layout on CPU, oneDNN's weight gradient of the 7x7

@@ -53,7 +53,12 @@ def test_parameter_count_and_scales(name, scale):
     assert groklst.count_parameters(name, scale) == REFERENCE[name][scale]
 
 
-@pytest.mark.parametrize("name, scale", CASES, ids=[f"{n}-x{s}" for n, s in CASES])
+# the quick loop steps every model at one scale; the other scales run with the slow tier
+STEP_CASES = [pytest.param(n, s, id=f"{n}-x{s}", marks=[pytest.mark.slow] if s != groklst.MODELS[n].scales[0] else [])
+              for n, s in CASES]
+
+
+@pytest.mark.parametrize("name, scale", STEP_CASES)
 def test_forward_backward_step(name, scale):
     cls = groklst.MODELS[name]
     torch.manual_seed(0)
