@@ -377,8 +377,8 @@ def bbox_window(bbox, shape, geo, path):
 def check_band_grid(path, key, header, ref_path, ref_header):
     """DataError unless a band file has the thermal band's shape and grid (one product is co-registered)."""
     if header["shape"][1:] != ref_header["shape"][1:] or not same_grid(header["geo"], ref_header["geo"]):
-        raise DataError(f"{path}: band {key} is not on the grid of {os.path.basename(ref_path)}:\n  "
-                        f"{describe_grid(path, header['shape'][1:], header['geo'])}\n  "
+        raise DataError(f"band {key} is not on the grid of the thermal band: "
+                        f"{describe_grid(path, header['shape'][1:], header['geo'])}; "
                         f"{describe_grid(ref_path, ref_header['shape'][1:], ref_header['geo'])}")
 
 

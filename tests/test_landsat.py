@@ -188,7 +188,7 @@ def test_errors_name_the_key_band_or_crs(tmp_path, capsys):
     small = str(tmp_path / "small.tif")
     write_band(small, np.ones((H // 2, W), np.uint16), p["geo"])
     msg = error_of(capsys, p["mtl"], "--out", tmp_path / "o", "--file", f"B4={small}")
-    assert "small.tif" in msg and "band B4" in msg
+    assert "small.tif" in msg and "band B4" in msg and "\n" not in msg
 
 
 def test_dem_same_grid_and_resampled(tmp_path):
