@@ -7,6 +7,7 @@
     python groklst.py predict ...     = python predict.py ...   (whole scenes)
     python groklst.py prepare ...     = python prepare.py ...   (your own scenes -> a dataset)
     python groklst.py bench ...       = python bench.py ...     (speed and memory)
+    python groklst.py landsat ...     = python landsat.py ...   (a Landsat 8/9 product -> LST + guidance)
 
 This is the library the scripts (train.py, test.py, predict.py, prepare.py, bench.py) import; it
 imports none of them, except that its command line hands a script's subcommand to that script's main.
@@ -602,7 +603,7 @@ def cmd_convert(args):
 
 
 # Subcommands that are scripts of their own: `groklst.py NAME ARGS` runs `NAME.py ARGS` (its main).
-SCRIPTS = {"predict": "predict", "prepare": "prepare", "bench": "bench"}
+SCRIPTS = {"predict": "predict", "prepare": "prepare", "bench": "bench", "landsat": "landsat"}
 
 
 @command
