@@ -284,6 +284,7 @@ RULES = {
     "train.ckpt_interval": _at_least(1, none_ok=True),
     "train.log_interval": _at_least(1),
     "train.amp": _one_of("none", "bf16", "fp16"),
+    "train.seed": _at_least(0),
 }
 
 
@@ -564,7 +565,6 @@ def _allowed_global(module, name):
     allowed = {
         ("collections", "OrderedDict"): collections.OrderedDict,
         ("builtins", "set"): set, ("builtins", "frozenset"): frozenset, ("builtins", "complex"): complex,
-        ("builtins", "bytearray"): bytearray, ("builtins", "slice"): slice,
         ("_codecs", "encode"): codecs.encode,  # how protocol 2 stores bytes
         ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
         ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
@@ -651,7 +651,8 @@ def checkpoint_weights(ckpt, path):
         state = next((ckpt[k] for k in ("model", "state_dict") if isinstance(ckpt.get(k), dict)), ckpt)
     if not isinstance(state, dict):
         raise DataError(f"{path}: holds a {type(state).__name__}, not model weights")
-    state = {k: v for k, v in state.items() if isinstance(k, str) and torch.is_tensor(v)}
+    # detach(): plain tensors, without whatever attributes or hooks a file attached to them
+    state = {k: v.detach() for k, v in state.items() if isinstance(k, str) and torch.is_tensor(v)}
     if any(k.startswith("generator.") for k in state):
         state = {k: v for k, v in state.items() if k.startswith("generator.")}
     state = clean_state_dict(state)
@@ -690,15 +691,21 @@ def _examples(items, n=3):
 
 def config_differences(cfg, stored):
     """'key=stored (here value)' for each of data.scale, data.guidance_bands and model.* that a
-    checkpoint's stored config (train.py writes it) sets differently from `cfg`."""
+    checkpoint's stored config (train.py writes it) sets differently from `cfg`; a model argument
+    one of them leaves out counts at its default."""
     out = []
-    for section, keys in (("data", ("scale", "guidance_bands")), ("model", None)):
-        ours, theirs = cfg.get(section, {}), (stored.get(section) or {}) if isinstance(stored, dict) else {}
-        if not isinstance(theirs, dict):
-            continue
-        for k in keys or sorted(set(ours) | set(theirs), key=lambda k: (k != "name", k)):
-            if ours.get(k) != theirs.get(k):
-                out.append(f"{section}.{k}={theirs.get(k)!r} (here {ours.get(k)!r})")
+    for k in ("scale", "guidance_bands"):
+        theirs = (stored.get("data") or {}).get(k) if isinstance(stored.get("data"), dict) else None
+        if theirs != cfg["data"].get(k):
+            out.append(f"data.{k}={theirs!r} (here {cfg['data'].get(k)!r})")
+    ours, theirs = cfg["model"], stored.get("model") if isinstance(stored.get("model"), dict) else {}
+    if theirs.get("name") != ours.get("name"):
+        return out + [f"model.name={theirs.get('name')!r} (here {ours.get('name')!r})"]
+    defaults = model_arguments(get_model_class(ours["name"]))
+    for k in sorted((set(ours) | set(theirs)) - {"name"}):
+        a, b = theirs.get(k, defaults.get(k)), ours.get(k, defaults.get(k))
+        if (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
+            out.append(f"model.{k}={a!r} (here {b!r})")
     return out
 
 
@@ -929,6 +936,8 @@ def cmd_stats(args):
 
 def cmd_make_demo(args):
     from data import make_demo
+    if args.tiles < 1 or args.size < 8:
+        raise ConfigError(f"make-demo: --tiles {args.tiles} --size {args.size}: need at least 1 tile of at least 8 pixels")
     make_demo(args.root, n_tiles=args.tiles, size=args.size, seed=args.seed)
     print(f"wrote demo dataset to {args.root}")
 
