@@ -354,3 +354,15 @@ def test_base_configs_reference_existing_files():
             word = word.strip("`'\"(),.;:")
             if word.startswith("configs/") and word.endswith(".yaml"):
                 assert glob.glob(os.path.join(ROOT, word)), (name, word)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(groklst.MODELS))
+def test_every_model_takes_its_original_layout(name):
+    """Every registered model at its paper settings accepts its own state dict plus every buffer it
+    derives (what an original checkpoint may hold): convert-checkpoint and load_weights work for all."""
+    path = sorted(glob.glob(os.path.join(ROOT, "configs", f"{name}_x*.yaml")))[0]
+    net = groklst.build_model(groklst.load_config(path))
+    state = dict(net.state_dict(), **dict(net.named_buffers()))
+    kept = groklst.fit_state_dict(net, state, path)
+    assert list(kept) == list(net.state_dict())
