@@ -16,15 +16,22 @@ Every model has the signature forward(lr_lst, hr_guidance=None) on normalised te
 lr_lst (B, 1, h, w) -> (B, 1, h*scale, w*scale). The registry is the plain dict MODELS.
 """
 import argparse
+import codecs
+import collections
 import copy
 import difflib
 import fnmatch
 import importlib
 import inspect
+import math
 import os
+import pickle
 import re
 import resource
 import sys
+import types
+import warnings
+import zipfile
 
 if __name__ == "__main__":  # `python groklst.py` is also `import groklst` for the scripts it runs: one module, not two
     sys.modules["groklst"] = sys.modules[__name__]
@@ -32,9 +39,9 @@ if __name__ == "__main__":  # `python groklst.py` is also `import groklst` for t
 import torch
 import yaml
 
-from data import BANDS, GrokLSTDataset, Normalizer, hole_mask
-from errors import ConfigError, DataError, command
-from geotiff import read_geotiff, write_geotiff
+from data import BANDS, GrokLSTDataset, Normalizer, find_raster, guidance_names, hole_mask, read_split
+from errors import ConfigError, DataError, UserError, command
+from geotiff import read_geotiff, read_header, write_geotiff
 from metrics import average, image_metrics
 from models.act import ACT
 from models.ahmf import AHMF
@@ -149,13 +156,13 @@ def get_model_class(name):
 
 def create_model(name, **kwargs):
     """Build a registered model. kwargs go to the constructor (None values are dropped);
-    unknown kwargs raise a TypeError that lists the valid ones."""
+    unknown kwargs raise a ConfigError that lists the valid ones."""
     cls = get_model_class(name)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     valid = model_arguments(cls)
     unknown = [k for k in kwargs if k not in valid]
     if unknown:
-        raise TypeError(f"model {name!r} has no argument {unknown[0]!r}; valid: {', '.join(valid)}")
+        raise ConfigError(f"model {name!r} has no argument {unknown[0]!r}; valid: {', '.join(valid)}")
     scale = kwargs.get("scale", valid.get("scale"))
     if scale not in cls.scales:
         raise ConfigError(f"model {name!r} supports scales {list(cls.scales)}, not {scale}")
@@ -226,6 +233,76 @@ DEFAULTS = {
 LIST_KEYS_FREE = {("norm", "guidance", "stats")}  # dicts whose keys are not fixed (band names)
 
 
+def _number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _one_of(*choices):
+    return (lambda v, cfg: v in choices), "one of " + " | ".join(choices)
+
+
+def _at_least(low, none_ok=False):
+    return (lambda v, cfg: (none_ok and v is None) or v >= low), ("null or " if none_ok else "") + f">= {low}"
+
+
+def _above(low, none_ok=False):
+    return (lambda v, cfg: (none_ok and v is None) or v > low), ("null or " if none_ok else "") + f"> {low}"
+
+
+# The types of the keys whose default is None (a None default says nothing about the type).
+NONE_DEFAULT_TYPES = {"data.hr_crop": int, "data.nodata": float, "train.clip_grad": float, "train.ckpt_interval": int,
+                      "work_dir": str}
+
+# Every rule on config values beyond their type, in one table: key -> (test(value, cfg), what the value
+# must be). Checked once the config is complete (file, _base_ and overrides), so a rule may read other
+# keys. A value outside is a ConfigError "key=value: must be ...". Model widths are checked by building
+# the model (check_model_builds).
+RULES = {
+    "data.hr_crop": ((lambda v, cfg: v is None or (v > 0 and v % cfg["data"]["scale"] == 0)),
+                     "null (whole tiles) or a positive multiple of data.scale"),
+    "data.num_workers": _at_least(0),
+    "data.lst_scale": ((lambda v, cfg: v != 0), "a non-zero factor (Kelvin = stored * lst_scale + lst_offset)"),
+    "data.lst_range": ((lambda v, cfg: len(v) == 2 and all(map(_number, v)) and v[0] < v[1]),
+                       "two increasing numbers [low, high] in Kelvin"),
+    "data.guidance_bands": ((lambda v, cfg: all(isinstance(b, str) for b in v) and len(set(v)) == len(v)),
+                            "a list of distinct band names"),
+    "norm.lst.method": _one_of("zscore", "minmax", "none"),
+    "norm.guidance.method": _one_of("zscore", "minmax", "none"),
+    "norm.guidance.stats": ((lambda v, cfg: all(isinstance(s, dict) for s in v.values())),
+                            "a mapping band -> {mean, std, min, max}"),
+    "train.max_iters": _at_least(1),
+    "train.batch_size": _at_least(1),
+    "train.grad_accum": _at_least(1),
+    "train.lr": _above(0),
+    "train.weight_decay": _at_least(0),
+    "train.betas": ((lambda v, cfg: len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v)), "two numbers in [0, 1)"),
+    "train.restart_period": _at_least(1),
+    "train.eta_min": _at_least(0),
+    "train.warmup_iters": _at_least(0),
+    "train.loss": _one_of("l1", "smooth_l1", "mse"),
+    "train.clip_grad": _above(0, none_ok=True),
+    "train.val_interval": _at_least(1),
+    "train.ckpt_interval": _at_least(1, none_ok=True),
+    "train.log_interval": _at_least(1),
+    "train.amp": _one_of("none", "bf16", "fp16"),
+    "train.seed": _at_least(0),
+}
+
+
+def _lookup(cfg, key):
+    for part in key.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+def check_rules(cfg):
+    """Apply RULES to a complete config; ConfigError naming the first key outside its rule."""
+    for key, (test, what) in RULES.items():
+        value = _lookup(cfg, key)
+        if not test(value, cfg):
+            raise ConfigError(f"{key}={value!r}: must be {what}")
+
+
 def _read_yaml(path):
     try:
         with open(path) as f:
@@ -257,27 +334,29 @@ def _coerce(value):
 
 
 def _check(key, value, default):
-    """Type-check a config value against its default; returns the (coerced) value."""
+    """Type-check a config value against its default (NONE_DEFAULT_TYPES for a None default);
+    returns the (coerced) value."""
     value = _coerce(value)
-    if default is None or value is None:
-        return value
-    if isinstance(default, bool):
+    kind = NONE_DEFAULT_TYPES[key]() if default is None and key in NONE_DEFAULT_TYPES else default
+    if kind is None or (value is None and (default is None or key.startswith("model."))):
+        return value  # null: allowed where the default is null; a model argument at null takes its default
+    if isinstance(kind, bool):
         ok = isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif isinstance(kind, float):
+        ok = _number(value)
         value = float(value) if ok else value
-    elif isinstance(default, int):
+    elif isinstance(kind, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, (list, tuple)):
+    elif isinstance(kind, (list, tuple)):
         ok = isinstance(value, (list, tuple, str)) if key.startswith("model.") else isinstance(value, list)
-    elif isinstance(default, str):
+    elif isinstance(kind, str):
         ok = isinstance(value, str)
-    elif isinstance(default, dict):
+    elif isinstance(kind, dict):
         ok = isinstance(value, dict)
     else:
         ok = True
     if not ok:
-        raise ConfigError(f"{key}={value!r}: expected {type(default).__name__} (default {default!r})")
+        raise ConfigError(f"{key}={value!r}: expected {type(kind).__name__} (default {default!r})")
     return value
 
 
@@ -300,6 +379,8 @@ def validate_model(cfg):
     name = cfg["model"].get("name")
     if not name:
         raise ConfigError("model.name is not set")
+    if not isinstance(name, str):
+        raise ConfigError(f"model.name={name!r}: expected a model name (python groklst.py list)")
     cls = get_model_class(name)
     args = model_arguments(cls)
     for k, v in cfg["model"].items():
@@ -316,18 +397,45 @@ def validate_model(cfg):
         raise ConfigError(f"model {name!r} supports scales {list(cls.scales)}, not data.scale={cfg['data']['scale']}")
 
 
+def check_model_builds(cfg):
+    """Build the configured model on the meta device (no memory, no compute) when the config sets
+    model arguments, so widths the model cannot take fail at load time as a ConfigError naming them."""
+    args = {k: v for k, v in cfg["model"].items() if k != "name"}
+    if not args:
+        return  # every model builds at its defaults (tests/test_models.py)
+    try:
+        with torch.device("meta"):
+            build_model(cfg)
+    except UserError:
+        raise
+    except (ValueError, AssertionError, TypeError, IndexError, KeyError, ZeroDivisionError, RuntimeError) as e:
+        given = ", ".join(f"model.{k}={v!r}" for k, v in args.items())
+        raise ConfigError(f"model {cfg['model']['name']!r} cannot be built with {given} at data.scale="
+                          f"{cfg['data']['scale']} ({type(e).__name__}: {str(e).strip() or 'no message'})") from None
+
+
 def parse_override(text):
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected key.sub=value")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value) if value.strip() else None
+    try:
+        return key.strip(), yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
 
 
 def load_config(path, overrides=()):
     """Read a YAML config (with at most one `_base_`, relative to the file), apply `key.sub=value`
-    overrides, check every key and type. Returns a plain dict; cfg['name'] is the file stem."""
+    overrides, check every key, type and rule (RULES) and that the model builds. Returns a plain dict;
+    cfg['name'] is the file stem.
+
+    An override of model.name to another model starts a fresh model section: the file's model
+    arguments belong to its model and are dropped; model.* overrides after it apply to the new one
+    (`test.py configs/mocolsk_x8.yaml model.name=bicubic`)."""
     cfg = _read_yaml(path)
     base = cfg.pop("_base_", None)
+    if base is not None and not isinstance(base, str):
+        raise ConfigError(f"{path}: _base_={base!r}: expected a file name relative to {path}")
     if base is not None:
         base_path = os.path.join(os.path.dirname(path), base)
         base_cfg = _read_yaml(base_path)
@@ -348,8 +456,12 @@ def load_config(path, overrides=()):
         for part in reversed(parts):
             update = {part: update}
         _validate(update, DEFAULTS)  # raises on unknown keys / wrong types
+        if parts == ["model", "name"] and value != cfg["model"].get("name"):
+            cfg["model"] = {}
         cfg = _merge(cfg, update)
     validate_model(cfg)
+    check_rules(cfg)
+    check_model_builds(cfg)
     cfg["name"] = os.path.splitext(os.path.basename(path))[0]
     if cfg["work_dir"] is None:
         cfg["work_dir"] = os.path.join("work_dirs", cfg["name"])
@@ -396,6 +508,128 @@ def build_normalizer(cfg):
 
 
 # --------------------------------------------------------------------------- checkpoints
+# A checkpoint is a pickle, and unpickling may call anything a file names. This toolkit's own
+# checkpoints hold only tensors and plain types and load with torch.load(weights_only=True). Original
+# (mmagic) checkpoints also hold mmengine and numpy objects in `meta` and `message_hub`, which
+# weights_only refuses; they are read by a restricted unpickler instead: the classes torch needs to
+# rebuild tensors are allowed, every other class named in the file becomes an inert `Unloaded`
+# stand-in that only records its arguments. Nothing in a file can run.
+
+
+class Unloaded:
+    """Stand-in for a class a checkpoint names but that is not allowed (mmengine's HistoryBuffer, numpy
+    arrays, os.system...): calling, building or filling it only stores what the pickle passed."""
+    qualname = "?"
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __setitem__(self, key, value):
+        self.__dict__.setdefault("items", {})[key] = value
+
+    def append(self, value):
+        self.__dict__.setdefault("list", []).append(value)
+
+    def extend(self, values):
+        self.__dict__.setdefault("list", []).extend(values)
+
+    def __repr__(self):
+        return f"<unloaded {self.qualname}>"
+
+
+_UNLOADED = {}
+
+
+def _unloaded_class(module, name):
+    qualname = f"{module}.{name}"
+    if qualname not in _UNLOADED:
+        _UNLOADED[qualname] = type(f"Unloaded[{qualname}]", (Unloaded,), {"qualname": qualname})
+    return _UNLOADED[qualname]
+
+
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
+    # backward hooks stored in a file are dropped: they would be called later
+    return torch._utils._rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, collections.OrderedDict(),
+                                           metadata if isinstance(metadata, dict) else None)
+
+
+def _rebuild_parameter(data, requires_grad, backward_hooks=None):
+    return torch._utils._rebuild_parameter(data, requires_grad, collections.OrderedDict())
+
+
+def _allowed_global(module, name):
+    """The object a checkpoint may name as module.name, or None (it becomes an Unloaded stand-in)."""
+    module = {"__builtin__": "builtins"}.get(module, module)  # protocol-2 pickles (torch.save's) name Python 2 modules
+    allowed = {
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("builtins", "set"): set, ("builtins", "frozenset"): frozenset, ("builtins", "complex"): complex,
+        ("_codecs", "encode"): codecs.encode,  # how protocol 2 stores bytes
+        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+        ("torch", "Size"): torch.Size, ("torch", "device"): torch.device,
+        ("torch", "UntypedStorage"): torch.UntypedStorage, ("torch.storage", "UntypedStorage"): torch.UntypedStorage,
+    }
+    if (module, name) in allowed:
+        return allowed[module, name]
+    if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+        return getattr(torch, name)
+    return None  # typed storages (torch.FloatStorage...) are resolved by torch.load before they get here
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """pickle.Unpickler that resolves only the globals of `_allowed_global`; torch.load subclasses it and
+    supplies the storages (persistent ids) from the checkpoint's zip records itself."""
+
+    def find_class(self, module, name):
+        obj = _allowed_global(module, name)
+        return _unloaded_class(module, name) if obj is None else obj
+
+
+# torch.load(pickle_module=...) takes a module-like object with an Unpickler class and load()
+restricted_pickle = types.SimpleNamespace(
+    __name__="groklst.restricted_pickle", Unpickler=RestrictedUnpickler,
+    load=lambda f, **kwargs: RestrictedUnpickler(f, **kwargs).load())
+
+# What torch.load and a damaged file raise (zip reader, pickle, legacy format); anything else is a bug
+_UNREADABLE = (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, TypeError, AttributeError, KeyError,
+               IndexError, UnicodeDecodeError, zipfile.BadZipFile)
+
+
+def _unreadable(path, e):
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+    return DataError(f"{path}: truncated or not a checkpoint ({reason})")
+
+
+def read_checkpoint(path):
+    """A checkpoint file -> the object it holds (a dict for every known format), on the CPU.
+
+    This toolkit's files load with weights_only=True; original (mmagic) files, whose metadata holds
+    mmengine/numpy objects, with the restricted unpickler (those objects become `Unloaded` stand-ins).
+    A missing, empty, truncated or foreign file is a DataError naming `path`."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: checkpoint not found")
+    if os.path.getsize(path) == 0:
+        raise DataError(f"{path}: truncated or not a checkpoint (empty file)")
+    try:
+        with warnings.catch_warnings():  # a foreign pickle's protocol warning is not the user's concern
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        pass  # objects beyond tensors and plain types: an original checkpoint, or a damaged pickle
+    except _UNREADABLE as e:
+        raise _unreadable(path, e) from None
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            if any(n.split("/", 1)[-1] == "constants.pkl" for n in z.namelist()):
+                # torch.load would hand it to torch.jit.load, which runs the archive's code
+                raise DataError(f"{path}: a TorchScript archive, not a checkpoint")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=restricted_pickle)
+    except _UNREADABLE as e:
+        raise _unreadable(path, e) from None
 
 
 def clean_state_dict(state):
@@ -409,17 +643,125 @@ def clean_state_dict(state):
     return out
 
 
-def load_weights(model, path):
-    """Load model weights from a checkpoint of this toolkit or of the original (mmagic) one."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    state = ckpt.get("model", ckpt.get("state_dict", ckpt)) if isinstance(ckpt, dict) else ckpt
+def checkpoint_weights(ckpt, path):
+    """The model tensors of a checkpoint, wrapper prefixes stripped: this toolkit's `model`, mmagic's
+    `state_dict` (its `generator.` entries only: the rest belongs to the training wrapper), or a bare
+    state dict. DataError naming `path` if it holds none."""
+    state = ckpt
+    if isinstance(ckpt, dict):
+        state = next((ckpt[k] for k in ("model", "state_dict") if isinstance(ckpt.get(k), dict)), ckpt)
+    if not isinstance(state, dict):
+        raise DataError(f"{path}: holds a {type(state).__name__}, not model weights")
+    # detach(): plain tensors, without whatever attributes or hooks a file attached to them
+    state = {k: v.detach() for k, v in state.items() if isinstance(k, str) and torch.is_tensor(v)}
+    if any(k.startswith("generator.") for k in state):
+        state = {k: v for k, v in state.items() if k.startswith("generator.")}
     state = clean_state_dict(state)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise DataError(f"{path}: checkpoint does not fit the model: missing {missing[:5]}"
-                       f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
-                       f"{'...' if len(unexpected) > 5 else ''}")
+    if not state:
+        raise DataError(f"{path}: no model weights (tensors) in the checkpoint")
+    return state
+
+
+def derived_buffer(model, key, value):
+    """The model's own value of a buffer it derives instead of storing, for a checkpoint entry `key`, or
+    None. Two kinds: a non-persistent buffer of that name (relative_position_index of SwinIR, NGswin,
+    Omni-SR...), and the shifted-window `attn_mask` the original SwinIR and NGswin stored per block,
+    which ours compute per input size with their file's shifted_window_mask (for a square image,
+    the size the stored mask has)."""
+    buffers = dict(model.named_buffers())
+    if key in buffers:
+        return buffers[key]
+    prefix, _, name = key.rpartition(".")
+    if name != "attn_mask" or value.ndim != 3:
+        return None
+    try:
+        block = model.get_submodule(prefix)
+    except AttributeError:
+        return None
+    mask_fn = getattr(sys.modules[type(block).__module__], "shifted_window_mask", None)
+    ws, shift = getattr(block, "window_size", None), getattr(block, "shift_size", 0)
+    if mask_fn is None or not isinstance(ws, int) or not shift or value.shape[1] != ws * ws:
+        return None
+    side = math.isqrt(value.shape[0]) * ws
+    return mask_fn(side, side, ws, shift)
+
+
+def _examples(items, n=3):
+    return ", ".join(items[:n]) + (f" (+{len(items) - n} more)" if len(items) > n else "")
+
+
+def config_differences(cfg, stored):
+    """'key=stored (here value)' for each of data.scale, data.guidance_bands and model.* that a
+    checkpoint's stored config (train.py writes it) sets differently from `cfg`; a model argument
+    one of them leaves out counts at its default."""
+    out = []
+    for k in ("scale", "guidance_bands"):
+        theirs = (stored.get("data") or {}).get(k) if isinstance(stored.get("data"), dict) else None
+        if theirs != cfg["data"].get(k):
+            out.append(f"data.{k}={theirs!r} (here {cfg['data'].get(k)!r})")
+    ours, theirs = cfg["model"], stored.get("model") if isinstance(stored.get("model"), dict) else {}
+    if theirs.get("name") != ours.get("name"):
+        return out + [f"model.name={theirs.get('name')!r} (here {ours.get('name')!r})"]
+    defaults = model_arguments(get_model_class(ours["name"]))
+    for k in sorted((set(ours) | set(theirs)) - {"name"}):
+        a, b = theirs.get(k, defaults.get(k)), ours.get(k, defaults.get(k))
+        if (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
+            out.append(f"model.{k}={a!r} (here {b!r})")
+    return out
+
+
+def fit_state_dict(model, state, path, cfg=None, stored_cfg=None):
+    """The entries of `state` that `model` stores, after checking that they fit: derived buffers are
+    dropped when they equal the model's own; anything missing, unexpected, of another shape, or a
+    derived buffer with other values, is a one-line DataError naming `path`, and, when the checkpoint
+    stored its config, the config keys that differ from `cfg`."""
+    ours = model.state_dict()
+    kept, unexpected, differ = {}, [], []
+    for k, v in state.items():
+        if k in ours:
+            kept[k] = v
+            continue
+        own = derived_buffer(model, k, v)
+        if own is None:
+            unexpected.append(k)
+        elif own.shape != v.shape or not torch.equal(own, v.to(own.dtype)):
+            differ.append(k)
+    missing = [k for k in ours if k not in kept]
+    shapes = [f"{k} {tuple(v.shape)} vs model {tuple(ours[k].shape)}" for k, v in kept.items() if v.shape != ours[k].shape]
+    problems = [f"{len(items)} {what}: {_examples(items)}" for what, items in (
+        ("size mismatches", shapes), ("missing", missing), ("unexpected", unexpected),
+        ("derived buffers unlike the model's", differ)) if items]
+    if not problems:
+        return kept
+    name = f" {cfg['model']['name']!r}" if cfg else ""
+    hint = ""
+    if cfg is not None:
+        diffs = config_differences(cfg, stored_cfg) if isinstance(stored_cfg, dict) else []
+        hint = (f"; the checkpoint was trained with {_examples(diffs, 5)}" if diffs else
+                "" if isinstance(stored_cfg, dict) else
+                "; check data.scale, data.guidance_bands and the model.* keys against the run that wrote it")
+    raise DataError(f"{path}: checkpoint does not fit the model{name}: {'; '.join(problems)}{hint}")
+
+
+def load_weights(model, path, cfg=None):
+    """Load model weights from a checkpoint of this toolkit or of the original (mmagic) one; returns
+    the checkpoint (a dict). cfg: the config the model was built from, to name the keys that differ
+    from the checkpoint's stored config when the weights do not fit. Errors: DataError naming `path`."""
+    ckpt = read_checkpoint(path)
+    stored = ckpt.get("config") if isinstance(ckpt, dict) else None
+    model.load_state_dict(fit_state_dict(model, checkpoint_weights(ckpt, path), path, cfg, stored))
     return ckpt
+
+
+def write_checkpoint(path, content):
+    """torch.save, atomically: a temporary file next to `path`, renamed once complete (no half-written file)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        torch.save(content, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def load_model(cfg, checkpoint, device):
@@ -427,7 +769,7 @@ def load_model(cfg, checkpoint, device):
     models (bicubic, bilinear) need none."""
     model = build_model(cfg)
     if checkpoint:
-        load_weights(model, checkpoint)
+        load_weights(model, checkpoint, cfg)
     elif any(True for _ in model.parameters()):
         raise ConfigError(f"model {cfg['model']['name']!r} has parameters: "
                           "give its checkpoint (test.py CONFIG CHECKPOINT; predict --checkpoint PATH), "
@@ -565,9 +907,24 @@ def cmd_list(args):
         print(f"{r[0]:10s} {r[1]:5s} {r[2]:7s} {r[3]}")
 
 
+def default_stats_bands(root, split):
+    """The guidance bands a dataset's files name (its first guidance file's header); the GrokLST bands
+    for .mat files; none without a guidance folder."""
+    folder = os.path.join(root, "30m", "guidance")
+    names = read_split(root, split)
+    if not os.path.isdir(folder) or not names:
+        return []
+    path = find_raster(folder, names[0])
+    if path.endswith(".mat"):
+        return list(BANDS)
+    header = read_header(path)
+    return guidance_names(header["bands"], header["shape"][0], path)
+
+
 def cmd_stats(args):
     from data import compute_stats
-    stats = compute_stats(args.root, args.split, args.bands.split(",") if args.bands else BANDS)
+    bands = [b.strip() for b in args.bands.split(",") if b.strip()] if args.bands else default_stats_bands(args.root, args.split)
+    stats = compute_stats(args.root, args.split, bands)
     lr = {2: "60m", 4: "120m", 8: "240m"}
     print(f"# statistics of {args.root} split {args.split}; paste under `norm:`")
     for scale, res in lr.items():
@@ -580,26 +937,28 @@ def cmd_stats(args):
 
 def cmd_make_demo(args):
     from data import make_demo
+    if args.tiles < 1 or args.size < 8:
+        raise ConfigError(f"make-demo: --tiles {args.tiles} --size {args.size}: need at least 1 tile of at least 8 pixels")
     make_demo(args.root, n_tiles=args.tiles, size=args.size, seed=args.seed)
     print(f"wrote demo dataset to {args.root}")
 
 
 def cmd_convert(args):
-    """Original (mmagic) checkpoint -> this toolkit's format."""
-    ckpt = torch.load(args.src, map_location="cpu", weights_only=False)
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
-    state = {k: v for k, v in clean_state_dict(state).items() if torch.is_tensor(v)}
+    """Original (mmagic) checkpoint -> this toolkit's format. With --config, the weights are checked
+    against that config's model (derived buffers the original stored are dropped when they equal
+    ours) and the config is stored with them; nothing is written unless everything fits."""
+    ckpt = read_checkpoint(args.src)
+    state = checkpoint_weights(ckpt, args.src)
+    out = {"model": state, "model_name": None, "iter": 0, "source": os.path.basename(args.src)}
     if args.config:
-        cfg = load_config(args.config)
-        model = build_model(cfg)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            sys.exit(f"{args.src}: does not fit {args.config}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        name = cfg["model"]["name"]
-    else:
-        name = None
-    torch.save({"model": state, "model_name": name, "iter": 0, "source": os.path.basename(args.src)}, args.dst)
-    print(f"wrote {args.dst} ({len(state)} tensors)")
+        cfg = load_config(args.config, args.overrides)
+        state = fit_state_dict(build_model(cfg), state, args.src, cfg)
+        out.update(model=state, model_name=cfg["model"]["name"], config=cfg)
+    elif args.overrides:
+        raise ConfigError(f"convert-checkpoint: overrides {args.overrides} need --config")
+    write_checkpoint(args.dst, out)
+    checked = f"checked against {args.config}" if args.config else "not checked against a model: give --config CFG"
+    print(f"wrote {args.dst} ({len(state)} tensors; {checked})")
 
 
 # Subcommands that are scripts of their own: `groklst.py NAME ARGS` runs `NAME.py ARGS` (its main).
@@ -621,7 +980,7 @@ def main(argv=None):
     s = sub.add_parser("stats", help="normalisation statistics of a dataset split, as YAML")
     s.add_argument("root")
     s.add_argument("--split", default="trainval")
-    s.add_argument("--bands", default=None, help="comma-separated guidance bands (default: the 10 GrokLST bands)")
+    s.add_argument("--bands", default=None, help="comma-separated guidance bands (default: the bands the guidance files name)")
     s.set_defaults(func=cmd_stats)
     s = sub.add_parser("make-demo", help="write the small synthetic demo dataset")
     s.add_argument("root")
@@ -632,9 +991,14 @@ def main(argv=None):
     s = sub.add_parser("convert-checkpoint", help="original GrokLST (mmagic) checkpoint -> this toolkit")
     s.add_argument("src")
     s.add_argument("dst")
-    s.add_argument("--config", default=None, help="check that the weights fit this config's model")
+    s.add_argument("--config", default=None, help="check that the weights fit this config's model (and store it)")
+    s.add_argument("overrides", nargs="*", help="overrides key.sub=value of --config")
     s.set_defaults(func=cmd_convert)
-    args = p.parse_args(argv)
+    args, extra = p.parse_known_args(argv)
+    if extra and args.cmd == "convert-checkpoint" and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides += extra  # overrides after --config CFG
+    elif extra:
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
     args.func(args)
 
 

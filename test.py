@@ -3,6 +3,7 @@
     python test.py configs/bicubic_x8.yaml                                  # baselines need no checkpoint
     python test.py configs/mocolsk_x8.yaml work_dirs/mocolsk_x8/best.pth [--split test] [--save-dir DIR]
     python test.py configs/mocolsk_x8.yaml CKPT data.root=data/groklst       # key=value overrides
+    python test.py configs/mocolsk_x8.yaml model.name=bicubic               # another model: its own model.* keys
     torchrun --standalone --nproc_per_node=4 test.py configs/mocolsk_x8.yaml CKPT   # sharded, same numbers
 
 Prints a markdown table and writes it as JSON next to the checkpoint (<ckpt>.<split>.json), or
@@ -48,7 +49,7 @@ def figure_models(spec, cfg, checkpoint):
         if path:
             mcfg = groklst.load_config(path)
         else:
-            stored = torch.load(ckpt, map_location="cpu", weights_only=True)
+            stored = groklst.read_checkpoint(ckpt)
             mcfg = stored.get("config") if isinstance(stored, dict) else None
             if not isinstance(mcfg, dict):
                 raise ConfigError(f"--figure-models: {ckpt} holds no config (not written by train.py): "
@@ -123,6 +124,19 @@ def benchmark_table(work_root, split=None, overrides=(), device="cpu"):
     return "\n".join(lines)
 
 
+def write_json(path, obj):
+    """Atomically: an interrupted run leaves the previous file, never half of one."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 @command
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -176,11 +190,9 @@ def main(argv=None):
             if out is None:
                 out = (f"{os.path.splitext(args.checkpoint)[0]}.{split}.json" if args.checkpoint
                        else os.path.join(cfg["work_dir"], f"{split}.json"))
-            os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-            with open(out, "w") as f:
-                json.dump({"config": cfg["name"], "checkpoint": args.checkpoint, "split": split,
-                           "metrics": {k: means[k] for k in METRICS}, "images": means["images"],
-                           "per_image": {n: dict(zip(METRICS, m)) for n, m in per_image}}, f, indent=1)
+            write_json(out, {"config": cfg["name"], "checkpoint": args.checkpoint, "split": split,
+                             "metrics": {k: means[k] for k in METRICS}, "images": means["images"],
+                             "per_image": {n: dict(zip(METRICS, m)) for n, m in per_image}})
             print(f"metrics written to {out}")
             if args.figure:
                 models = figure_models(args.figure_models, cfg, args.checkpoint)
