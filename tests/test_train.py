@@ -121,13 +121,14 @@ def test_errors(tmp_path, demo_root):
 def test_learning_rate_schedule():
     import train
     t = {"lr": 1e-4, "eta_min": 1e-7, "restart_period": 2500, "warmup_iters": 0}
-    assert train.learning_rate(0, t) == 1e-4 and train.learning_rate(2500, t) == 1e-4
-    assert abs(train.learning_rate(1250, t) - (1e-7 + (1e-4 - 1e-7) / 2)) < 1e-15
+    assert train.learning_rate(0, **t) == 1e-4 and train.learning_rate(2500, **t) == 1e-4
+    assert abs(train.learning_rate(1250, **t) - (1e-7 + (1e-4 - 1e-7) / 2)) < 1e-15
+    assert train.learning_rate(1, 1e-4, warmup_iters=4, restart_period=2500, eta_min=1e-7) == 1e-4 * 2 / 4
     sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
         torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-4), T_0=2500, eta_min=1e-7)
     for it in range(6000):
         if it % 700 == 0:
-            assert abs(sched.get_last_lr()[0] - train.learning_rate(it, t)) < 1e-12
+            assert abs(sched.get_last_lr()[0] - train.learning_rate(it, **t)) < 1e-12
         sched.step()
 
 
