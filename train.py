@@ -140,7 +140,7 @@ def read_checkpoint(path):
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise DataError(f"{path}: checkpoint not found") from None
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:  # torch's reader raises many
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"{path}: unreadable checkpoint ({first}); it may be empty or truncated: resume "
                         f"from another one (--resume PATH) or start over (--overwrite)") from None
@@ -196,13 +196,13 @@ def truncate_log(path, last_iter):
     os.replace(tmp, path)
 
 
-def tensorboard_writer(wd, main_process):
-    """A SummaryWriter on rank 0 (None elsewhere); every rank checks the import, so all fail alike."""
+def require_tensorboard():
+    """torch's SummaryWriter class; checked on every rank before anything is written, so all fail alike."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise ConfigError("train.tensorboard needs tensorboard: pip install tensorboard") from None
-    return SummaryWriter(wd) if main_process else None
+    return SummaryWriter
 
 
 # --------------------------------------------------------------------------- one iteration, one log line, validation
@@ -331,8 +331,9 @@ def train(cfg, args, rank, world, device):
     """Build -> resume (or init) -> loop -> save. Returns (normalizer, model) with the last weights."""
     t, d, wd = cfg["train"], cfg["data"], cfg["work_dir"]
     main_process = rank == 0
+    summary_writer = require_tensorboard() if t["tensorboard"] else None
     prepare_work_dir(wd, args, main_process)
-    writer = tensorboard_writer(wd, main_process) if t["tensorboard"] else None
+    writer = summary_writer(wd) if summary_writer and main_process else None
 
     def log(record, line):
         if main_process:
