@@ -276,7 +276,7 @@ def test_guidance_band_names_partial_is_an_error_upper_case_works(tmp_path, demo
     fails(run(["train.py", cfg, f"work_dir={tmp_path / 'a'}", "--no-test"]), str(path), "9 of 10 bands")
     _write_guidance_named(str(path), gui, [b.upper() for b in data.BANDS])  # DEM, DEEPBLUE, ...
     out = succeeds(run(["groklst.py", "stats", str(root), "--split", "val"]))
-    stats = yaml.safe_load(out.stdout.split("guidance:")[1].replace("  stats:", "stats:"))["stats"]
+    stats = yaml.safe_load(out.stdout)["guidance"]["stats"]
     dem = data.read_guidance(str(path), ["dem"])[0]
     assert set(stats) == set(data.BANDS) and stats["dem"]["max"] >= float(np.nanmax(dem))
 
@@ -304,8 +304,10 @@ def test_lst_storage_errors_name_file_value_and_key(tmp_path, demo_root):
     assert "bicubic" in out.stdout
     # a zlib-compressed GeoTIFF cut in half (an interrupted copy)
     path.write_bytes(original[:len(original) // 2])
-    fails(run(bicubic), str(path))
-    fails(run(["train.py", cfg, f"work_dir={tmp_path / 'a'}", "--no-test"]), str(path))
+    fails(run(bicubic), str(path), "truncated")
+    out = run(["train.py", cfg, f"work_dir={tmp_path / 'a'}", "--no-test"])  # a test-split file, found at the start
+    fails(out, str(path), "truncated")
+    assert "iter 1/" not in out.stdout
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None,
