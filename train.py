@@ -19,6 +19,7 @@ path, dropout), so an interrupted run (even kill -9) resumes to bit-identical we
 import argparse
 import contextlib
 import errno
+import functools
 import io
 import json
 import math
@@ -88,27 +89,35 @@ def batches(dataset, batch_size, seed, rank, world, start_micro, num_workers=0):
 # --------------------------------------------------------------------------- work dir, checkpoints, resume
 
 
-def prepare_work_dir(wd, args, main_process):
-    """Refuse to mix two runs in one work dir; --overwrite deletes the old run's files first. Removes the
-    temp files of saves that an earlier crash cut short."""
+def check_work_dir(wd, args):
+    """Refuse to mix two runs in one work dir -> the old run's files that --overwrite is to delete."""
     overwrite = getattr(args, "overwrite", False)
     if args.resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: continue the run or delete it")
+    last = os.path.join(wd, "last.pth")
+    if args.resume in ("auto", last) and not os.path.exists(last):
+        raise ConfigError(f"--resume: {last} does not exist (nothing to resume)")
     found = [f for f in RUN_FILES if os.path.exists(os.path.join(wd, f))]
-    if found and not args.resume:
-        if not overwrite:
-            raise ConfigError(f"{wd} already holds a run ({', '.join(found)}): continue it with --resume, choose "
-                              f"another work_dir=..., or delete it and start over with --overwrite")
-        if main_process:
-            for f in found + ["test_table.md"]:
-                if os.path.exists(os.path.join(wd, f)):
-                    os.remove(os.path.join(wd, f))
-            print(f"--overwrite: deleted {', '.join(found)} of the previous run in {wd}")
-    if main_process:
-        os.makedirs(wd, exist_ok=True)
-        for f in os.listdir(wd):
-            if any(f.startswith(name + ".tmp") for name in RUN_FILES):
-                os.remove(os.path.join(wd, f))
+    if found and not args.resume and not overwrite:
+        raise ConfigError(f"{wd} already holds a run ({', '.join(found)}): continue it with --resume, choose "
+                          f"another work_dir=..., or delete it and start over with --overwrite")
+    return [] if args.resume else found
+
+
+def prepare_work_dir(wd, old_files, main_process):
+    """Create the work dir, delete the files of the run that --overwrite replaces, and the temp files of
+    saves that an earlier crash cut short. Called once the data are checked: a failing start deletes nothing."""
+    if not main_process:
+        return
+    os.makedirs(wd, exist_ok=True)
+    for f in old_files + ["test_table.md"] * bool(old_files):
+        if os.path.exists(os.path.join(wd, f)):
+            os.remove(os.path.join(wd, f))
+    if old_files:
+        print(f"--overwrite: deleted {', '.join(old_files)} of the previous run in {wd}")
+    for f in os.listdir(wd):
+        if any(f.startswith(name + ".tmp") for name in RUN_FILES):
+            os.remove(os.path.join(wd, f))
 
 
 def save_checkpoint(path, content):
@@ -203,6 +212,19 @@ def require_tensorboard():
     except ImportError:
         raise ConfigError("train.tensorboard needs tensorboard: pip install tensorboard") from None
     return SummaryWriter
+
+
+def log_record(wd, writer, record, line):
+    """The line on stdout, the record in log.jsonl and, with a SummaryWriter, its numbers in TensorBoard."""
+    print(line, flush=True)
+    with open(os.path.join(wd, "log.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")
+    if writer is not None:
+        group = "val" if "split" in record else "train"
+        for k, v in record.items():
+            if k not in ("iter", "split") and isinstance(v, (int, float)):
+                writer.add_scalar(f"{group}/{k}", v, record["iter"])
+        writer.flush()
 
 
 # --------------------------------------------------------------------------- one iteration, one log line, validation
@@ -332,20 +354,7 @@ def train(cfg, args, rank, world, device):
     t, d, wd = cfg["train"], cfg["data"], cfg["work_dir"]
     main_process = rank == 0
     summary_writer = require_tensorboard() if t["tensorboard"] else None
-    prepare_work_dir(wd, args, main_process)
-    writer = summary_writer(wd) if summary_writer and main_process else None
-
-    def log(record, line):
-        if main_process:
-            print(line, flush=True)
-            with open(os.path.join(wd, "log.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if writer is not None:
-                group = "val" if "split" in record else "train"
-                for k, v in record.items():
-                    if k not in ("iter", "split") and isinstance(v, (int, float)):
-                        writer.add_scalar(f"{group}/{k}", v, record["iter"])
-                writer.flush()
+    old_files = check_work_dir(wd, args)
 
     # build: the same initial weights on every rank (seeded alike); later draws are reseeded per iteration
     random.seed(t["seed"] + rank), np.random.seed(t["seed"] + rank), torch.manual_seed(t["seed"])
@@ -353,6 +362,9 @@ def train(cfg, args, rank, world, device):
         torch.backends.cudnn.benchmark = False
         torch.use_deterministic_algorithms(True, warn_only=True)
     train_set, val_set = build_datasets(cfg)
+    prepare_work_dir(wd, old_files, main_process)
+    writer = summary_writer(wd) if summary_writer and main_process else None
+    log = functools.partial(log_record, wd, writer) if main_process else lambda record, line: None
     normalizer = groklst.build_normalizer(cfg)
     model = raw_model = groklst.build_model(cfg).to(device)
     n_params = sum(p.numel() for p in model.parameters())
@@ -364,8 +376,6 @@ def train(cfg, args, rank, world, device):
     # resume: the iteration alone fixes the learning rate, the sample order, the crops and the model's draws
     start_iter, best_rmse = 0, math.inf
     resume = os.path.join(wd, "last.pth") if args.resume == "auto" else args.resume
-    if resume == os.path.join(wd, "last.pth") and not os.path.exists(resume):
-        raise ConfigError(f"--resume: {resume} does not exist (nothing to resume)")
     if resume:
         start_iter, best_rmse = resume_from(resume, cfg, raw_model, optimizer, scaler, world)
         if main_process:

@@ -310,6 +310,7 @@ def test_lst_storage_errors_name_file_value_and_key(tmp_path, demo_root):
     assert "iter 1/" not in out.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None,
                     reason="tensorboard is installed: the error case cannot happen")
 def test_tensorboard_without_the_package_is_one_error_line(tmp_path, demo_root):
@@ -317,3 +318,31 @@ def test_tensorboard_without_the_package_is_one_error_line(tmp_path, demo_root):
     fails(run(["train.py", cfg, f"work_dir={tmp_path / 'a'}", "train.tensorboard=true"]),
           "train.tensorboard needs tensorboard: pip install tensorboard")
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.slow
+def test_tensorboard_events_get_loss_lr_and_val_metrics(tmp_path, demo_root, monkeypatch):
+    """The wiring, with a stand-in SummaryWriter (the real one needs the tensorboard package)."""
+    scalars = []
+
+    class SummaryWriter:
+        def __init__(self, log_dir):
+            scalars.append(("dir", log_dir, None))
+
+        def add_scalar(self, tag, value, step):
+            scalars.append((tag, value, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            scalars.append(("closed", None, None))
+    fake = type(sys)("torch.utils.tensorboard")
+    fake.SummaryWriter = SummaryWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    wd = str(tmp_path / "run")
+    train.main([write_config(tmp_path, demo_root), f"work_dir={wd}", "train.tensorboard=true", "--no-test"])
+    tags = {tag for tag, _, _ in scalars}
+    assert scalars[0] == ("dir", wd, None) and scalars[-1][0] == "closed"
+    assert {"train/loss", "train/lr", "train/grad_norm_max", "val/RMSE", "val/CC"} <= tags
+    assert [step for tag, _, step in scalars if tag == "train/loss"] == [1, 2]
