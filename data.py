@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from errors import ConfigError, DataError
-from geotiff import geo_window, make_geo, read_geotiff, write_geotiff
+from geotiff import geo_window, make_geo, read_geotiff, read_header, write_geotiff
 
 BANDS = ("dem", "deepblue", "blue", "green", "red", "vre", "nir", "ndmvi", "ndvi", "ndwi")
 LR_FOLDERS = {2: "60m", 4: "120m", 8: "240m"}
@@ -37,9 +37,31 @@ LST_FIELD = "data"  # variable name of LST arrays in the original .mat files
 
 def lst_band(array, path):
     """The one band of an LST raster (C, H, W) -> (H, W); DataError naming `path` otherwise."""
-    if len(array) != 1:
-        raise DataError(f"{path}: LST raster has {len(array)} bands, expected 1 (Kelvin)")
+    check_lst_bands(len(array), path)
     return array[0]
+
+
+def check_lst_bands(count, path):
+    if count != 1:
+        raise DataError(f"{path}: LST raster has {count} bands, expected 1 (Kelvin)")
+
+
+def pick_bands(names, bands, path):
+    """Indices of `bands` (any case) in a guidance file's band `names` (lower-cased, guidance_names)."""
+    missing = [b for b in bands if b.lower() not in names]
+    if missing:
+        raise DataError(f"{path}: no band {missing[0]!r} (file has {names})")
+    return [names.index(b.lower()) for b in bands]
+
+
+def check_shapes(paths, scale, lr_shape, hr_shape, guidance_shape=None):
+    """A sample's grids agree: LR (h, w) x scale == HR (H, W) == guidance (H, W); DataError naming the file."""
+    if tuple(hr_shape) != (lr_shape[0] * scale, lr_shape[1] * scale):
+        raise DataError(f"{paths['lr_lst']}: LR shape {tuple(lr_shape)} x scale {scale} does not match "
+                        f"HR {paths['hr_lst']} shape {tuple(hr_shape)}")
+    if guidance_shape is not None and tuple(guidance_shape) != tuple(hr_shape):
+        raise DataError(f"{paths['hr_guidance']}: guidance shape {tuple(guidance_shape)} does not match "
+                        f"HR LST {paths['hr_lst']} shape {tuple(hr_shape)}")
 
 
 def guidance_names(names, count, path):
@@ -174,11 +196,7 @@ def _read_guidance(path, bands):
     if path.endswith(".mat"):
         return read_mat(path, bands)
     array, info = read_geotiff(path)
-    names = guidance_names(info["bands"], len(array), path)
-    missing = [b for b in bands if b.lower() not in names]
-    if missing:
-        raise DataError(f"{path}: no band {missing[0]!r} (file has {names})")
-    return array[[names.index(b.lower()) for b in bands]]
+    return array[pick_bands(guidance_names(info["bands"], len(array), path), bands, path)]
 
 
 def find_raster(folder, stem):
@@ -265,17 +283,10 @@ class GrokLSTDataset(torch.utils.data.Dataset):
         p = self.paths[index]
         lr = read_lst(p["lr_lst"], self.cache_dir, self.lst_units)
         hr = read_lst(p["hr_lst"], self.cache_dir, self.lst_units)
-        s = self.scale
-        if hr.shape[1] != lr.shape[1] * s or hr.shape[2] != lr.shape[2] * s:
-            raise DataError(f"{p['lr_lst']}: LR shape {lr.shape[1:]} x scale {s} does not match "
-                            f"HR {p['hr_lst']} shape {hr.shape[1:]}")
         item = {"lr_lst": lr, "hr_lst": hr}
         if self.bands:
-            gui = read_guidance(p["hr_guidance"], self.bands, self.cache_dir)
-            if gui.shape[1:] != hr.shape[1:]:
-                raise DataError(f"{p['hr_guidance']}: guidance shape {gui.shape[1:]} does not match "
-                                f"HR LST {p['hr_lst']} shape {hr.shape[1:]}")
-            item["hr_guidance"] = gui
+            item["hr_guidance"] = read_guidance(p["hr_guidance"], self.bands, self.cache_dir)
+        check_shapes(p, self.scale, lr.shape[1:], hr.shape[1:], item["hr_guidance"].shape[1:] if self.bands else None)
         if self.hr_crop is not None:
             item = self._crop(item, index)
         out = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in item.items()}  # copies memmaps
@@ -283,14 +294,48 @@ class GrokLSTDataset(torch.utils.data.Dataset):
         out["name"], out["index"] = self.names[index], index
         return out
 
+    def check_files(self):
+        """Every sample's headers, no pixels: one LST band, LR shape x scale == HR shape == guidance shape,
+        the guidance bands present, tiles not smaller than the crop. DataError naming the first bad file;
+        cheap (headers only), so a run fails before its first iteration, not hours later. .mat samples
+        are checked when read."""
+        for p in self.paths:
+            if any(path.endswith(".mat") for path in p.values()):
+                continue
+            lr, hr = read_header(p["lr_lst"]), read_header(p["hr_lst"])
+            check_lst_bands(lr["shape"][0], p["lr_lst"])
+            check_lst_bands(hr["shape"][0], p["hr_lst"])
+            gui_shape = None
+            if self.bands:
+                gui = read_header(p["hr_guidance"])
+                pick_bands(guidance_names(gui["bands"], gui["shape"][0], p["hr_guidance"]), self.bands, p["hr_guidance"])
+                gui_shape = gui["shape"][1:]
+            check_shapes(p, self.scale, lr["shape"][1:], hr["shape"][1:], gui_shape)
+            self._check_crop(lr["shape"][1:], p)
+
+    def _check_crop(self, lr_shape, paths):
+        if self.hr_crop is not None and self.hr_crop // self.scale > min(lr_shape):
+            raise DataError(f"{paths['lr_lst']}: LR size {tuple(lr_shape)} smaller than crop {self.hr_crop // self.scale}")
+
+    CROP_TRIES = 8
+
     def _crop(self, item, index):
+        """A random crop aligned to the LR grid that holds valid target pixels: up to CROP_TRIES draws from
+        the (seed, epoch, index) stream, the first with a finite HR pixel (else the first draw; the training
+        loop skips a batch without any). Deterministic, so a resumed run sees the same crops."""
         s, lc = self.scale, self.hr_crop // self.scale
         h, w = item["lr_lst"].shape[1:]
-        if lc > h or lc > w:
-            raise DataError(f"{self.paths[index]['lr_lst']}: LR size {(h, w)} smaller than crop {lc}")
+        self._check_crop((h, w), self.paths[index])
         g = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFFFFFF)
-        top = int(torch.randint(0, h - lc + 1, (1,), generator=g))
-        left = int(torch.randint(0, w - lc + 1, (1,), generator=g))
+        for attempt in range(self.CROP_TRIES):
+            top = int(torch.randint(0, h - lc + 1, (1,), generator=g))
+            left = int(torch.randint(0, w - lc + 1, (1,), generator=g))
+            if attempt == 0:
+                first = top, left
+            if np.isfinite(item["hr_lst"][:, top * s:(top + lc) * s, left * s:(left + lc) * s]).any():
+                break
+        else:
+            top, left = first
         out = {"lr_lst": item["lr_lst"][:, top:top + lc, left:left + lc]}
         for k in ("hr_lst", "hr_guidance"):
             if k in item:

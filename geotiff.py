@@ -69,6 +69,10 @@ def read_header(path):
 
 def _header(path, page):
     tags = page.tags
+    end = max((o + n for o, n in zip(page.dataoffsets, page.databytecounts)), default=0)
+    if end > page.parent.filehandle.size:  # a cut copy: caught from the header, before any pixel is decoded
+        raise DataError(f"{path}: truncated GeoTIFF (its pixel data ends at byte {end}, the file has "
+                        f"{page.parent.filehandle.size} bytes): copy or export it again")
     count = page.samplesperpixel if page.ndim == 3 or page.samplesperpixel > 1 else 1
     if page.ndim == 3 and page.samplesperpixel == 1:  # several 2-D images stacked in one page
         count = page.shape[0]

@@ -226,6 +226,7 @@ DEFAULTS = {
         "compile": False,
         "seed": 0,
         "deterministic": False,
+        "tensorboard": False,          # also write TensorBoard events to the work dir (needs tensorboard)
     },
     "work_dir": None,                  # default work_dirs/<config name>
 }

@@ -1,24 +1,34 @@
 """Train a model on a GrokLST-layout dataset; iteration-based, resumable, torchrun-ready.
 
-    python train.py configs/mocolsk_x8.yaml [key.sub=value ...] [--resume [PATH]] [--init PATH]
+    python train.py configs/mocolsk_x8.yaml [key.sub=value ...] [--resume [PATH]] [--init PATH] [--overwrite]
     torchrun --standalone --nproc_per_node=4 train.py configs/mocolsk_x8.yaml
     torchrun --nnodes=2 --node_rank=0 --master_addr=HOST --nproc_per_node=4 train.py CFG   # multi-node
 
 The work dir (work_dirs/<config name>/, or `work_dir`) receives config.yaml (resolved), log.jsonl
-(loss, lr, throughput, data wait, validation metrics), last.pth (every ckpt_interval iterations and
-at the end), best.pth (lowest validation RMSE) and, at the end, the test-split table of best.pth
-next to bicubic's. Checkpoints hold only tensors and plain types (torch.load(weights_only=True)),
-keys without `module.` / `_orig_mod.`. --resume restores model, optimizer, grad scaler, every rank's
-RNG states and the iteration; the learning rate and the sampler position are pure functions of the
-iteration, so an interrupted run (even kill -9) resumes to bit-identical weights on CPU.
+(loss, lr, throughput, data wait, skipped batches, validation metrics), last.pth (every ckpt_interval
+iterations and at the end), best.pth (lowest validation RMSE; none with data.val_split=null) and, at the
+end, the test-split table of the weights used (best.pth, else last.pth) next to bicubic's; with
+train.tensorboard=true also TensorBoard events. A work dir that already holds a run is refused unless
+--resume (continue it) or --overwrite (delete it first) is given. Checkpoints hold only tensors and
+plain types (torch.load(weights_only=True)), keys without `module.` / `_orig_mod.`, and are written
+atomically (temp file, fsync, rename). --resume restores model, optimizer, grad scaler and the
+iteration, and refuses a config that changes the trajectory. Every random number is a pure function of
+(seed, rank, iteration): the learning rate, the sample order, the crops and the model's own draws (drop
+path, dropout), so an interrupted run (even kill -9) resumes to bit-identical weights on CPU.
 """
 import argparse
+import contextlib
+import errno
+import functools
+import io
 import json
 import math
 import os
+import pickle
 import random
 import sys
 import time
+import zipfile
 
 import numpy as np
 import torch
@@ -27,16 +37,197 @@ import yaml
 
 import groklst
 from errors import ConfigError, DataError, TrainingError, command
+from geotiff import temp_path
 from metrics import format_table
 
+RUN_FILES = ("last.pth", "best.pth", "log.jsonl")  # what a work dir holds of a run that --overwrite deletes
+# Config keys that cannot change the weights of iterations already done: a resumed run may change them.
+RESUME_FREE_KEYS = {"train.max_iters", "train.val_interval", "train.log_interval", "train.ckpt_interval",
+                    "train.tensorboard", "data.num_workers", "data.cache", "work_dir", "name"}
 
-def learning_rate(it, t):
+
+# --------------------------------------------------------------------------- pure functions of the iteration
+
+
+def learning_rate(it, lr, warmup_iters, restart_period, eta_min):
     """Linear warm-up, then cosine annealing with warm restarts every restart_period iterations
     (torch's CosineAnnealingWarmRestarts(T_0=period, eta_min) stepped per iteration)."""
-    if it < t["warmup_iters"]:
-        return t["lr"] * (it + 1) / t["warmup_iters"]
-    phase = (it % t["restart_period"]) / t["restart_period"]
-    return t["eta_min"] + (t["lr"] - t["eta_min"]) * (1 + math.cos(math.pi * phase)) / 2
+    if it < warmup_iters:
+        return lr * (it + 1) / warmup_iters
+    phase = (it % restart_period) / restart_period
+    return eta_min + (lr - eta_min) * (1 + math.cos(math.pi * phase)) / 2
+
+
+def stream_seed(*parts):
+    """A 31-bit seed that is a pure function of integers (Python hashes int tuples alike in every process)."""
+    return hash(tuple(int(p) for p in parts)) & 0x7FFFFFFF
+
+
+def batches(dataset, batch_size, seed, rank, world, start_micro, num_workers=0):
+    """Training batches forever, starting at micro-batch `start_micro` (a pure function of the
+    iteration). Each epoch: a permutation seeded by (seed, epoch), padded to equal shards,
+    rank r takes every world-th sample (as DistributedSampler), full batches only."""
+    per_rank = math.ceil(len(dataset) / world)
+    per_epoch = per_rank // batch_size
+    if per_epoch == 0:
+        raise DataError(f"training split has {len(dataset)} samples: fewer than batch_size x processes")
+    epoch, pos = divmod(start_micro, per_epoch)
+    while True:
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed * 1000003 + epoch))
+        order = torch.cat([order, order[:per_rank * world - len(order)]])[rank::world]
+        dataset.set_epoch(epoch)
+        subset = torch.utils.data.Subset(dataset, order[pos * batch_size:per_epoch * batch_size].tolist())
+        # The loader's own generator: without one it draws its workers' base seed from the global RNG,
+        # at a different moment in a run resumed mid-epoch.
+        loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, num_workers=num_workers, drop_last=True,
+                                             pin_memory=torch.cuda.is_available(),
+                                             generator=torch.Generator().manual_seed(stream_seed(seed, rank, epoch)))
+        yield from loader
+        epoch, pos = epoch + 1, 0
+
+
+# --------------------------------------------------------------------------- work dir, checkpoints, resume
+
+
+def check_work_dir(wd, args):
+    """Refuse to mix two runs in one work dir -> the old run's files that --overwrite is to delete."""
+    overwrite = getattr(args, "overwrite", False)
+    if args.resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other: continue the run or delete it")
+    last = os.path.join(wd, "last.pth")
+    if args.resume in ("auto", last) and not os.path.exists(last):
+        raise ConfigError(f"--resume: {last} does not exist (nothing to resume)")
+    found = [f for f in RUN_FILES if os.path.exists(os.path.join(wd, f))]
+    if found and not args.resume and not overwrite:
+        raise ConfigError(f"{wd} already holds a run ({', '.join(found)}): continue it with --resume, choose "
+                          f"another work_dir=..., or delete it and start over with --overwrite")
+    return [] if args.resume else found
+
+
+def prepare_work_dir(wd, old_files, main_process):
+    """Create the work dir, delete the files of the run that --overwrite replaces, and the temp files of
+    saves that an earlier crash cut short. Called once the data are checked: a failing start deletes nothing."""
+    if not main_process:
+        return
+    os.makedirs(wd, exist_ok=True)
+    for f in old_files + ["test_table.md"] * bool(old_files):
+        if os.path.exists(os.path.join(wd, f)):
+            os.remove(os.path.join(wd, f))
+    if old_files:
+        print(f"--overwrite: deleted {', '.join(old_files)} of the previous run in {wd}")
+    for f in os.listdir(wd):
+        if any(f.startswith(name + ".tmp") for name in RUN_FILES):
+            os.remove(os.path.join(wd, f))
+
+
+def save_checkpoint(path, content):
+    """Atomic: serialise in memory, write a unique temp file, fsync, rename. A failed write (full disk)
+    removes the temp file and leaves any previous `path` as it was: a TrainingError says so."""
+    buffer = io.BytesIO()
+    torch.save(content, buffer)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        kept = (f"the previous {os.path.basename(path)} is intact" if os.path.exists(path)
+                else "no checkpoint was written")
+        hint = "free some space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "fix the cause"
+        raise TrainingError(f"{path}: saving the checkpoint failed ({e.strerror or e}); {kept}; {hint} and "
+                            f"continue with --resume") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_checkpoint(path):
+    """torch.load(weights_only=True) with a one-line DataError for a missing, empty or truncated file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DataError(f"{path}: checkpoint not found") from None
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:  # torch's reader raises many
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{path}: unreadable checkpoint ({first}); it may be empty or truncated: resume "
+                        f"from another one (--resume PATH) or start over (--overwrite)") from None
+
+
+def flatten(cfg, prefix=""):
+    """{'a': {'b': 1}} -> {'a.b': 1}; model arguments and band statistics included."""
+    out = {}
+    for k, v in cfg.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_same_config(stored, cfg, path):
+    """A resumed run must follow the trajectory it started: ConfigError listing every changed key
+    (keys that only affect what is logged, saved or how fast data arrives are free to change)."""
+    if stored is None:
+        return
+    old, new, default = flatten(stored), flatten(cfg), flatten(groklst.DEFAULTS)
+    changed = [k for k in sorted(set(old) | set(new)) if k not in RESUME_FREE_KEYS
+               and old.get(k, default.get(k)) != new.get(k, default.get(k))]
+    if changed:
+        diff = ", ".join(f"{k}: {old.get(k, default.get(k))!r} -> {new.get(k, default.get(k))!r}" for k in changed)
+        raise ConfigError(f"--resume: the config differs from the one {path} was trained with ({diff}); resume with "
+                          f"the same config, or start a new run (another work_dir, or --overwrite)")
+
+
+def resume_from(path, cfg, model, optimizer, scaler, world):
+    """Restore a checkpoint of train.py -> (iteration, best validation RMSE)."""
+    ckpt = read_checkpoint(path)
+    check_same_config(ckpt.get("config"), cfg, path)
+    model.load_state_dict(groklst.clean_state_dict(ckpt["model"]))
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scaler.load_state_dict(ckpt["scaler"])
+    if ckpt.get("world", world) != world:
+        print(f"warning: {path} was written by {ckpt['world']} processes, now {world}: the shards and random "
+              "streams differ from the original run's", file=sys.stderr)
+    return ckpt["iter"], ckpt["best_rmse"]
+
+
+def truncate_log(path, last_iter):
+    """Drop log.jsonl records past the resumed iteration: the resumed run writes them again."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip() and json.loads(line).get("iter", 0) <= last_iter]
+    tmp = temp_path(path)
+    with open(tmp, "w") as f:
+        f.writelines(lines)
+    os.replace(tmp, path)
+
+
+def require_tensorboard():
+    """torch's SummaryWriter class; checked on every rank before anything is written, so all fail alike."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("train.tensorboard needs tensorboard: pip install tensorboard") from None
+    return SummaryWriter
+
+
+def log_record(wd, writer, record, line):
+    """The line on stdout, the record in log.jsonl and, with a SummaryWriter, its numbers in TensorBoard."""
+    print(line, flush=True)
+    with open(os.path.join(wd, "log.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")
+    if writer is not None:
+        group = "val" if "split" in record else "train"
+        for k, v in record.items():
+            if k not in ("iter", "split") and isinstance(v, (int, float)):
+                writer.add_scalar(f"{group}/{k}", v, record["iter"])
+        writer.flush()
+
+
+# --------------------------------------------------------------------------- one iteration, one log line, validation
 
 
 def pixel_loss(pred, target, mask, kind):
@@ -51,99 +242,149 @@ def pixel_loss(pred, target, mask, kind):
     raise ConfigError(f"train.loss={kind!r}: expected l1, smooth_l1 or mse")
 
 
-def batches(dataset, t, rank, world, start_micro, num_workers=0):
-    """Training batches forever, starting at micro-batch `start_micro` (a pure function of the
-    iteration). Each epoch: a permutation seeded by (seed, epoch), padded to equal shards,
-    rank r takes every world-th sample (as DistributedSampler), full batches only."""
-    per_rank = math.ceil(len(dataset) / world)
-    per_epoch = per_rank // t["batch_size"]
-    if per_epoch == 0:
-        raise DataError(f"training split has {len(dataset)} samples: fewer than batch_size x processes")
-    epoch, pos = divmod(start_micro, per_epoch)
-    while True:
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(t["seed"] * 1000003 + epoch))
-        order = torch.cat([order, order[:per_rank * world - len(order)]])[rank::world]
-        dataset.set_epoch(epoch)
-        subset = torch.utils.data.Subset(dataset, order[pos * t["batch_size"]:per_epoch * t["batch_size"]].tolist())
-        loader = torch.utils.data.DataLoader(subset, batch_size=t["batch_size"], num_workers=num_workers,
-                                             drop_last=True, pin_memory=torch.cuda.is_available())
-        yield from loader
-        epoch, pos = epoch + 1, 0
+def train_step(model, optimizer, scaler, normalizer, stream, it, t, rank, world, device):
+    """One optimizer step over t['grad_accum'] micro-batches -> {'lr', 'loss' (sum over the micro-batches
+    with valid pixels, K), 'batches' (those), 'skipped' (micro-batches without a valid pixel), 'grad_norm',
+    'data_wait' (s)}. No step is taken when no process had a valid pixel."""
+    lr = learning_rate(it, t["lr"], t["warmup_iters"], t["restart_period"], t["eta_min"])
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    out = {"lr": lr, "loss": 0.0, "batches": 0, "skipped": 0, "grad_norm": 0.0, "data_wait": 0.0}
+    for micro in range(t["grad_accum"]):
+        t0 = time.time()
+        batch = next(stream)
+        out["data_wait"] += time.time() - t0
+        batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        # Drop path and dropout draw from the global RNG; reseeding it from (seed, rank, iteration) makes
+        # those draws a function of the iteration, so a resumed run repeats them without stored RNG states.
+        torch.manual_seed(stream_seed(t["seed"], rank, it, micro))
+        sync = micro == t["grad_accum"] - 1 or world == 1
+        with contextlib.nullcontext() if sync else model.no_sync():
+            pred = groklst.downscale(model, normalizer, batch["lr_lst"], batch.get("hr_guidance"), t["amp"])
+            if batch["mask"].any():
+                loss = pixel_loss(pred, batch["hr_lst"], batch["mask"], t["loss"])  # float32: bf16 has 2 K steps at 300 K
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"loss is {loss.item()} at iteration {it + 1}, samples {batch['name']}: "
+                                        f"lower train.lr or set train.clip_grad")
+                out["loss"] += loss.item()
+                out["batches"] += 1
+            else:  # crops inside clouds, no target pixel: a zero loss keeps DDP's all-reduce in step with the other ranks
+                loss = pred.sum() * 0.0
+                out["skipped"] += 1
+            scaler.scale(loss / t["grad_accum"]).backward()
+    valid = torch.tensor(out["batches"], device=device)
+    if world > 1:
+        torch.distributed.all_reduce(valid)
+    if valid.item() == 0:
+        optimizer.zero_grad(set_to_none=True)
+        return out
+    scaler.unscale_(optimizer)  # the norm is logged (its largest value per log interval), and clipped if asked
+    out["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), t["clip_grad"] or float("inf")).item()
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return out
 
 
-def rng_state():
-    return {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-            "numpy_pos": int(np.random.get_state()[2]), "python": list(random.getstate()[1]),
-            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+def interval_record(acc, done, t, world, device):
+    """The log record and line of the iterations since the last one; acc sums train_step's results
+    over them (plus 'iters', 'start' time). Every rank takes part (the loss is averaged over ranks)."""
+    loss, n, skipped = (sum(x) for x in zip(*groklst.gather((acc["loss"], acc["batches"], acc["skipped"]))))
+    loss_avg = loss / n if n else None
+    elapsed = time.time() - acc["start"]
+    speed = acc["iters"] / elapsed
+    eta = (t["max_iters"] - done) / speed
+    mem = groklst.peak_memory_mb(device)
+    record = {"iter": done, "loss": loss_avg, "lr": acc["lr"], "grad_norm_max": acc["grad_norm_max"],
+              "it_per_s": speed, "data_wait": acc["data_wait"] / elapsed, "skipped_batches": skipped,
+              "peak_mem_mb": mem}
+    line = (f"iter {done}/{t['max_iters']} | loss {'-' if loss_avg is None else f'{loss_avg:.4f}'} K | lr {acc['lr']:.2e} "
+            f"| grad norm <= {acc['grad_norm_max']:.3g} | {speed:.2f} it/s (data {100 * acc['data_wait'] / elapsed:.0f}%) "
+            f"| eta {time.strftime('%H:%M:%S', time.gmtime(eta))} | peak mem {mem:.0f} MB"
+            + (f" | skipped {skipped} batches without valid pixels" if skipped else ""))
+    return record, line
 
 
-def set_rng_state(s):
-    torch.set_rng_state(s["torch"])
-    np.random.set_state(("MT19937", s["numpy"].numpy().astype(np.uint32), s["numpy_pos"]))
-    random.setstate((3, tuple(s["python"]), None))
-    if s["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(s["cuda"])
+def new_interval():
+    return {"loss": 0.0, "batches": 0, "skipped": 0, "grad_norm_max": 0.0, "data_wait": 0.0, "iters": 0,
+            "lr": 0.0, "start": time.time()}
 
 
-def save_checkpoint(path, **content):
-    """Atomic: write a temp file, then rename."""
-    tmp = f"{path}.tmp"
-    torch.save(content, tmp)
-    os.replace(tmp, path)
+def add_step(acc, step):
+    for k in ("loss", "batches", "skipped", "data_wait"):
+        acc[k] += step[k]
+    acc["grad_norm_max"] = max(acc["grad_norm_max"], step["grad_norm"])
+    acc["iters"] += 1
+    acc["lr"] = step["lr"]
+
+
+def validate(model, normalizer, val_set, split, device, amp, done, best_rmse):
+    """Validation metrics -> (record, line, improved). Runs on every rank: evaluate shards the images
+    over the ranks and gathers their metrics, so every rank gets the same numbers (and the same
+    decision to save best.pth)."""
+    means, _ = groklst.evaluate(model, normalizer, val_set, device, amp)
+    improved = means["RMSE"] < best_rmse  # NaN (no valid pixel in the split) never improves
+    line = (f"val ({split}) iter {done}: " + " ".join(f"{k} {v:.4f}" for k, v in means.items() if k != "images")
+            + (" *best*" if improved else ""))
+    return {"iter": done, "split": split, **means}, line, improved
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def build_datasets(cfg):
+    """Training and validation sets (None: data.val_split is null, no validation), after checking every
+    file the splits list (train, val, test) from its header: a bad file fails the run now, not hours in."""
+    d = cfg["data"]
+    train_set = groklst.build_dataset(cfg, d["train_split"], train=True)
+    val_set = None if d["val_split"] is None else groklst.build_dataset(cfg, d["val_split"])
+    if val_set is not None and len(val_set) == 0:
+        split_file = os.path.join(d["root"], "split", f"{d['val_split']}.txt")
+        raise DataError(f"{split_file}: the validation split lists no samples; best.pth is chosen on it. List "
+                        f"samples there, or train without validation with data.val_split=null (last.pth is then used)")
+    test_set = groklst.build_dataset(cfg, d["test_split"])
+    for dataset in (train_set, val_set, test_set):
+        if dataset is not None:
+            dataset.check_files()
+    return train_set, val_set
 
 
 def train(cfg, args, rank, world, device):
+    """Build -> resume (or init) -> loop -> save. Returns (normalizer, model) with the last weights."""
     t, d, wd = cfg["train"], cfg["data"], cfg["work_dir"]
     main_process = rank == 0
+    summary_writer = require_tensorboard() if t["tensorboard"] else None
+    old_files = check_work_dir(wd, args)
 
-    def log(record, line=None):
-        if main_process:
-            if line:
-                print(line, flush=True)
-            with open(os.path.join(wd, "log.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    seed = t["seed"] + rank
-    random.seed(seed), np.random.seed(seed), torch.manual_seed(t["seed"])  # same init on every rank
+    # build: the same initial weights on every rank (seeded alike); later draws are reseeded per iteration
+    random.seed(t["seed"] + rank), np.random.seed(t["seed"] + rank), torch.manual_seed(t["seed"])
     if t["deterministic"]:
         torch.backends.cudnn.benchmark = False
         torch.use_deterministic_algorithms(True, warn_only=True)
-    train_set = groklst.build_dataset(cfg, d["train_split"], train=True)
-    val_set = groklst.build_dataset(cfg, d["val_split"])
+    train_set, val_set = build_datasets(cfg)
+    prepare_work_dir(wd, old_files, main_process)
+    writer = summary_writer(wd) if summary_writer and main_process else None
+    log = functools.partial(log_record, wd, writer) if main_process else lambda record, line: None
     normalizer = groklst.build_normalizer(cfg)
-    model = groklst.build_model(cfg).to(device)
-    raw_model = model
+    model = raw_model = groklst.build_model(cfg).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     if n_params == 0:
         raise ConfigError(f"model {cfg['model']['name']!r} has no parameters to train; use test.py")
     optimizer = torch.optim.AdamW(model.parameters(), lr=t["lr"], betas=tuple(t["betas"]), weight_decay=t["weight_decay"])
     scaler = torch.amp.GradScaler(device.type, enabled=t["amp"] == "fp16")
 
+    # resume: the iteration alone fixes the learning rate, the sample order, the crops and the model's draws
     start_iter, best_rmse = 0, math.inf
-    resume = args.resume
-    if resume == "auto":
-        resume = os.path.join(wd, "last.pth")
-        if not os.path.exists(resume):
-            raise ConfigError(f"--resume: {resume} does not exist (nothing to resume)")
+    resume = os.path.join(wd, "last.pth") if args.resume == "auto" else args.resume
     if resume:
-        ckpt = torch.load(resume, map_location="cpu", weights_only=True)
-        raw_model.load_state_dict(groklst.clean_state_dict(ckpt["model"]))
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start_iter, best_rmse = ckpt["iter"], ckpt["best_rmse"]
-        if len(ckpt["rng"]) != world:
-            print(f"warning: checkpoint was written by {len(ckpt['rng'])} processes, now {world}: "
-                  "RNG streams and shards differ from the original run", file=sys.stderr)
-        set_rng_state(ckpt["rng"][rank % len(ckpt["rng"])])
+        start_iter, best_rmse = resume_from(resume, cfg, raw_model, optimizer, scaler, world)
         if main_process:
+            truncate_log(os.path.join(wd, "log.jsonl"), start_iter)
             print(f"resumed from {resume} at iteration {start_iter}")
     elif args.init:
         groklst.load_weights(raw_model, args.init)
         if main_process:
             print(f"initialised weights from {args.init}")
-    else:
-        torch.manual_seed(seed)  # per-rank stream for everything after the (shared) init
-
     if t["compile"]:
         model = groklst.compile_model(model, device)
     if world > 1:
@@ -151,90 +392,55 @@ def train(cfg, args, rank, world, device):
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=bool(raw_model.unused_parameters))
     if main_process:
-        os.makedirs(wd, exist_ok=True)
         with open(os.path.join(wd, "config.yaml"), "w") as f:
             yaml.safe_dump(cfg, f, sort_keys=False)
         print(f"{cfg['model']['name']} x{d['scale']}: {n_params:,} parameters, {len(train_set)} training and "
-              f"{len(val_set)} validation samples, {world} process(es) x batch {t['batch_size']} x "
-              f"accumulation {t['grad_accum']}, device {device}")
+              f"{'no' if val_set is None else len(val_set)} validation samples, {world} process(es) x batch "
+              f"{t['batch_size']} x accumulation {t['grad_accum']}, device {device}")
 
-    def checkpoint(it):
-        return dict(model=groklst.clean_state_dict(raw_model.state_dict()), optimizer=optimizer.state_dict(),
-                    scaler=scaler.state_dict(), iter=it, best_rmse=best_rmse, rng=groklst.gather(rng_state()),
-                    config=cfg, model_name=cfg["model"]["name"], torch_version=str(torch.__version__))
+    def save(name, it):
+        if main_process:
+            save_checkpoint(os.path.join(wd, name), dict(
+                model=groklst.clean_state_dict(raw_model.state_dict()), optimizer=optimizer.state_dict(),
+                scaler=scaler.state_dict(), iter=it, best_rmse=best_rmse, world=world, config=cfg,
+                model_name=cfg["model"]["name"], torch_version=str(torch.__version__)))
 
+    # loop
     ckpt_interval = t["ckpt_interval"] or t["val_interval"]
-    stream = batches(train_set, t, rank, world, start_iter * t["grad_accum"], d["num_workers"])
+    stream = batches(train_set, t["batch_size"], t["seed"], rank, world, start_iter * t["grad_accum"], d["num_workers"])
     model.train()
-    t_last, data_wait, loss_sum, n_logged, grad_norm_max = time.time(), 0.0, 0.0, 0, 0.0
+    acc = new_interval()
     for it in range(start_iter, t["max_iters"]):
-        lr = learning_rate(it, t)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        for micro in range(t["grad_accum"]):
-            t0 = time.time()
-            batch = next(stream)
-            data_wait += time.time() - t0
-            batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-            sync = micro == t["grad_accum"] - 1 or world == 1
-            ctx = model.no_sync() if not sync else torch.enable_grad()
-            with ctx:
-                pred = groklst.downscale(model, normalizer, batch["lr_lst"], batch.get("hr_guidance"), t["amp"])
-                loss = pixel_loss(pred, batch["hr_lst"], batch["mask"], t["loss"])
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"loss is {loss.item()} at iteration {it + 1}, samples {batch['name']}: "
-                                        f"lower train.lr or set train.clip_grad")
-                scaler.scale(loss / t["grad_accum"]).backward()
-            loss_sum += loss.item() / t["grad_accum"]
-        scaler.unscale_(optimizer)  # the norm is logged (its largest value per log interval), and clipped if asked
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t["clip_grad"] or float("inf"))
-        grad_norm_max = max(grad_norm_max, grad_norm.item())
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        n_logged += 1
-        done = it + 1
-
-        if done % t["log_interval"] == 0 or done == t["max_iters"]:
-            loss_avg = sum(groklst.gather(loss_sum / n_logged)) / world
-            elapsed = time.time() - t_last
-            speed = n_logged / elapsed
-            eta = (t["max_iters"] - done) / speed
-            mem = groklst.peak_memory_mb(device)
-            log({"iter": done, "loss": loss_avg, "lr": lr, "grad_norm_max": grad_norm_max, "it_per_s": speed,
-                 "data_wait": data_wait / elapsed, "peak_mem_mb": mem},
-                f"iter {done}/{t['max_iters']} | loss {loss_avg:.4f} K | lr {lr:.2e} | grad norm <= {grad_norm_max:.3g} "
-                f"| {speed:.2f} it/s "
-                f"(data {100 * data_wait / elapsed:.0f}%) | eta {time.strftime('%H:%M:%S', time.gmtime(eta))} "
-                f"| peak mem {mem:.0f} MB")
-            t_last, data_wait, loss_sum, n_logged, grad_norm_max = time.time(), 0.0, 0.0, 0, 0.0
-
-        if done % t["val_interval"] == 0 or done == t["max_iters"]:
-            means, _ = groklst.evaluate(raw_model, normalizer, val_set, device, t["amp"])
-            improved = means["RMSE"] < best_rmse
-            best_rmse = min(best_rmse, means["RMSE"])
-            log({"iter": done, "split": d["val_split"], **means},
-                f"val ({d['val_split']}) iter {done}: " + " ".join(f"{k} {v:.4f}" for k, v in means.items()
-                                                                   if k != "images") + (" *best*" if improved else ""))
+        add_step(acc, train_step(model, optimizer, scaler, normalizer, stream, it, t, rank, world, device))
+        done, last = it + 1, it + 1 == t["max_iters"]
+        if done % t["log_interval"] == 0 or last:
+            log(*interval_record(acc, done, t, world, device))
+            acc = new_interval()
+        if val_set is not None and (done % t["val_interval"] == 0 or last):
+            record, line, improved = validate(raw_model, normalizer, val_set, d["val_split"], device, t["amp"],
+                                              done, best_rmse)
+            log(record, line)
             if improved:
-                state = checkpoint(done)
-                if main_process:
-                    save_checkpoint(os.path.join(wd, "best.pth"), **state)
-        if done % ckpt_interval == 0 or done == t["max_iters"]:
-            state = checkpoint(done)  # gathers RNG states: every rank takes part
-            if main_process:
-                save_checkpoint(os.path.join(wd, "last.pth"), **state)
+                best_rmse = record["RMSE"]
+                save("best.pth", done)
+        if done % ckpt_interval == 0 or last:
+            save("last.pth", done)
+    if writer is not None:
+        writer.close()
     return normalizer, raw_model
 
 
 def final_test(cfg, normalizer, model, device):
-    """best.pth and bicubic on the test split: the table a user wants at the end of a run."""
+    """The test split with the weights the run selected (best.pth; last.pth, the model as trained, when
+    there was no validation or it never improved) and with bicubic: the table a user wants at the end."""
     d = cfg["data"]
     test_set = groklst.build_dataset(cfg, d["test_split"])
     best = os.path.join(cfg["work_dir"], "best.pth")
-    if os.path.exists(best):
+    used = "last.pth"
+    if d["val_split"] is not None and os.path.exists(best):
         groklst.load_weights(model, best)
-    rows = {f"{cfg['model']['name']} (best.pth)": groklst.evaluate(model, normalizer, test_set, device, cfg["train"]["amp"])[0]}
+        used = "best.pth"
+    rows = {f"{cfg['model']['name']} ({used})": groklst.evaluate(model, normalizer, test_set, device, cfg["train"]["amp"])[0]}
     bicubic = groklst.create_model("bicubic", scale=d["scale"]).to(device)
     rows["bicubic"] = groklst.evaluate(bicubic, normalizer, test_set, device)[0]
     return rows
@@ -248,6 +454,8 @@ def main(argv=None):
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="resume from PATH, or from <work_dir>/last.pth when no path is given")
     p.add_argument("--init", default=None, help="initial weights only (no optimizer state, iteration 0)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the checkpoints and log of a previous run in the work dir, then start afresh")
     p.add_argument("--no-test", action="store_true", help="skip the final test-split evaluation")
     args = p.parse_intermixed_args(argv)  # key=value overrides may follow options
     rank, world, device = groklst.setup_distributed()

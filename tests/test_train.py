@@ -4,11 +4,15 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 import yaml
 from conftest import ROOT
 
 TINY = {"name": "mocolsk", "num_feats": 8, "reduction": 4, "num_stages": 1, "n_resblocks": 1}
+# a model that draws random numbers while training (drop path on every sample's residuals)
+TINY_SWINIR = {"name": "swinir", "img_size": 8, "window_size": 4, "depths": [2, 2], "num_heads": [2, 2],
+               "embed_dim": 12, "num_feat": 8, "drop_path_rate": 0.5}
 
 
 def write_config(tmp_path, demo_root, model=TINY, **train):
@@ -31,8 +35,11 @@ def weights(path):
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
-def test_kill_and_resume_gives_identical_weights(tmp_path, demo_root):
-    cfg = write_config(tmp_path, demo_root, ckpt_interval=2)
+@pytest.mark.parametrize("model", [TINY, pytest.param(TINY_SWINIR, marks=pytest.mark.slow)], ids=["mocolsk", "swinir"])
+def test_kill_and_resume_gives_identical_weights(tmp_path, demo_root, model):
+    """Killed in iteration 5, resumed from iteration 4: mid-epoch (5 batches of 2 of the 10 training
+    tiles per epoch), through the next epoch's first loader, to every weight bit for bit."""
+    cfg = write_config(tmp_path, demo_root, model=model, ckpt_interval=2)
     full = run(["train.py", cfg, f"work_dir={tmp_path / 'full'}", "--no-test"])
     assert full.returncode == 0, full.stderr
     # same run, killed with SIGKILL in the middle of iteration 5 (after the checkpoint of iteration 4)
@@ -121,13 +128,14 @@ def test_errors(tmp_path, demo_root):
 def test_learning_rate_schedule():
     import train
     t = {"lr": 1e-4, "eta_min": 1e-7, "restart_period": 2500, "warmup_iters": 0}
-    assert train.learning_rate(0, t) == 1e-4 and train.learning_rate(2500, t) == 1e-4
-    assert abs(train.learning_rate(1250, t) - (1e-7 + (1e-4 - 1e-7) / 2)) < 1e-15
+    assert train.learning_rate(0, **t) == 1e-4 and train.learning_rate(2500, **t) == 1e-4
+    assert abs(train.learning_rate(1250, **t) - (1e-7 + (1e-4 - 1e-7) / 2)) < 1e-15
+    assert train.learning_rate(1, 1e-4, warmup_iters=4, restart_period=2500, eta_min=1e-7) == 1e-4 * 2 / 4
     sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
         torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-4), T_0=2500, eta_min=1e-7)
     for it in range(6000):
         if it % 700 == 0:
-            assert abs(sched.get_last_lr()[0] - train.learning_rate(it, t)) < 1e-12
+            assert abs(sched.get_last_lr()[0] - train.learning_rate(it, **t)) < 1e-12
         sched.step()
 
 

@@ -1,0 +1,348 @@
+"""Nothing silently wrong, nothing lost (issue #15), on the training and data-reading side: every case runs
+through the real command line (train.py, test.py, groklst.py stats) and checks the exit code, the one
+`error:` line naming the file / key / value at fault, and that nothing on disk was lost or half-written."""
+import errno
+import importlib.util
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import yaml
+from conftest import ROOT
+
+import data
+import geotiff
+import prepare
+import train
+from errors import TrainingError
+
+SRCNN = {"name": "srcnn"}
+TINY_MOCOLSK = {"name": "mocolsk", "num_feats": 8, "reduction": 4, "num_stages": 1, "n_resblocks": 1}
+
+
+def write_config(tmp_path, root, model=SRCNN, **train_keys):
+    cfg = yaml.safe_load(open(os.path.join(ROOT, "configs", "_base_", "demo_x8.yaml")))
+    cfg["model"] = dict(model)
+    cfg["data"].update(root=str(root), hr_crop=32, scale=4)
+    cfg["train"].update(dict(dict(max_iters=2, batch_size=2, val_interval=100, log_interval=1, lr=1.0e-3,
+                                  restart_period=8), **train_keys))
+    path = tmp_path / f"tiny_{cfg['model']['name']}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def run(args, **kw):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable] + args, cwd=ROOT, capture_output=True, text=True, env=env, **kw)
+
+
+def fails(out, *needles):
+    """A user error: exit code 1, no traceback, one `error:` line that holds every needle."""
+    assert out.returncode == 1, (out.returncode, out.stderr[-2000:])
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    lines = [line for line in out.stderr.splitlines() if line.strip() and not line.startswith("warning:")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def succeeds(out):
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def log_records(wd):
+    return [json.loads(line) for line in open(os.path.join(wd, "log.jsonl"))]
+
+
+def logged_iters(wd):
+    """(iterations of the loss records, iterations of the validation records) of log.jsonl."""
+    records = log_records(wd)
+    return [r["iter"] for r in records if "loss" in r], [r["iter"] for r in records if "split" in r]
+
+
+def copy_demo(demo_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root, ignore=shutil.ignore_patterns(".cache"))
+    return root
+
+
+def first(root, split):
+    return data.read_split(str(root), split)[0]
+
+
+# --------------------------------------------------------------------------- work dirs and resume
+
+
+@pytest.mark.slow
+def test_work_dir_of_another_run_is_refused_then_overwritten(tmp_path, demo_root):
+    cfg = write_config(tmp_path, demo_root, max_iters=4, val_interval=4)
+    wd = tmp_path / "run"
+    succeeds(run(["train.py", cfg, f"work_dir={wd}", "--no-test"]))
+    best = (wd / "best.pth").read_bytes()
+    fails(run(["train.py", cfg, f"work_dir={wd}", "train.max_iters=2", "--no-test"]),
+          str(wd), "best.pth", "--resume", "work_dir", "--overwrite")
+    assert (wd / "best.pth").read_bytes() == best and logged_iters(wd) == ([1, 2, 3, 4], [4])
+    out = succeeds(run(["train.py", cfg, f"work_dir={wd}", "train.max_iters=2", "train.val_interval=2", "--overwrite",
+                        "--no-test"]))
+    assert "--overwrite: deleted" in out.stdout
+    assert logged_iters(wd) == ([1, 2], [2])  # nothing of the old run mixed in
+    assert torch.load(wd / "best.pth", weights_only=True)["iter"] == 2
+
+
+@pytest.mark.slow
+def test_resume_drops_later_log_records_and_refuses_a_changed_config(tmp_path, demo_root):
+    cfg = write_config(tmp_path, demo_root, max_iters=2)
+    wd = tmp_path / "run"
+    succeeds(run(["train.py", cfg, f"work_dir={wd}", "--no-test"]))
+    shutil.copy(wd / "last.pth", tmp_path / "iter2.pth")
+    (wd / "last.pth.tmp999.deadbeef").write_bytes(b"half a checkpoint of a crashed save")
+    succeeds(run(["train.py", cfg, f"work_dir={wd}", "train.max_iters=4", "--resume", "--no-test"]))  # allowed change
+    assert not any(".tmp" in f for f in os.listdir(wd))  # the crashed save's temp file is gone
+    assert logged_iters(wd) == ([1, 2, 3, 4], [2, 4])  # validation at the end of each run
+    # resuming again from iteration 2: records 3 and 4 are written once, not twice
+    succeeds(run(["train.py", cfg, f"work_dir={wd}", "train.max_iters=4", "--resume", str(tmp_path / "iter2.pth"),
+                  "--no-test"]))
+    assert logged_iters(wd) == ([1, 2, 3, 4], [2, 4])
+    last, log = (wd / "last.pth").read_bytes(), (wd / "log.jsonl").read_text()
+    line = fails(run(["train.py", cfg, f"work_dir={wd}", "train.max_iters=6", "train.lr=0.5", "data.hr_crop=16",
+                      "--resume", "--no-test"]), "data.hr_crop: 32 -> 16", "train.lr: 0.001 -> 0.5")
+    assert "max_iters" not in line
+    assert (wd / "last.pth").read_bytes() == last and (wd / "log.jsonl").read_text() == log
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cut", ["empty", "half"])
+def test_truncated_checkpoint_is_one_error_line(tmp_path, demo_root, cut):
+    cfg = write_config(tmp_path, demo_root)
+    wd = tmp_path / "run"
+    wd.mkdir()
+    torch.save({"model": {"w": torch.zeros(1000)}, "iter": 2}, wd / "last.pth")
+    content = (wd / "last.pth").read_bytes()
+    (wd / "last.pth").write_bytes(b"" if cut == "empty" else content[:len(content) // 2])
+    fails(run(["train.py", cfg, f"work_dir={wd}", "--resume", "--no-test"]), str(wd / "last.pth"), "unreadable checkpoint")
+
+
+def _file_size_limit(limit):
+    def limit_writes():  # writes past `limit` bytes fail with EFBIG (SIGXFSZ ignored), as on a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return limit_writes
+
+
+@pytest.mark.slow
+def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, demo_root):
+    cfg = write_config(tmp_path, demo_root, max_iters=2, val_interval=2)
+    wd = tmp_path / "run"
+    succeeds(run(["train.py", cfg, f"work_dir={wd}", "--no-test"]))
+    before = {f: (wd / f).read_bytes() for f in ("last.pth", "best.pth")}
+    limit = len(before["last.pth"]) // 2
+    out = run(["train.py", cfg, f"work_dir={wd}", "train.max_iters=4", "train.val_interval=4", "--resume", "--no-test"],
+              preexec_fn=_file_size_limit(limit))
+    line = fails(out, "saving the checkpoint failed", "is intact", "--resume")
+    assert f"{wd}{os.sep}" in line and ".pth:" in line
+    assert {f: (wd / f).read_bytes() for f in ("last.pth", "best.pth")} == before
+    assert sorted(os.listdir(wd)) == ["best.pth", "config.yaml", "last.pth", "log.jsonl"]  # no temp file left
+
+
+def test_full_disk_during_save_names_the_file(tmp_path, monkeypatch):
+    path = str(tmp_path / "last.pth")
+    train.save_checkpoint(path, {"iter": 1})
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(TrainingError) as e:
+        train.save_checkpoint(path, {"iter": 2})
+    message = str(e.value)
+    assert path in message and "No space left on device" in message and "previous last.pth is intact" in message
+    assert torch.load(path, weights_only=True) == {"iter": 1} and os.listdir(tmp_path) == ["last.pth"]
+
+
+# --------------------------------------------------------------------------- no-data, validation, file checks
+
+
+def _cloudy_dataset(folder):
+    """prepare.py --max-nodata 1.0 on a 256 x 256 scene whose left 160 columns are a cloud: whole tiles
+    without a valid LST pixel are kept."""
+    lst, gui = data.synth_scene(256, 256, seed=2)
+    lst[:, :160] = np.nan
+    geo = geotiff.make_geo(500000.0, 4300000.0, 30.0)
+    geotiff.write_geotiff(os.path.join(folder, "cloudy.tif"), lst, geo)
+    geotiff.write_geotiff(os.path.join(folder, "cloudy_gui.tif"), gui, geo, band_names=data.BANDS)
+    out = os.path.join(folder, "out")
+    prepare.prepare([(os.path.join(folder, "cloudy.tif"), os.path.join(folder, "cloudy_gui.tif"))], out,
+                    tile=32, step=32, block=64, scales=(4,), split=(0.5, 0.25, 0.25), max_nodata=1.0, lr_max_nodata=1.0)
+    return out
+
+
+@pytest.mark.slow
+def test_dataset_of_max_nodata_1_trains_and_skips_empty_batches(tmp_path):
+    out = _cloudy_dataset(str(tmp_path))
+    wd = tmp_path / "run"
+    res = succeeds(run(["train.py", os.path.join(out, "base_x4.yaml"), "model.name=srcnn", "data.hr_crop=16",
+                        "train.batch_size=1", "train.max_iters=8", "train.log_interval=1", "train.val_interval=8",
+                        f"work_dir={wd}", "--no-test"]))
+    records = [r for r in log_records(wd) if "loss" in r]
+    assert len(records) == 8 and sum(r["skipped_batches"] for r in records) > 0
+    assert all(r["loss"] is None or np.isfinite(r["loss"]) for r in records)
+    assert "skipped 1 batches without valid pixels" in res.stdout
+    assert torch.load(wd / "last.pth", weights_only=True)["iter"] == 8
+
+
+def test_crops_are_drawn_inside_valid_pixels(tmp_path, demo_root, monkeypatch):
+    root = copy_demo(demo_root, tmp_path)
+    name = first(root, "train")
+    path = root / "30m" / "lst" / f"{name}.tif"
+    lst, info = geotiff.read_geotiff(str(path))
+    lst[0, :, :40] = np.nan  # 40 of 64 columns: most 16-pixel crops lie in the cloud
+    geotiff.write_geotiff(str(path), lst[0], info["geo"])
+    dataset = data.GrokLSTDataset(str(root), "train", 4, hr_crop=16)
+    index = dataset.names.index(name)
+
+    def valid_crops():
+        out = []
+        for epoch in range(12):
+            dataset.set_epoch(epoch)
+            out.append(bool(dataset[index]["mask"].any()))
+        return out
+    assert all(valid_crops())
+    monkeypatch.setattr(data.GrokLSTDataset, "CROP_TRIES", 1)  # one draw: the cloud is hit
+    assert not all(valid_crops())
+
+
+@pytest.mark.slow
+def test_empty_validation_split_is_an_error_and_null_trains_without(tmp_path, demo_root):
+    root = copy_demo(demo_root, tmp_path)
+    (root / "split" / "val.txt").write_text("")
+    cfg = write_config(tmp_path, root)
+    fails(run(["train.py", cfg, f"work_dir={tmp_path / 'a'}", "--no-test"]), str(root / "split" / "val.txt"),
+          "data.val_split=null")
+    wd = tmp_path / "b"
+    out = succeeds(run(["train.py", cfg, f"work_dir={wd}", "data.val_split=null"]))
+    assert "srcnn (last.pth)" in out.stdout and "best.pth" not in out.stdout
+    assert not (wd / "best.pth").exists() and (wd / "last.pth").exists()
+    assert "srcnn (last.pth)" in (wd / "test_table.md").read_text()
+
+
+@pytest.mark.slow
+def test_final_table_names_best_pth_when_validated(tmp_path, demo_root):
+    cfg = write_config(tmp_path, demo_root, val_interval=1)
+    out = succeeds(run(["train.py", cfg, f"work_dir={tmp_path / 'run'}"]))
+    assert "srcnn (best.pth)" in out.stdout and (tmp_path / "run" / "best.pth").exists()
+
+
+@pytest.mark.slow
+def test_every_split_file_is_checked_before_the_first_iteration(tmp_path, demo_root):
+    root = copy_demo(demo_root, tmp_path)
+    cfg = write_config(tmp_path, root, model=TINY_MOCOLSK)
+    name = first(root, "test")  # even the test split, even with --no-test
+    lr_path = root / "120m" / "lst" / f"{name}.tif"
+    geotiff.write_geotiff(str(lr_path), np.full((15, 16), 290.0, np.float32))
+    out = run(["train.py", cfg, f"work_dir={tmp_path / 'a'}", "--no-test"])
+    fails(out, str(lr_path), "(15, 16) x scale 4", "(64, 64)")
+    assert "iter 1/" not in out.stdout and not (tmp_path / "a" / "log.jsonl").exists()
+    geotiff.write_geotiff(str(lr_path), np.full((16, 16), 290.0, np.float32))
+    gui_path = root / "30m" / "guidance" / f"{first(root, 'val')}.tif"
+    gui, _ = geotiff.read_geotiff(str(gui_path))
+    geotiff.write_geotiff(str(gui_path), gui[:9], band_names=list(data.BANDS[:9]))  # ndwi missing
+    fails(run(["train.py", cfg, f"work_dir={tmp_path / 'b'}", "--no-test"]), str(gui_path), "no band 'ndwi'")
+
+
+def _write_guidance_named(path, gui, names):
+    """A 10-band guidance GeoTIFF whose GDAL_METADATA names only len(names) bands."""
+    items = "".join(f'<Item name="DESCRIPTION" sample="{i}" role="description">{n}</Item>' for i, n in enumerate(names))
+    tifffile.imwrite(path, gui, photometric="minisblack", planarconfig="separate", compression="zlib", metadata=None,
+                     extratags=[(geotiff.TAG_GDAL_METADATA, "s", 0, f"<GDALMetadata>{items}</GDALMetadata>", True)])
+
+
+@pytest.mark.slow
+def test_guidance_band_names_partial_is_an_error_upper_case_works(tmp_path, demo_root):
+    root = copy_demo(demo_root, tmp_path)
+    name = first(root, "val")
+    path = root / "30m" / "guidance" / f"{name}.tif"
+    gui, _ = geotiff.read_geotiff(str(path))
+    _write_guidance_named(str(path), gui, data.BANDS[:9])
+    cfg = write_config(tmp_path, root, model=TINY_MOCOLSK)
+    fails(run(["train.py", cfg, f"work_dir={tmp_path / 'a'}", "--no-test"]), str(path), "9 of 10 bands")
+    _write_guidance_named(str(path), gui, [b.upper() for b in data.BANDS])  # DEM, DEEPBLUE, ...
+    out = succeeds(run(["groklst.py", "stats", str(root), "--split", "val"]))
+    stats = yaml.safe_load(out.stdout)["guidance"]["stats"]
+    dem = data.read_guidance(str(path), ["dem"])[0]
+    assert set(stats) == set(data.BANDS) and stats["dem"]["max"] >= float(np.nanmax(dem))
+
+
+@pytest.mark.slow
+def test_lst_storage_errors_name_file_value_and_key(tmp_path, demo_root):
+    root = copy_demo(demo_root, tmp_path)
+    cfg = write_config(tmp_path, root)
+    bicubic = ["test.py", cfg, "model.name=bicubic", "--out", str(tmp_path / "m.json")]
+    name = first(root, "test")
+    path = root / "30m" / "lst" / f"{name}.tif"
+    kelvin, info = geotiff.read_geotiff(str(path))
+    original = path.read_bytes()
+    # a product's DN (Landsat C2 ST: K = DN * 0.00341802 + 149) stored as uint16, taken for Kelvin
+    dn = np.nan_to_num((kelvin[0] - 149.0) / 0.00341802, nan=0).round().astype(np.uint16)
+    tifffile.imwrite(str(path), dn, photometric="minisblack", compression="zlib", metadata=None)
+    line = fails(run(bicubic), str(path), "data.lst_scale", "outside the plausible range")
+    assert f"{int(dn.max())}" in line or f"{int(dn[dn > 0].min())}" in line
+    # a -9999 fill value without a GDAL_NODATA tag: an error naming data.nodata; declared, it works
+    filled = np.where(np.isnan(kelvin[0]), np.float32(-9999), kelvin[0])
+    filled[:8, :8] = -9999
+    geotiff.write_geotiff(str(path), filled, info["geo"], nodata=None)
+    fails(run(bicubic), str(path), "-9999", "data.nodata")
+    out = succeeds(run(bicubic + ["data.nodata=-9999"]))
+    assert "bicubic" in out.stdout
+    # a zlib-compressed GeoTIFF cut in half (an interrupted copy)
+    path.write_bytes(original[:len(original) // 2])
+    fails(run(bicubic), str(path), "truncated")
+    out = run(["train.py", cfg, f"work_dir={tmp_path / 'a'}", "--no-test"])  # a test-split file, found at the start
+    fails(out, str(path), "truncated")
+    assert "iter 1/" not in out.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None,
+                    reason="tensorboard is installed: the error case cannot happen")
+def test_tensorboard_without_the_package_is_one_error_line(tmp_path, demo_root):
+    cfg = write_config(tmp_path, demo_root)
+    fails(run(["train.py", cfg, f"work_dir={tmp_path / 'a'}", "train.tensorboard=true"]),
+          "train.tensorboard needs tensorboard: pip install tensorboard")
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.slow
+def test_tensorboard_events_get_loss_lr_and_val_metrics(tmp_path, demo_root, monkeypatch):
+    """The wiring, with a stand-in SummaryWriter (the real one needs the tensorboard package)."""
+    scalars = []
+
+    class SummaryWriter:
+        def __init__(self, log_dir):
+            scalars.append(("dir", log_dir, None))
+
+        def add_scalar(self, tag, value, step):
+            scalars.append((tag, value, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            scalars.append(("closed", None, None))
+    fake = type(sys)("torch.utils.tensorboard")
+    fake.SummaryWriter = SummaryWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    wd = str(tmp_path / "run")
+    train.main([write_config(tmp_path, demo_root), f"work_dir={wd}", "train.tensorboard=true", "--no-test"])
+    tags = {tag for tag, _, _ in scalars}
+    assert scalars[0] == ("dir", wd, None) and scalars[-1][0] == "closed"
+    assert {"train/loss", "train/lr", "train/grad_norm_max", "val/RMSE", "val/CC"} <= tags
+    assert [step for tag, _, step in scalars if tag == "train/loss"] == [1, 2]
