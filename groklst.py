@@ -3,7 +3,7 @@
     python groklst.py list [PATTERN]                    models with kind, scales, parameters
     python groklst.py make-demo data/demo               write the synthetic demo dataset
     python groklst.py stats data/groklst --split trainval   normalisation statistics as YAML
-    python groklst.py convert-checkpoint IN.pth OUT.pth [--config CFG]   original -> this toolkit
+    python groklst.py convert-checkpoint IN.pth OUT.pth --config CFG [key=value ...]   original -> this toolkit
     python groklst.py predict ...     = python predict.py ...   (whole scenes)
     python groklst.py prepare ...     = python prepare.py ...   (your own scenes -> a dataset)
     python groklst.py bench ...       = python bench.py ...     (speed and memory)
@@ -410,6 +410,8 @@ def check_model_builds(cfg):
     except UserError:
         raise
     except (ValueError, AssertionError, TypeError, IndexError, KeyError, ZeroDivisionError, RuntimeError) as e:
+        if "meta" in str(e):
+            return  # an operation meta tensors cannot do (a value read in __init__): no verdict, not a user error
         given = ", ".join(f"model.{k}={v!r}" for k, v in args.items())
         raise ConfigError(f"model {cfg['model']['name']!r} cannot be built with {given} at data.scale="
                           f"{cfg['data']['scale']} ({type(e).__name__}: {str(e).strip() or 'no message'})") from None
@@ -457,8 +459,9 @@ def load_config(path, overrides=()):
         for part in reversed(parts):
             update = {part: update}
         _validate(update, DEFAULTS)  # raises on unknown keys / wrong types
-        if parts == ["model", "name"] and value != cfg["model"].get("name"):
-            cfg["model"] = {}
+        name = value if parts == ["model", "name"] else value.get("name") if parts == ["model"] else None
+        if name is not None and name != cfg["model"].get("name"):
+            cfg["model"] = {}  # another model: the previous model's arguments are not its arguments
         cfg = _merge(cfg, update)
     validate_model(cfg)
     check_rules(cfg)

@@ -124,13 +124,13 @@ def benchmark_table(work_root, split=None, overrides=(), device="cpu"):
     return "\n".join(lines)
 
 
-def write_json(path, obj):
+def write_text(path, text):
     """Atomically: an interrupted run leaves the previous file, never half of one."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
+            f.write(text)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -152,8 +152,7 @@ def main(argv=None):
         table = benchmark_table(a.models, a.split, a.overrides)
         print(table)
         if a.out:
-            with open(a.out, "w") as f:
-                f.write(table + "\n")
+            write_text(a.out, table + "\n")
         return
     p.add_argument("config")
     p.add_argument("checkpoint", nargs="?", default=None, help="a .pth of train.py or of the original toolkit")
@@ -190,9 +189,9 @@ def main(argv=None):
             if out is None:
                 out = (f"{os.path.splitext(args.checkpoint)[0]}.{split}.json" if args.checkpoint
                        else os.path.join(cfg["work_dir"], f"{split}.json"))
-            write_json(out, {"config": cfg["name"], "checkpoint": args.checkpoint, "split": split,
-                             "metrics": {k: means[k] for k in METRICS}, "images": means["images"],
-                             "per_image": {n: dict(zip(METRICS, m)) for n, m in per_image}})
+            write_text(out, json.dumps({"config": cfg["name"], "checkpoint": args.checkpoint, "split": split,
+                                        "metrics": {k: means[k] for k in METRICS}, "images": means["images"],
+                                        "per_image": {n: dict(zip(METRICS, m)) for n, m in per_image}}, indent=1))
             print(f"metrics written to {out}")
             if args.figure:
                 models = figure_models(args.figure_models, cfg, args.checkpoint)

@@ -88,13 +88,14 @@ def test_malicious_checkpoint_runs_nothing(tmp_path, form):
     assert not marker.exists()
 
 
-def test_payload_beside_weights_is_inert(tmp_path):
-    """A payload in `meta` of a checkpoint that also holds weights: the weights load, the payload stays an
-    Unloaded stand-in that records what it was given."""
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_payload_beside_weights_is_inert(tmp_path, zip_format):
+    """A payload in `meta` of a checkpoint that also holds weights (zip or legacy torch format): the
+    weights load, the payload stays an Unloaded stand-in that records what it was given."""
     marker, src = tmp_path / "MARKER", tmp_path / "mixed.pth"
     net = torch.nn.Conv2d(1, 2, 3)
     torch.save({"meta": {"hook": Payload(marker)}, "state_dict": {"generator." + k: v for k, v in net.state_dict().items()}},
-               src)
+               src, _use_new_zipfile_serialization=zip_format)
     with pytest.raises(pickle.UnpicklingError):
         torch.load(src, weights_only=True)  # so the restricted unpickler is what reads it
     ckpt = groklst.read_checkpoint(str(src))
