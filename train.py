@@ -183,6 +183,10 @@ def check_same_config(stored, cfg, path):
 def resume_from(path, cfg, model, optimizer, scaler, world):
     """Restore a checkpoint of train.py -> (iteration, best validation RMSE)."""
     ckpt = read_checkpoint(path)
+    missing = [k for k in ("model", "optimizer", "scaler", "iter", "best_rmse") if k not in ckpt]
+    if missing:
+        raise DataError(f"{path}: not a train.py checkpoint to resume (no {', '.join(missing)}); to start from its "
+                        f"weights use --init {path}")
     check_same_config(ckpt.get("config"), cfg, path)
     model.load_state_dict(groklst.clean_state_dict(ckpt["model"]))
     optimizer.load_state_dict(ckpt["optimizer"])
@@ -197,8 +201,13 @@ def truncate_log(path, last_iter):
     """Drop log.jsonl records past the resumed iteration: the resumed run writes them again."""
     if not os.path.exists(path):
         return
+    def kept(line):
+        try:
+            return json.loads(line).get("iter", 0) <= last_iter
+        except json.JSONDecodeError:  # the half-written last line of a killed run
+            return False
     with open(path) as f:
-        lines = [line for line in f if line.strip() and json.loads(line).get("iter", 0) <= last_iter]
+        lines = [line for line in f if line.strip() and kept(line)]
     tmp = temp_path(path)
     with open(tmp, "w") as f:
         f.writelines(lines)

@@ -106,6 +106,8 @@ def test_resume_drops_later_log_records_and_refuses_a_changed_config(tmp_path, d
     succeeds(run(["train.py", cfg, f"work_dir={wd}", "--no-test"]))
     shutil.copy(wd / "last.pth", tmp_path / "iter2.pth")
     (wd / "last.pth.tmp999.deadbeef").write_bytes(b"half a checkpoint of a crashed save")
+    with open(wd / "log.jsonl", "a") as f:
+        f.write('{"iter": 3, "lo')  # the torn last line of a killed run
     succeeds(run(["train.py", cfg, f"work_dir={wd}", "train.max_iters=4", "--resume", "--no-test"]))  # allowed change
     assert not any(".tmp" in f for f in os.listdir(wd))  # the crashed save's temp file is gone
     assert logged_iters(wd) == ([1, 2, 3, 4], [2, 4])  # validation at the end of each run
@@ -121,15 +123,20 @@ def test_resume_drops_later_log_records_and_refuses_a_changed_config(tmp_path, d
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cut", ["empty", "half"])
-def test_truncated_checkpoint_is_one_error_line(tmp_path, demo_root, cut):
+@pytest.mark.parametrize("cut", ["empty", "half", "weights only"])
+def test_unusable_checkpoint_is_one_error_line(tmp_path, demo_root, cut):
     cfg = write_config(tmp_path, demo_root)
     wd = tmp_path / "run"
     wd.mkdir()
     torch.save({"model": {"w": torch.zeros(1000)}, "iter": 2}, wd / "last.pth")
     content = (wd / "last.pth").read_bytes()
-    (wd / "last.pth").write_bytes(b"" if cut == "empty" else content[:len(content) // 2])
-    fails(run(["train.py", cfg, f"work_dir={wd}", "--resume", "--no-test"]), str(wd / "last.pth"), "unreadable checkpoint")
+    if cut != "weights only":
+        (wd / "last.pth").write_bytes(b"" if cut == "empty" else content[:len(content) // 2])
+    out = run(["train.py", cfg, f"work_dir={wd}", "--resume", "--no-test"])
+    if cut == "weights only":
+        fails(out, str(wd / "last.pth"), "no optimizer, scaler, best_rmse", "--init")
+    else:
+        fails(out, str(wd / "last.pth"), "unreadable checkpoint")
 
 
 def _file_size_limit(limit):
