@@ -5,10 +5,18 @@
     python predict.py configs/mocolsk_x8.yaml --checkpoint best.pth \
         --lst lst_240m.tif --guidance dem.tif red.tif nir.tif ... --out lst_30m.tif
     python predict.py configs/bicubic_x8.yaml --lst lst_240m.tif --out lst_30m.tif
+    python predict.py configs/bicubic_x8.yaml --lst st_dn.tif --lst-scale 0.00341802 --lst-offset 149 \
+        --nodata-in 0 --out lst_30m.tif                                  # a DN product (Landsat C2 ST)
+    [torchrun --standalone --nproc_per_node=N] python predict.py CFG --checkpoint best.pth \
+        --scenes scenes.txt|landsat_dir --out-dir out/                    # many scenes -> out/<scene>.tif
 
 (`python groklst.py predict ...` is the same command.)
 
-Inputs. The LST is one band in Kelvin; the guidance is one multi-band GeoTIFF whose GDAL band
+Inputs. The LST is one band in Kelvin, or stored values with --lst-scale / --lst-offset (Kelvin =
+stored * scale + offset) and --nodata-in (the input fill value of a file without a GDAL_NODATA tag);
+these override the config's data.lst_scale / data.lst_offset / data.nodata, and the converted values
+must lie in data.lst_range (default 150..400 K; data.to_kelvin). --nodata is the OUTPUT no-data value.
+The guidance is one multi-band GeoTIFF whose GDAL band
 descriptions name the bands, or several files (`--guidance a.tif b.tif`, `--guidance-dir DIR`),
 a single-band file being named by its file stem (dem.tif -> dem). Bands are used in the order of
 the config's data.guidance_bands; SISR models read none. NaN or the GDAL_NODATA value is no-data.
@@ -35,9 +43,26 @@ any guidance band is invalid are written as NaN (or --nodata). A hole changes va
 within the model's receptive field of it (bicubic: 2 LR pixels); tiles with no valid LR pixel
 are skipped.
 
-Memory. Host: the guidance and one float32 output scene, about 4 * (bands + 1) bytes per HR
-pixel (tifffile reads whole pages). Device: one batch of tiles, batch * bands * (tile*scale)^2
-inputs plus the model's activations at that size, whatever the scene size.
+Memory. Host: the output is written as it is made, in 256-row bands (geotiff.write_geotiff_rows):
+tiles run in row-major order and only the bands a later tile still touches are kept, about
+(tile*scale + 256) x W float32 (plus the PNG's 2000-px decimation with --png). The inputs are read
+whole: the LST (1/scale^2 of the output) and the guidance, 4 * bands bytes per HR pixel (read_geotiff
+decodes whole pages), which dominates for guided models. Device: one batch of tiles, batch * bands *
+(tile*scale)^2 inputs plus the model's activations at that size, whatever the scene size. The output
+is checked writable before any work and written atomically: a failure leaves nothing at --out.
+
+Precision. --amp auto (default): bf16 autocast with model and inputs in channels_last on CUDA with
+bf16 and on CPUs with AMX / AVX512-BF16, for models with weights; float32 elsewhere. The first tile
+is also run in float32 (once per process) and auto falls back to float32 if the two differ by
+>= 0.01 K RMSE. --amp none: float32; --amp bf16: bf16 whatever the device. Training is not affected.
+
+Many scenes. --scenes LIST (lines `LST_PATH [GUIDANCE_PATH ...]`, relative to LIST, '#' comments,
+shell quoting) or --scenes DIR (subfolders with lst.tif and guidance.tif, as `landsat` writes them)
+write --out-dir/<scene>.tif, scene = LST file stem (its folder's name for lst.tif) or subfolder
+name. The model is loaded once per process; under torchrun scene i runs on rank i % world. Each
+scene prints a line (rank, scene, size, seconds, Mpx/s); a scene that fails prints `error: scene
+NAME: ...` and the others go on; rank 0 prints the done/failed counts, and the exit code is 1 if
+any failed.
 """
 import argparse
 import os
@@ -263,10 +288,11 @@ BF16_MAX_RMSE_K = 0.01  # auto keeps bf16 only while it stays this close to floa
 
 
 def bf16_check(model, normalizer, x, g):
-    """'bf16' or 'none' for `model`: the first batch it sees is run both ways, once per model (the
+    """'bf16' or 'none' for `model`: the first tile it sees is run both ways, once per model (the
     verdict is kept as model.bf16_rmse_k); bf16 is kept when the RMSE between the two is below
     BF16_MAX_RMSE_K. Most models are ~1e-3 K apart, but not all (tests/test_predict.py)."""
-    if not hasattr(model, "bf16_rmse_k"):
+    if not hasattr(model, "bf16_rmse_k"):  # on one tile: the float32 forward costs ~2.5 bf16 ones
+        x, g = x[:1], None if g is None else g[:1]
         a = groklst.downscale(model, normalizer, x, g, "bf16").float()
         b = groklst.downscale(model, normalizer, x, g, "none").float()
         model.bf16_rmse_k = float(torch.sqrt(torch.mean((a - b) ** 2)))
