@@ -49,26 +49,27 @@ def whole_array(model, normalizer, lst, guidance, scale, tile, overlap, batch):
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
-    """LR 80 x 44 at 240 m (x8: 640 x 352 HR, three 256-row output bands, seven tile rows of 16 with
-    overlap 4), a cloud, a no-data tile row corner, a NaN patch in a used guidance band."""
+    """LR 48 x 28 at 240 m (x8: 384 x 224 HR, two 256-row output bands, four tile rows of 16 with
+    overlap 4), a cloud, a no-data corner tile, a NaN patch in a used guidance band."""
     d = tmp_path_factory.mktemp("rows")
-    hr, gui = data.synth_scene(640, 352, seed=11)
+    hr, gui = data.synth_scene(384, 224, seed=11)
     lr = data.block_mean(hr, 8)
     lr[30:36, 10:15] = np.nan
     lr[:16, :20] = np.nan  # every tile of this corner is all no-data: skipped
     bands = ["nir", "dem", "red"]
     g = gui[[data.BANDS.index(b) for b in bands]]
-    g[2, 400:420, 100:150] = np.nan
+    g[2, 300:320, 100:150] = np.nan
     return {"lr": lr, "gui": g, "ckpt": tiny_checkpoint(d / "tiny.pth"),
             "lst": write_lst(d / "lst.tif", lr, geotiff.make_geo(X0, Y0, 240.0)),
             "guidance": write_guidance(d / "gui.tif", g, bands, geotiff.make_geo(X0, Y0, 30.0))}
 
 
+@pytest.mark.slow
 def test_streamed_rows_equal_the_whole_array(scene, tmp_path):
     cfg = groklst.load_config(CFG["mocolsk_x8"], TINY)
     model, normalizer = groklst.load_model(cfg, scene["ckpt"], "cpu"), groklst.build_normalizer(cfg)
     ref = whole_array(model, normalizer, scene["lr"], scene["gui"], 8, 16, 4, 3)
-    assert np.isnan(ref).any() and np.isfinite(ref).mean() > 0.8
+    assert np.isnan(ref).any() and np.isfinite(ref).mean() > 0.6
     for band in (256, 40):  # the file's band, and one that does not divide the tile or the scale
         parts = list(predict.predict_rows(model, normalizer, scene["lr"], scene["gui"], 8, 16, 4, 3, band=band))
         assert [len(p) for p in parts[:-1]] == [band] * (len(parts) - 1)
@@ -88,11 +89,11 @@ def test_bands_are_emitted_while_tiles_remain(scene):
     model, calls = groklst.build_model(cfg), []
     forward = model.forward
     model.forward = lambda x, g=None: calls.append(len(x)) or forward(x, g)
-    rows = predict.predict_rows(model, groklst.build_normalizer(cfg), scene["lr"], None, 8, 16, 4, 1)
+    rows = predict.predict_rows(model, groklst.build_normalizer(cfg), scene["lr"], None, 8, 16, 4, 1, band=64)
     first = next(rows)
-    total = len(predict.tile_starts(80, 16, 4)) * len(predict.tile_starts(44, 16, 4))
-    assert first.shape == (256, 352) and 0 < sum(calls) <= total // 2, (sum(calls), total)
-    assert sum(len(b) for b in rows) == 640 - 256
+    total = len(predict.tile_starts(48, 16, 4)) * len(predict.tile_starts(28, 16, 4))
+    assert first.shape == (64, 224) and 0 < sum(calls) <= total // 2, (sum(calls), total)
+    assert sum(len(b) for b in rows) == 384 - 64 and sum(calls) == total - 1  # the no-data corner tile skipped
 
 
 def test_output_checked_first_and_never_half_written(scene, tmp_path, monkeypatch):
@@ -105,14 +106,14 @@ def test_output_checked_first_and_never_half_written(scene, tmp_path, monkeypatc
 
     def dying(*a, **k):  # the model fails in the middle of the scene, after bands were written
         calls[0] += 1
-        if calls[0] == 20:
+        if calls[0] == 5:
             raise RuntimeError("device lost")
         return real(*a, **k)
 
     monkeypatch.setattr(groklst, "downscale", dying)
     with pytest.raises(RuntimeError, match="device lost"):
         groklst.main([*argv, "--out", str(tmp_path / "out.tif"), "--batch", "1"])
-    assert calls[0] == 20 and os.listdir(tmp_path) == []  # no output, no .tmp file
+    assert calls[0] == 5 and os.listdir(tmp_path) == []  # no output, no .tmp file
 
 
 def test_lst_storage_flags(scene, tmp_path):
@@ -169,6 +170,7 @@ def test_many_scenes_one_process(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path / "out")) == sorted(n + ".tif" for n in names)
 
 
+@pytest.mark.slow
 def test_scenes_folder_of_landsat_outputs_and_names(tmp_path):
     """A folder of `landsat` outputs: <scene>/lst.tif + guidance.tif, named by the subfolder."""
     hr, gui = data.synth_scene(128, 128, seed=30)
@@ -240,11 +242,13 @@ def test_amp_auto_choice():
 @pytest.mark.slow
 @pytest.mark.skipif(not predict.cpu_has_bf16(), reason="this CPU has no native bf16 (AMX / AVX512-BF16): auto is float32")
 def test_amp_auto_close_to_float32_on_demo_split(demo_root, capsys):
-    """Random (seeded) demo-sized MoCoLSK-Net and a tiny EDSR on the demo test split: auto runs bf16 +
-    channels_last and stays < 0.01 K RMSE from float32. A model where bf16 is not that close (MoCoLSK
-    with 4 features) is caught by the first-batch check and runs in float32."""
+    """Random (seeded) models on the demo test split. Demo-sized MoCoLSK-Net: auto runs bf16 +
+    channels_last and stays < 0.01 K RMSE from float32 (its output adds a float32 bicubic to the bf16
+    residual). Models where bf16 is not that close are caught by the first-tile check and run in
+    float32: a tiny EDSR (its Kelvin output is a bf16 conv output: 2^-9 relative steps, ~0.04 K) and
+    MoCoLSK with 4 features."""
     cases = [(os.path.join(ROOT, "configs", "demo_mocolsk_x8.yaml"), [], True),
-             (CFG["edsr_x8"], ["model.mid_channels=16", "model.num_blocks=2"], True),
+             (CFG["edsr_x8"], ["model.mid_channels=16", "model.num_blocks=2"], False),
              (CFG["mocolsk_x8"], TINY, False)]
     for config, overrides, keeps_bf16 in cases:
         cfg = groklst.load_config(config, [f"data.root={demo_root}", *overrides])
