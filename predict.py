@@ -457,9 +457,9 @@ def read_scenes(source):
 def predict_scenes(config, scenes, out_dir, device=None, **kwargs):
     """Downscale many scenes into out_dir/<scene>.tif, the model loaded once per process. Under
     torchrun scene i goes to rank i % world. A scene that fails (bad input) is an `error:` line on
-    stderr and the others go on; at the end a ConfigError-free summary, and a DataError naming the
-    failed scenes if any (exit code 1). kwargs: as predict. Returns [(scene, 'done' | 'failed')] of
-    all ranks."""
+    stderr and the others go on; at the end rank 0 prints the done / failed counts (after a gather)
+    and raises a DataError naming the failed scenes if any (exit code 1; the other ranks exit 1
+    quietly). kwargs: as predict. Returns [(scene, 'done' | 'failed')] of all ranks."""
     rank, world, dist_device = groklst.setup_distributed()
     try:
         device = torch.device(device) if device else dist_device
