@@ -160,7 +160,7 @@ def to_kelvin(array, path, units=None):
         raise DataError(f"{path}: LST value {bad:g} is outside the plausible range {lo:g}..{hi:g} K. If the file "
                         f"stores a product's DN, give its scale and offset (data.lst_scale / data.lst_offset, "
                         f"--lst-scale / --lst-offset; Landsat C2 ST: 0.00341802, 149.0); if {bad:g} is a fill value, "
-                        f"declare it (data.nodata, --nodata); for another range set data.lst_range")
+                        f"declare it (data.nodata, predict --nodata-in); for another range set data.lst_range")
     return array
 
 

@@ -5,10 +5,18 @@
     python predict.py configs/mocolsk_x8.yaml --checkpoint best.pth \
         --lst lst_240m.tif --guidance dem.tif red.tif nir.tif ... --out lst_30m.tif
     python predict.py configs/bicubic_x8.yaml --lst lst_240m.tif --out lst_30m.tif
+    python predict.py configs/bicubic_x8.yaml --lst st_dn.tif --lst-scale 0.00341802 --lst-offset 149 \
+        --nodata-in 0 --out lst_30m.tif                                  # a DN product (Landsat C2 ST)
+    [torchrun --standalone --nproc_per_node=N] python predict.py CFG --checkpoint best.pth \
+        --scenes scenes.txt|landsat_dir --out-dir out/                    # many scenes -> out/<scene>.tif
 
 (`python groklst.py predict ...` is the same command.)
 
-Inputs. The LST is one band in Kelvin; the guidance is one multi-band GeoTIFF whose GDAL band
+Inputs. The LST is one band in Kelvin, or stored values with --lst-scale / --lst-offset (Kelvin =
+stored * scale + offset) and --nodata-in (the input fill value of a file without a GDAL_NODATA tag);
+these override the config's data.lst_scale / data.lst_offset / data.nodata, and the converted values
+must lie in data.lst_range (default 150..400 K; data.to_kelvin). --nodata is the OUTPUT no-data value.
+The guidance is one multi-band GeoTIFF whose GDAL band
 descriptions name the bands, or several files (`--guidance a.tif b.tif`, `--guidance-dir DIR`),
 a single-band file being named by its file stem (dem.tif -> dem). Bands are used in the order of
 the config's data.guidance_bands; SISR models read none. NaN or the GDAL_NODATA value is no-data.
@@ -35,14 +43,33 @@ any guidance band is invalid are written as NaN (or --nodata). A hole changes va
 within the model's receptive field of it (bicubic: 2 LR pixels); tiles with no valid LR pixel
 are skipped.
 
-Memory. Host: the guidance and one float32 output scene, about 4 * (bands + 1) bytes per HR
-pixel (tifffile reads whole pages). Device: one batch of tiles, batch * bands * (tile*scale)^2
-inputs plus the model's activations at that size, whatever the scene size.
+Memory. Host: the output is written as it is made, in 256-row bands (geotiff.write_geotiff_rows):
+tiles run in row-major order and only the bands a later tile still touches are kept, about
+(tile*scale + 256) x W float32 (plus the PNG's 2000-px decimation with --png). The inputs are read
+whole: the LST (1/scale^2 of the output) and the guidance, 4 * bands bytes per HR pixel (read_geotiff
+decodes whole pages), which dominates for guided models. Device: one batch of tiles, batch * bands *
+(tile*scale)^2 inputs plus the model's activations at that size, whatever the scene size. The output
+is checked writable before any work and written atomically: a failure leaves nothing at --out.
+
+Precision. --amp auto (default): bf16 autocast with model and inputs in channels_last on CUDA with
+bf16 and on CPUs with AMX / AVX512-BF16, for models with weights; float32 elsewhere. The first tile
+is also run in float32 (once per process) and auto falls back to float32 if the two differ by
+>= 0.01 K RMSE. --amp none: float32; --amp bf16: bf16 whatever the device. Training is not affected.
+
+Many scenes. --scenes LIST (lines `LST_PATH [GUIDANCE_PATH ...]`, relative to LIST, '#' comments,
+shell quoting) or --scenes DIR (subfolders with lst.tif and guidance.tif, as `landsat` writes them)
+write --out-dir/<scene>.tif, scene = LST file stem (its folder's name for lst.tif) or subfolder
+name. The model is loaded once per process; under torchrun scene i runs on rank i % world. Each
+scene prints a line (rank, scene, size, seconds, Mpx/s); a scene that fails prints `error: scene
+NAME: ...` and the others go on; rank 0 prints the done/failed counts, and the exit code is 1 if
+any failed.
 """
 import argparse
 import os
+import shlex
 import sys
 import time
+import traceback
 
 import numpy as np
 import torch
@@ -50,8 +77,17 @@ import torch
 import figures
 import groklst
 from data import guidance_names, read_lst_geotiff
-from errors import ConfigError, DataError, command
-from geotiff import TIFF_EXTENSIONS, check_grids, geo_transform, geo_window, read_geotiff, read_header, write_geotiff
+from errors import ConfigError, DataError, UserError, command
+from geotiff import (
+    TIFF_EXTENSIONS,
+    check_grids,
+    check_writable,
+    geo_transform,
+    geo_window,
+    read_geotiff,
+    read_header,
+    write_geotiff_rows,
+)
 
 # --------------------------------------------------------------------------- reading
 
@@ -138,87 +174,195 @@ def _window(a, r0, c0, size):
     return np.pad(w, pad, mode="edge") if any(p[1] for p in pad) else w
 
 
+ROW_BAND = 256  # output rows per emitted band: the GeoTIFF tile height of write_geotiff_rows
+
+
 @torch.no_grad()
-def predict_array(model, normalizer, lst, guidance=None, scale=8, tile=64, overlap=16, batch=4,
-                  device="cpu", amp="none", progress=False):
-    """Tiled, blended downscaling of a whole scene held in memory.
+def predict_rows(model, normalizer, lst, guidance=None, scale=8, tile=64, overlap=16, batch=4,
+                 device="cpu", amp="none", progress=False, band=ROW_BAND):
+    """Tiled, blended downscaling of a whole scene, yielded as finished output row bands.
 
     lst (h, w) float32 Kelvin; guidance (C, h*scale, w*scale) physical units or None (SISR); NaN =
-    no data in both. tile, overlap: LR pixels. Returns (h*scale, w*scale) float32 Kelvin with NaN
-    where the LR support pixel or any guidance band is invalid. Device memory is one batch of
-    tiles; the output is accumulated on the host.
+    no data in both. tile, overlap: LR pixels. amp: see resolve_amp ('auto' and 'bf16' put the
+    model in channels_last). Yields (band, w*scale) float32 Kelvin arrays top to bottom (the last
+    may be shorter), NaN where the LR support pixel or any guidance band is invalid. Tiles run in
+    row-major order; the weighted sums are kept only for the output bands that a tile still to come
+    touches, so host memory is about one row of tiles (tile*scale + band rows x w*scale float32),
+    and device memory one batch of tiles.
     """
     h, w = lst.shape
     s, hr_tile = scale, tile * scale
+    H, W = h * s, w * s
     multiple = getattr(model, "lr_multiple", 1)
-    if not (tile >= 1 and 0 <= overlap < tile and tile % multiple == 0 and batch >= 1):
+    if not (tile >= 1 and 0 <= overlap < tile and tile % multiple == 0 and batch >= 1 and band >= 1):
         raise ConfigError(f"tile={tile}, overlap={overlap}, batch={batch}: need 0 <= overlap < tile, "
-                         f"tile a multiple of {multiple}, batch >= 1")
+                          f"tile a multiple of {multiple}, batch >= 1")
+    verify = amp == "auto"  # auto's bf16 is checked against float32 once per model (bf16_check)
+    amp, channels_last = resolve_amp(amp, device, model)
     rows, cols = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
     wt = taper(hr_tile, overlap * s)
-    wsum_y, wsum_x = np.zeros(h * s, np.float32), np.zeros(w * s, np.float32)
+    wsum_y, wsum_x = np.zeros(H, np.float32), np.zeros(W, np.float32)
     for r in rows:
         wsum_y[r * s:(r + tile) * s] += wt[:min(tile, h - r) * s]
     for c in cols:
         wsum_x[c * s:(c + tile) * s] += wt[:min(tile, w - c) * s]
     w2d = np.outer(wt, wt)
-    out = np.zeros((h * s, w * s), np.float32)  # sum of w * pred; sum of w is outer(wsum_y, wsum_x)
     valid_lr = np.isfinite(lst)
     tiles = [(r, c) for r in rows for c in cols if valid_lr[r:r + tile, c:c + tile].any()]
+    sums = {}  # output band index -> (rows, W) float32 sum of w * pred; sum of w is outer(wsum_y, wsum_x)
+    emitted = 0  # bands yielded so far
     model.eval()
     start, total = time.time(), len(rows) * len(cols)
+
+    def finished(upto):  # every band that no tile from HR row `upto` on touches, normalised and masked
+        nonlocal emitted
+        while emitted * band < H and min((emitted + 1) * band, H) <= upto:
+            y0, y1 = emitted * band, min((emitted + 1) * band, H)
+            acc = sums.pop(emitted, None)
+            acc = np.zeros((y1 - y0, W), np.float32) if acc is None else acc
+            denom = np.outer(wsum_y[y0:y1], wsum_x)
+            invalid = ~np.repeat(valid_lr[np.arange(y0, y1) // s], s, 1)
+            if guidance is not None:
+                invalid |= np.isnan(guidance[:, y0:y1]).any(0)
+            emitted += 1
+            if progress and y1 == H:  # before the last band: its consumer need not ask for more
+                seconds = time.time() - start
+                print(f"\r  tiles {total}/{total}  {H * W / 1e6:.1f} Mpx in {seconds:.1f} s "
+                      f"({H * W / 1e6 / max(seconds, 1e-9):.2f} Mpx/s)", file=sys.stderr, flush=True)
+            yield np.where(invalid, np.float32(np.nan), acc / denom)
+
     for b in range(0, len(tiles), batch):
         chunk = tiles[b:b + batch]
         x = torch.from_numpy(np.stack([_window(lst, r, c, tile) for r, c in chunk]))[:, None].to(device)
         g = None
         if guidance is not None:
             g = torch.from_numpy(np.stack([_window(guidance, r * s, c * s, hr_tile) for r, c in chunk])).to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+            g = None if g is None else g.contiguous(memory_format=torch.channels_last)
+        if verify and amp == "bf16":
+            amp = bf16_check(model, normalizer, x, g)
         pred = groklst.downscale(model, normalizer, x, g, amp)[:, 0].float().cpu().numpy()
         for (r, c), p in zip(chunk, pred):
             th, tw = min(tile, h - r) * s, min(tile, w - c) * s
-            out[r * s:r * s + th, c * s:c * s + tw] += (w2d[:th, :tw] * p[:th, :tw])
+            for k in range(r * s // band, (r * s + th - 1) // band + 1):  # the output bands this tile touches
+                y0, y1 = max(k * band, r * s), min((k + 1) * band, r * s + th)
+                acc = sums.setdefault(k, np.zeros((min((k + 1) * band, H) - k * band, W), np.float32))
+                acc[y0 - k * band:y1 - k * band, c * s:c * s + tw] += (w2d[y0 - r * s:y1 - r * s, :tw]
+                                                                        * p[y0 - r * s:y1 - r * s, :tw])
         if progress:
             done = b + len(chunk) + total - len(tiles)  # skipped (all no-data) tiles count as done
-            rate = done / total * h * w * s * s / max(time.time() - start, 1e-9)
+            rate = done / total * H * W / max(time.time() - start, 1e-9)
             print(f"\r  tiles {done}/{total}  {rate / 1e6:.2f} Mpx/s", end="", file=sys.stderr, flush=True)
-    if progress:
-        seconds = time.time() - start
-        print(f"\r  tiles {total}/{total}  {h * w * s * s / 1e6:.1f} Mpx in {seconds:.1f} s "
-              f"({h * w * s * s / 1e6 / max(seconds, 1e-9):.2f} Mpx/s)", file=sys.stderr, flush=True)
-    step = s * max(1, 1024 // s)
-    for y in range(0, h * s, step):  # normalise and mask in row bands (no full-size temporaries)
-        band = slice(y, min(y + step, h * s))
-        denom = np.outer(wsum_y[band], wsum_x)
-        invalid = np.repeat(np.repeat(~valid_lr[y // s:band.stop // s], s, 0), s, 1)
-        if guidance is not None:
-            invalid |= np.isnan(guidance[:, band]).any(0)
-        out[band] = np.where(invalid, np.float32(np.nan), out[band] / denom)
-    return out
+        more = b + batch < len(tiles)
+        yield from finished(tiles[b + batch][0] * s if more else H)  # later tiles start at or below this row
+    yield from finished(H)  # a scene without any valid LR pixel
+
+
+def predict_array(model, normalizer, lst, guidance=None, scale=8, tile=64, overlap=16, batch=4,
+                  device="cpu", amp="none", progress=False):
+    """predict_rows assembled in memory: (h*scale, w*scale) float32 Kelvin (for small scenes and tests)."""
+    bands = list(predict_rows(model, normalizer, lst, guidance, scale, tile, overlap, batch, device, amp, progress))
+    return np.concatenate(bands) if bands else np.zeros((0, lst.shape[1] * scale), np.float32)
+
+
+# --------------------------------------------------------------------------- precision
+
+
+def cpu_has_bf16():
+    """True when this CPU computes bf16 natively (AMX or AVX512-BF16; oneDNN's own check where torch has it)."""
+    try:
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False
+    except (AttributeError, RuntimeError):
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(next((line for line in f if line.startswith("flags")), "").split())
+    except OSError:
+        return False
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
+BF16_MAX_RMSE_K = 0.01  # auto keeps bf16 only while it stays this close to float32
+
+
+def bf16_check(model, normalizer, x, g):
+    """'bf16' or 'none' for `model`: the first tile it sees is run both ways, once per model (the
+    verdict is kept as model.bf16_rmse_k); bf16 is kept when the RMSE between the two is below
+    BF16_MAX_RMSE_K. Most models are ~1e-3 K apart, but not all (tests/test_predict.py)."""
+    if not hasattr(model, "bf16_rmse_k"):  # on one tile: the float32 forward costs ~2.5 bf16 ones
+        x, g = x[:1], None if g is None else g[:1]
+        a = groklst.downscale(model, normalizer, x, g, "bf16").float()
+        b = groklst.downscale(model, normalizer, x, g, "none").float()
+        model.bf16_rmse_k = float(torch.sqrt(torch.mean((a - b) ** 2)))
+        if model.bf16_rmse_k >= BF16_MAX_RMSE_K:
+            print(f"note: --amp auto: bf16 differs from float32 by {model.bf16_rmse_k:.3f} K RMSE on the first tiles "
+                  f"(> {BF16_MAX_RMSE_K} K); running in float32", file=sys.stderr)
+    return "bf16" if model.bf16_rmse_k < BF16_MAX_RMSE_K else "none"
+
+
+def resolve_amp(amp, device, model=None):
+    """--amp -> (autocast dtype name for groklst.downscale, channels_last). 'none': float32. 'bf16':
+    bf16 autocast with model and inputs in channels_last. 'auto': bf16 where the device computes it
+    natively (CUDA with bf16, a CPU with AMX / AVX512-BF16) and the model has weights (parameter-free
+    interpolation gains nothing), float32 elsewhere. Puts the model in channels_last when used."""
+    if amp not in ("none", "auto", "bf16"):
+        raise ConfigError(f"amp={amp!r}: expected none, auto or bf16")
+    device = torch.device(device)
+    if amp == "auto":
+        native = torch.cuda.is_bf16_supported() if device.type == "cuda" else device.type == "cpu" and cpu_has_bf16()
+        weights = model is None or any(True for _ in model.parameters())
+        amp = "bf16" if native and weights else "none"
+    if amp == "none":
+        return "none", False
+    if model is not None:
+        model.to(memory_format=torch.channels_last)
+    return "bf16", True
 
 
 # --------------------------------------------------------------------------- entry point
 
 
+_MODELS = {}  # (config, overrides, checkpoint, device) -> model: loaded once per process for many scenes
+
+
+def _model(config, overrides, cfg, checkpoint, device):
+    key = (os.path.abspath(config), tuple(overrides), checkpoint and os.path.abspath(checkpoint), str(device))
+    if key not in _MODELS:
+        _MODELS.clear()
+        _MODELS[key] = groklst.load_model(cfg, checkpoint, device)
+    return _MODELS[key]
+
+
 def predict(config, lst, out, guidance=(), guidance_dir=None, checkpoint=None, overrides=(), tile=None,
-            overlap=None, batch=4, device=None, amp="none", nodata=None, png=False, progress=True):
-    """Downscale the GeoTIFF scene `lst` with the model of `config` and write `out`.
+            overlap=None, batch=4, device=None, amp="auto", nodata=None, png=False, progress=True,
+            lst_scale=None, lst_offset=None, nodata_in=None):
+    """Downscale the GeoTIFF scene `lst` with the model of `config` and write `out`, row band by row band.
 
     out: float32 Kelvin GeoTIFF, zlib, 256 x 256 tiles, pixel size / scale, same corner, CRS copied,
-    GDAL_NODATA = nodata (default NaN). tile / overlap in LR pixels (default 512 // scale and
-    tile // 4). amp 'bf16' autocasts on CUDA only. png: also write <out stem>.png (needs
-    matplotlib). Returns the (H, W) prediction.
+    GDAL_NODATA = nodata (default NaN); written atomically (nothing is left at `out` on failure).
+    tile / overlap in LR pixels (default 512 // scale and tile // 4). amp: see resolve_amp.
+    lst_scale, lst_offset, nodata_in: how the LST is stored (override data.lst_scale / data.lst_offset /
+    data.nodata; nodata_in is the input fill value, nodata the output's). png: also write
+    <out stem>.png (needs matplotlib). Returns {'out', 'shape': (H, W), 'seconds', 'mpx_per_s'}.
     """
+    t0 = time.time()
     cfg = groklst.load_config(config, overrides)
     scale, bands = cfg["data"]["scale"], groklst.guidance_bands(cfg)
     if png:
         figures.require_matplotlib("--png")  # fail before the long part
+    check_writable(out)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if amp not in ("none", "bf16"):
-        raise ConfigError(f"amp={amp!r}: expected none or bf16")
-    if amp == "bf16" and device.type != "cuda":
-        print("note: --amp bf16 is used on CUDA only; running in float32", file=sys.stderr)
-        amp = "none"
-    array, info = read_lst_geotiff(lst, groklst.lst_units(cfg))
+    resolve_amp(amp, device)  # a bad value fails here, before reading
+    if amp == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        print("note: --amp bf16: this CPU has no native bf16 (AMX / AVX512-BF16); bf16 is emulated and slow",
+              file=sys.stderr)
+    units = groklst.lst_units(cfg)
+    for key, value in (("scale", lst_scale), ("offset", lst_offset), ("nodata", nodata_in)):
+        if value is not None:
+            units[key] = value
+    array, info = read_lst_geotiff(lst, units)
     paths = guidance_paths(guidance, guidance_dir)
     gui = None
     if bands:
@@ -227,26 +371,133 @@ def predict(config, lst, out, guidance=(), guidance_dir=None, checkpoint=None, o
         gui = read_guidance(paths, bands, lst, array.shape, info["geo"], scale)
     elif paths:
         print(f"note: model {cfg['model']['name']!r} is single-image; guidance ignored", file=sys.stderr)
-    model = groklst.load_model(cfg, checkpoint, device)
+    model = _model(config, overrides, cfg, checkpoint, device)
     normalizer = groklst.build_normalizer(cfg)
     tile = tile or max(1, 512 // scale)
     overlap = tile // 4 if overlap is None else overlap
+    shape = (array.shape[0] * scale, array.shape[1] * scale)
     if progress:
-        print(f"{cfg['model']['name']} x{scale}: {array.shape[1]} x {array.shape[0]} -> "
-              f"{array.shape[1] * scale} x {array.shape[0] * scale} px, tile {tile} overlap {overlap} (LR px), "
-              f"batch {batch}, {device}", file=sys.stderr)
-    pred = predict_array(model, normalizer, array, gui, scale, tile, overlap, batch, device, amp, progress)
-    del gui
+        print(f"{cfg['model']['name']} x{scale}: {array.shape[1]} x {array.shape[0]} -> {shape[1]} x {shape[0]} px, "
+              f"tile {tile} overlap {overlap} (LR px), batch {batch}, {device}, amp {resolve_amp(amp, device, model)[0]}",
+              file=sys.stderr)
     geo = None
     if geo_transform(info["geo"]) is not None:
         geo = geo_window(info["geo"], 0, 0, scale)
     else:
         print(f"warning: {lst}: no georeferencing (ModelPixelScale + ModelTiepoint or ModelTransformation); "
               f"{out} will have none", file=sys.stderr)
-    write_geotiff(out, pred, geo, nodata=float("nan") if nodata is None else float(nodata), tile=(256, 256))
+    rows = predict_rows(model, normalizer, array, gui, scale, tile, overlap, batch, device, amp, progress)
+    step = max(1, -(-max(shape) // 2000))  # the PNG's decimation (figures.write_png): kept as the rows pass
+    look = []
     if png:
-        figures.write_png(os.path.splitext(out)[0] + ".png", pred, f"{os.path.basename(out)}: {cfg['model']['name']} x{scale}")
-    return pred
+        rows = _keep_decimated(rows, step, look)
+    write_geotiff_rows(out, shape, rows, geo, nodata=float("nan") if nodata is None else float(nodata), tile=ROW_BAND)
+    if png:
+        figures.write_png(os.path.splitext(out)[0] + ".png", np.concatenate(look),
+                          f"{os.path.basename(out)}: {cfg['model']['name']} x{scale}")
+    seconds = time.time() - t0
+    return {"out": out, "shape": shape, "seconds": seconds, "mpx_per_s": shape[0] * shape[1] / 1e6 / max(seconds, 1e-9)}
+
+
+def _keep_decimated(rows, step, look):
+    """Pass the row bands through, appending every `step`-th row and column of them to `look`."""
+    y = 0
+    for band in rows:
+        look.append(band[(-y) % step::step, ::step])
+        y += band.shape[0]
+        yield band
+
+
+# --------------------------------------------------------------------------- many scenes
+
+
+def _scene_name(lst_path):
+    """A scene's output name: the LST file's stem, or its folder's name for a `landsat` output (lst.tif)."""
+    stem = os.path.splitext(os.path.basename(lst_path))[0]
+    return os.path.basename(os.path.dirname(os.path.abspath(lst_path))) if stem.lower() == "lst" else stem
+
+
+def read_scenes(source):
+    """--scenes -> [(name, lst path, [guidance paths])]. A text file: one scene a line,
+    `LST_PATH [GUIDANCE_PATH ...]`, paths relative to the file's folder, '#' starts a comment, quotes
+    as in a shell. A folder: every subfolder with an lst.tif (a `landsat` output), with its
+    guidance.tif if there is one. Names must be unique (they name the outputs)."""
+    scenes = []
+    if os.path.isdir(source):
+        for sub in sorted(os.listdir(source)):
+            folder = os.path.join(source, sub)
+            if os.path.isfile(os.path.join(folder, "lst.tif")):
+                gui = [os.path.join(folder, "guidance.tif")] if os.path.isfile(os.path.join(folder, "guidance.tif")) else []
+                scenes.append((sub, os.path.join(folder, "lst.tif"), gui, f"{folder}"))
+    elif os.path.isfile(source):
+        base = os.path.dirname(os.path.abspath(source))
+        for n, line in enumerate(open(source), 1):
+            try:
+                words = shlex.split(line, comments=True)
+            except ValueError as e:
+                raise DataError(f"{source}:{n}: {e}") from None
+            if words:
+                paths = [os.path.join(base, os.path.expanduser(w)) for w in words]
+                scenes.append((_scene_name(paths[0]), paths[0], paths[1:], f"{source}:{n}"))
+    else:
+        raise DataError(f"--scenes {source}: no such file or folder (a list of `LST [GUIDANCE ...]` lines, or a "
+                        f"folder of `landsat` outputs)")
+    if not scenes:
+        raise DataError(f"--scenes {source}: no scenes (a list needs `LST [GUIDANCE ...]` lines; a folder, "
+                        f"subfolders with lst.tif)")
+    seen = {}
+    for name, _, _, where in scenes:
+        if name in seen:
+            raise DataError(f"--scenes {source}: scene name {name!r} twice ({seen[name]} and {where}): outputs are "
+                            f"named <scene>.tif; rename one LST file")
+        seen[name] = where
+    return [(name, lst, gui) for name, lst, gui, _ in scenes]
+
+
+def predict_scenes(config, scenes, out_dir, device=None, **kwargs):
+    """Downscale many scenes into out_dir/<scene>.tif, the model loaded once per process. Under
+    torchrun scene i goes to rank i % world. A scene that fails (bad input) is an `error:` line on
+    stderr and the others go on; at the end rank 0 prints the done / failed counts (after a gather)
+    and raises a DataError naming the failed scenes if any (exit code 1; the other ranks exit 1
+    quietly). kwargs: as predict. Returns [(scene, 'done' | 'failed')] of all ranks."""
+    rank, world, dist_device = groklst.setup_distributed()
+    try:
+        device = torch.device(device) if device else dist_device
+        if not os.path.isdir(out_dir):
+            os.makedirs(out_dir, exist_ok=True)
+        check_writable(os.path.join(out_dir, "scene.tif"))
+        cfg = groklst.load_config(config, kwargs.get("overrides", ()))
+        _model(config, kwargs.get("overrides", ()), cfg, kwargs.get("checkpoint"), device)  # once, before any scene
+        status = []
+        for i, (name, lst, gui) in enumerate(scenes):
+            if i % world != rank:
+                continue
+            try:
+                r = predict(config, lst, os.path.join(out_dir, name + ".tif"), guidance=gui, device=device,
+                            progress=False, **kwargs)
+            except UserError as e:
+                print(f"error: scene {name}: {e}", file=sys.stderr, flush=True)
+                status.append((i, name, "failed"))
+                continue
+            except Exception:  # a bug: keep its traceback, and the other scenes going
+                traceback.print_exc()
+                print(f"error: scene {name}: failed with the traceback above", file=sys.stderr, flush=True)
+                status.append((i, name, "failed"))
+                continue
+            status.append((i, name, "done"))
+            print(f"rank {rank}/{world} scene {name}: {r['shape'][1]} x {r['shape'][0]} px, {r['seconds']:.1f} s, "
+                  f"{r['mpx_per_s']:.2f} Mpx/s -> {r['out']}", flush=True)
+        everything = sorted(s for part in groklst.gather(status) for s in part)
+    finally:
+        groklst.teardown_distributed()
+    failed = [name for _, name, state in everything if state == "failed"]
+    if rank == 0:
+        print(f"scenes: {len(everything) - len(failed)} done, {len(failed)} failed, {world} process(es)", flush=True)
+    if failed:
+        if rank == 0:
+            raise DataError(f"{len(failed)} of {len(everything)} scenes failed: {', '.join(failed)} (see the error lines above)")
+        sys.exit(1)
+    return [(name, state) for _, name, state in everything]
 
 
 @command
@@ -254,22 +505,44 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="predict.py", description=__doc__.split("\n")[0])
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
-    p.add_argument("--lst", required=True, help="LR LST GeoTIFF, Kelvin")
+    p.add_argument("--lst", default=None, help="LR LST GeoTIFF (Kelvin, or see --lst-scale)")
     p.add_argument("--guidance", nargs="+", default=[], help="one multi-band GeoTIFF, or one file per band (dem.tif)")
     p.add_argument("--guidance-dir", default=None, help="folder of guidance GeoTIFFs (bands by name or file stem)")
-    p.add_argument("--out", required=True, help="output GeoTIFF (float32 Kelvin)")
+    p.add_argument("--out", default=None, help="output GeoTIFF (float32 Kelvin)")
+    p.add_argument("--scenes", default=None, help="many scenes: a list file of `LST [GUIDANCE ...]` lines, or a folder "
+                                                  "of `landsat` outputs (subfolders with lst.tif, guidance.tif)")
+    p.add_argument("--out-dir", default=None, help="with --scenes: write <out-dir>/<scene>.tif")
     p.add_argument("--checkpoint", default=None, help="weights (not needed for bicubic / bilinear)")
     p.add_argument("--tile", type=int, default=None, help="tile side in LR pixels (default 512 // scale)")
     p.add_argument("--overlap", type=int, default=None, help="tile overlap in LR pixels (default tile // 4)")
     p.add_argument("--batch", type=int, default=4, help="tiles per forward")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--amp", default="none", choices=["none", "bf16"], help="bf16 autocast (CUDA only)")
-    p.add_argument("--nodata", type=float, default=None, help="output no-data value (default NaN)")
+    p.add_argument("--amp", default="auto", choices=["auto", "none", "bf16"],
+                   help="auto (default): bf16 autocast + channels_last where the device has native bf16, else "
+                        "float32; none: float32")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--nodata", type=float, default=None, help="OUTPUT no-data value (default NaN)")
+    p.add_argument("--nodata-in", type=float, default=None,
+                   help="INPUT LST fill value of a file without a GDAL_NODATA tag (overrides data.nodata)")
+    p.add_argument("--lst-scale", type=float, default=None, help="LST = stored * scale + offset (overrides data.lst_scale)")
+    p.add_argument("--lst-offset", type=float, default=None, help="(overrides data.lst_offset)")
     p.add_argument("--png", action="store_true", help="also write <out>.png with a colour bar (needs matplotlib)")
     args = p.parse_intermixed_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    common = dict(checkpoint=args.checkpoint, overrides=args.overrides, tile=args.tile, overlap=args.overlap,
+                  batch=args.batch, amp=args.amp, nodata=args.nodata, png=args.png, lst_scale=args.lst_scale,
+                  lst_offset=args.lst_offset, nodata_in=args.nodata_in)
+    if args.scenes:
+        if args.lst or args.out or args.guidance or args.guidance_dir or not args.out_dir:
+            raise ConfigError("--scenes takes --out-dir DIR and no --lst / --out / --guidance / --guidance-dir "
+                              "(each scene line names its files)")
+        predict_scenes(args.config, read_scenes(args.scenes), args.out_dir, device=args.device, **common)
+        return
+    if not (args.lst and args.out) or args.out_dir:
+        raise ConfigError("give --lst LST.tif and --out OUT.tif (one scene), or --scenes LIST --out-dir DIR (many)")
     predict(args.config, args.lst, args.out, guidance=args.guidance, guidance_dir=args.guidance_dir,
-            checkpoint=args.checkpoint, overrides=args.overrides, tile=args.tile, overlap=args.overlap,
-            batch=args.batch, device=args.device, amp=args.amp, nodata=args.nodata, png=args.png)
+            device=args.device, **common)
     print(f"wrote {args.out}")
 
 
