@@ -246,7 +246,8 @@ def main(argv=None):
             write_config(run)
             run["state"] = "done"
     todo = sum(r["state"] in ("train", "resume") for r in runs)
-    print(f"# {len(runs)} runs under {args.root}: {todo} to train on {', '.join(p[0] for p in places)}", flush=True)
+    where = "not trained (--table-only)" if args.table_only else f"to train on {', '.join(p[0] for p in places)}"
+    print(f"# {len(runs)} runs under {args.root}: {todo} {where}", flush=True)
     if not args.table_only:
         execute(runs, places, args.poll)
 
