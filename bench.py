@@ -4,6 +4,7 @@
     python bench.py mocolsk --scale 8 --hr 512 --train --device cuda --amp bf16 --compile
     python bench.py mocolsk --scale 8 --hr 512 --train --checkpointing
     python bench.py all --hr 64                                            # every model
+    python bench.py --data-wait data/matbench --make-mat 32 --step-s 0.136  # data loading vs a GPU step
 
 Per model: parameters, GMACs of one forward (torch's FlopCounterMode on the meta device, so no
 compute; MACs = FLOPs / 2), median step time over --steps timed steps after --warmup, samples/s,
@@ -11,6 +12,11 @@ peak memory (CUDA max allocated, or the process's peak RSS on CPU: each model ru
 process, so the numbers do not mix). A train step is forward + L1 loss + backward + AdamW step.
 Achieved TFLOP/s counts model FLOPs: 2 x MACs of the forward, x 3 for a train step (backward ~ twice
 the forward); recomputation (checkpointing) is not counted, so it shows as a lower rate.
+
+--data-wait ROOT: the share of a training step spent waiting for data, for each data.cache and
+num_workers setting, with the model step simulated by a sleep of --step-s seconds per sample (a
+GPU step measured elsewhere; the sleep leaves the CPU to the loader, as a GPU step mostly does).
+--make-mat N first writes N synthetic samples at the real dataset's sizes in the original .mat layout.
 """
 import argparse
 import json
@@ -24,6 +30,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import groklst
+from data import BANDS, LR_FOLDERS, LST_FIELD, GrokLSTDataset, block_mean, make_layout, synth_scene, write_splits
 from errors import ConfigError, command
 
 
@@ -105,6 +112,98 @@ def run_isolated(name, **kw):
     return {"model": name, "error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
 
 
+def write_mat_dataset(root, n_samples=32, size=512, seed=0):
+    """N synthetic samples in the original release's .mat layout and sizes: 30m/lst/<name>.mat (variable
+    `data`, (size, size) float32 K), 30m/guidance/<name>.mat (one (size, size) variable per band, named as
+    data.BANDS), {60m,120m,240m}/lst/<name>.mat (block means); split train = all, val = test = first 2."""
+    import numpy as np
+    import scipy.io
+    make_layout(root)
+    lst, guidance = synth_scene(size, size, seed)  # one scene, shifted per sample: content does not matter here
+    rng = np.random.default_rng(seed)
+    names = [f"{i:04d}" for i in range(n_samples)]
+    for name in names:
+        hr = (lst + rng.normal(0, 1, lst.shape)).astype(np.float32)
+        scipy.io.savemat(os.path.join(root, "30m", "lst", name + ".mat"), {LST_FIELD: hr})
+        scipy.io.savemat(os.path.join(root, "30m", "guidance", name + ".mat"),
+                         {band: guidance[b] for b, band in enumerate(BANDS)})
+        for scale, folder in LR_FOLDERS.items():
+            scipy.io.savemat(os.path.join(root, folder, "lst", name + ".mat"), {LST_FIELD: block_mean(hr, scale)})
+    write_splits(root, {"train": names, "val": names[:2], "test": names[:2]})
+
+
+def data_wait(root, step_s, scale=8, batch=1, num_workers=0, cache=False, steps=30, split="train"):
+    """Data-wait share of a training loop whose model step is a sleep of step_s x batch seconds: the
+    loader of train.py (shuffled, full batches, pinned memory where CUDA is) over the split with every
+    guidance band. With cache, one pass first builds the .npy copies (its time is reported apart).
+    Returns a dict: share (wait / loop time), wait_s, loop_s, per-sample load time without overlap."""
+    dataset = GrokLSTDataset(root, split, scale, BANDS, cache=cache)
+    t0 = time.perf_counter()
+    if cache:
+        for i in range(len(dataset)):
+            dataset[i]
+    cache_build_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i in range(min(len(dataset), 8)):  # load cost alone, no overlap (the page cache is warm by now)
+        dataset[i]
+    load_ms = 1e3 * (time.perf_counter() - t0) / min(len(dataset), 8)
+    generator = torch.Generator().manual_seed(0)
+    wait, step_total, epoch_starts, done = 0.0, 0.0, [], 0
+    while done < steps:  # one DataLoader per epoch, as train.py
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True, generator=generator,
+                                             num_workers=num_workers, pin_memory=torch.cuda.is_available())
+        for n, seconds in enumerate(timed(loader)):
+            if n == 0:  # an epoch's first batch waits for the workers to start: amortised over an epoch
+                epoch_starts.append(seconds)
+            else:
+                wait += seconds
+                done += 1
+            t = time.perf_counter()
+            time.sleep(step_s * batch)
+            step_total += time.perf_counter() - t
+            if done >= steps:
+                break
+    return {"num_workers": num_workers, "cache": cache, "batch": batch, "step_s": step_s * batch, "steps": steps,
+            "share": wait / (wait + step_total), "wait_s": round(wait, 3), "step_total_s": round(step_total, 3),
+            "epoch_start_s": round(statistics.median(epoch_starts), 3), "epochs": len(epoch_starts),
+            "load_ms_per_sample": round(load_ms, 1), "cache_build_s": round(cache_build_s, 2)}
+
+
+def timed(loader):
+    """Seconds each batch of a loader took to arrive."""
+    it = iter(loader)
+    while True:
+        t = time.perf_counter()
+        try:
+            next(it)
+        except StopIteration:
+            return
+        yield time.perf_counter() - t
+
+
+def run_data_wait(args):
+    if args.make_mat:
+        if os.path.exists(os.path.join(args.data_wait, "split", "train.txt")):
+            print(f"# {args.data_wait} exists: --make-mat skipped", file=sys.stderr)
+        else:
+            t0 = time.perf_counter()
+            write_mat_dataset(args.data_wait, args.make_mat, args.hr)
+            print(f"# wrote {args.make_mat} .mat samples ({args.hr}x{args.hr}, 10 bands) in {time.perf_counter() - t0:.0f} s",
+                  file=sys.stderr)
+    print(f"# data wait, x{args.scale}, batch {args.batch}, model step simulated as {args.step_s} s/sample, "
+          f"{args.steps} steps, {os.cpu_count()} CPUs\n"
+          "| data.cache | num_workers | data wait | load ms/sample (alone) | epoch start s | cache build s |\n"
+          "|---|---|---|---|---|---|")
+    results = []
+    for cache in [c == "on" for c in args.cache_modes.split(",")]:
+        for workers in [int(w) for w in args.workers.split(",")]:
+            r = data_wait(args.data_wait, args.step_s, args.scale, args.batch, workers, cache, args.steps)
+            results.append(r)
+            print(f"| {str(cache).lower()} | {workers} | {100 * r['share']:.1f} % | {r['load_ms_per_sample']} | "
+                  f"{r['epoch_start_s']} | {r['cache_build_s'] if cache else '-'} |", flush=True)
+    return results
+
+
 def format_row(r):
     if "error" in r:
         return f"{r['model']:10s} error: {r['error']}"
@@ -117,7 +216,7 @@ def format_row(r):
 @command
 def main(argv=None):
     p = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n")[0])
-    p.add_argument("models", nargs="+", help="model names, or 'all'")
+    p.add_argument("models", nargs="*", help="model names, or 'all'")
     p.add_argument("--scale", type=int, default=8)
     p.add_argument("--hr", type=int, default=512, help="HR side in pixels")
     p.add_argument("--batch", type=int, default=1)
@@ -126,11 +225,25 @@ def main(argv=None):
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
     p.add_argument("--compile", action="store_true")
     p.add_argument("--checkpointing", action="store_true", help="MoCoLSK-Net: recompute the HR reconstruction")
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=None, help="timed steps (default 3; --data-wait: 40)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default="bench.json")
+    p.add_argument("--data-wait", default=None, metavar="ROOT", help="measure the data-wait share on this dataset")
+    p.add_argument("--make-mat", type=int, default=0, metavar="N", help="--data-wait: first write N .mat samples (size --hr)")
+    p.add_argument("--step-s", type=float, default=0.136, help="--data-wait: simulated model step, s per sample")
+    p.add_argument("--workers", default="0,2", help="--data-wait: num_workers values")
+    p.add_argument("--cache-modes", default="off,on", help="--data-wait: data.cache off and/or on")
     args = p.parse_args(argv)
+    if args.data_wait:
+        args.steps = args.steps or 40
+        results = run_data_wait(args)
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+        return
+    if not args.models:
+        raise ConfigError("give model names (or 'all'), or --data-wait ROOT")
+    args.steps = args.steps or 3
     names = groklst.list_models() if args.models == ["all"] else args.models
     for name in names:  # typos and impossible scales fail before any work
         cls = groklst.get_model_class(name)

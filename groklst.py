@@ -8,6 +8,7 @@
     python groklst.py prepare ...     = python prepare.py ...   (your own scenes -> a dataset)
     python groklst.py bench ...       = python bench.py ...     (speed and memory)
     python groklst.py landsat ...     = python landsat.py ...   (a Landsat 8/9 product -> LST + guidance)
+    python groklst.py benchmark ...   = python benchmark.py ... (train a queue of configs -> Table IX)
 
 This is the library the scripts (train.py, test.py, predict.py, prepare.py, bench.py) import; it
 imports none of them, except that its command line hands a script's subcommand to that script's main.
@@ -42,7 +43,7 @@ import yaml
 from data import BANDS, GrokLSTDataset, Normalizer, find_raster, guidance_names, hole_mask, read_split
 from errors import ConfigError, DataError, UserError, command
 from geotiff import read_geotiff, read_header, write_geotiff
-from metrics import average, image_metrics
+from metrics import METRICS, average, image_metrics
 from models.act import ACT
 from models.ahmf import AHMF
 from models.baselines import Bicubic, Bilinear
@@ -196,7 +197,7 @@ DEFAULTS = {
         "val_split": "val",            # configs/paper_protocol_*.yaml reproduce that
         "test_split": "test",
         "hr_crop": None,               # random HR training crops (multiple of scale); None = whole tiles
-        "num_workers": 0,
+        "num_workers": 2,              # loader processes: a 512x512 .mat sample takes ~60 ms to load, hidden behind the step
         "cache": False,                # memory-mappable .npy copies of the rasters (see data.py)
         "lst_scale": 1.0,              # Kelvin = stored * lst_scale + lst_offset (a product's DN)
         "lst_offset": 0.0,
@@ -890,6 +891,58 @@ def evaluate(model, normalizer, dataset, device, amp="none", save_dir=None, prog
     return means, [(r[1], r[2]) for r in rows]
 
 
+def run_label(run, scale):
+    """A benchmark run's row label: its folder name without the `_x<scale>` suffix (srcnn_x8 -> srcnn),
+    so the runs of one method at several scales share a row."""
+    suffix = f"_x{scale}"
+    return run[:-len(suffix)] if run.endswith(suffix) and len(run) > len(suffix) else run
+
+
+def benchmark_table(work_root, split=None, overrides=(), device="cpu", runs=None):
+    """Table IX of the paper (markdown) for the runs under work_root: trained ones (<run>/config.yaml +
+    <run>/best.pth) and parameter-free ones (<run>/config.yaml of bicubic or bilinear, no checkpoint),
+    plus bicubic per scale where no run has it. runs: folder names (default: every such run). Rows =
+    methods (run_label), columns = METRICS per scale, evaluated on `split` (default data.test_split)."""
+    if not os.path.isdir(work_root):
+        raise DataError(f"{work_root}: folder not found")
+
+    def checkpoint_of(run):
+        best = os.path.join(work_root, run, "best.pth")
+        return best if os.path.exists(best) else None
+
+    def parameter_free(run):
+        cfg = load_config(os.path.join(work_root, run, "config.yaml"), overrides)
+        return count_parameters(cfg["model"]["name"], cfg["data"]["scale"]) == 0
+
+    if runs is None:
+        runs = sorted(d for d in os.listdir(work_root) if os.path.exists(os.path.join(work_root, d, "config.yaml"))
+                      and (checkpoint_of(d) or parameter_free(d)))
+    if not runs:
+        raise DataError(f"{work_root}: no <run>/best.pth (or <run>/config.yaml of a parameter-free model) found")
+    results, data_of_scale = {}, {}
+    for run in runs:
+        cfg = load_config(os.path.join(work_root, run, "config.yaml"), overrides)
+        scale, data_split = cfg["data"]["scale"], split or cfg["data"]["test_split"]
+        model = load_model(cfg, checkpoint_of(run), device)
+        metrics = evaluate(model, build_normalizer(cfg), build_dataset(cfg, data_split), device)[0]
+        results.setdefault(run_label(run, scale), {})[scale] = metrics
+        data_of_scale.setdefault(scale, (cfg, data_split))
+        print(f"  evaluated {run} (x{scale})", file=sys.stderr)
+    for scale, (cfg, data_split) in data_of_scale.items():  # the reference row, on the same data
+        if scale not in results.get("bicubic", {}):
+            bicubic = create_model("bicubic", scale=scale).to(device)
+            base = build_dataset(cfg, data_split, bands=[])
+            results.setdefault("bicubic", {})[scale] = evaluate(bicubic, build_normalizer(cfg), base, device)[0]
+    order = sorted(results, key=lambda name: (name not in ("bicubic", "bilinear"), name))  # baselines first
+    scales = sorted(data_of_scale)
+    lines = ["| method | " + " | ".join(f"x{s} {m}" for s in scales for m in METRICS) + " |",
+             "|---" * (1 + len(scales) * len(METRICS)) + "|"]
+    for name in order:
+        cells = [f"{results[name][s][m]:.4f}" if s in results[name] else "-" for s in scales for m in METRICS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -966,7 +1019,7 @@ def cmd_convert(args):
 
 
 # Subcommands that are scripts of their own: `groklst.py NAME ARGS` runs `NAME.py ARGS` (its main).
-SCRIPTS = {"predict": "predict", "prepare": "prepare", "bench": "bench", "landsat": "landsat"}
+SCRIPTS = {"predict": "predict", "prepare": "prepare", "bench": "bench", "landsat": "landsat", "benchmark": "benchmark"}
 
 
 @command

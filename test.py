@@ -93,37 +93,6 @@ def figure_rows(cfg, models, split, names=None, device="cpu", amp="none"):
     return rows
 
 
-def benchmark_table(work_root, split=None, overrides=(), device="cpu"):
-    """Table IX of the paper for every trained run under work_root (each <run>/config.yaml and
-    <run>/best.pth), plus bicubic per scale: rows = methods, columns = the five metrics per scale."""
-    if not os.path.isdir(work_root):
-        raise DataError(f"{work_root}: folder not found")
-    runs = sorted(d for d in os.listdir(work_root) if os.path.exists(os.path.join(work_root, d, "best.pth")))
-    if not runs:
-        raise DataError(f"{work_root}: no <run>/best.pth found")
-    results, bicubic_done = {}, set()
-    for run in runs:
-        cfg = groklst.load_config(os.path.join(work_root, run, "config.yaml"), overrides)
-        scale, data_split = cfg["data"]["scale"], split or cfg["data"]["test_split"]
-        dataset = groklst.build_dataset(cfg, data_split)
-        model = groklst.load_model(cfg, os.path.join(work_root, run, "best.pth"), device)
-        normalizer = groklst.build_normalizer(cfg)
-        results.setdefault(run, {})[scale] = groklst.evaluate(model, normalizer, dataset, device)[0]
-        if scale not in bicubic_done:  # the reference row, on the same data
-            bicubic_done.add(scale)
-            base = groklst.build_dataset(cfg, data_split, bands=[])
-            bicubic = groklst.create_model("bicubic", scale=scale)
-            results.setdefault("bicubic", {})[scale] = groklst.evaluate(bicubic, normalizer, base, device)[0]
-        print(f"  evaluated {run} (x{scale})", file=sys.stderr)
-    scales = sorted({s for r in results.values() for s in r})
-    head = "| method | " + " | ".join(f"x{s} {m}" for s in scales for m in METRICS) + " |"
-    lines = [head, "|---" * (1 + len(scales) * len(METRICS)) + "|"]
-    for name, by_scale in results.items():
-        cells = [f"{by_scale[s][m]:.4f}" if s in by_scale else "-" for s in scales for m in METRICS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def write_text(path, text):
     """Atomically: an interrupted run leaves the previous file, never half of one."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -149,7 +118,7 @@ def main(argv=None):
         q.add_argument("--out", default=None, help="also write the markdown table here")
         q.add_argument("overrides", nargs="*")
         a = q.parse_args(argv)
-        table = benchmark_table(a.models, a.split, a.overrides)
+        table = groklst.benchmark_table(a.models, a.split, a.overrides)
         print(table)
         if a.out:
             write_text(a.out, table + "\n")
