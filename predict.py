@@ -200,13 +200,14 @@ def predict_array(model, normalizer, lst, guidance=None, scale=8, tile=64, overl
 
 
 def predict(config, lst, out, guidance=(), guidance_dir=None, checkpoint=None, overrides=(), tile=None,
-            overlap=None, batch=4, device=None, amp="none", nodata=None, png=False, progress=True):
+            overlap=None, batch=4, device=None, amp="none", nodata=None, png=False, progress=True, consistency=None):
     """Downscale the GeoTIFF scene `lst` with the model of `config` and write `out`.
 
     out: float32 Kelvin GeoTIFF, zlib, 256 x 256 tiles, pixel size / scale, same corner, CRS copied,
     GDAL_NODATA = nodata (default NaN). tile / overlap in LR pixels (default 512 // scale and
     tile // 4). amp 'bf16' autocasts on CUDA only. png: also write <out stem>.png (needs
-    matplotlib). Returns the (H, W) prediction.
+    matplotlib). consistency: groklst.make_consistent's mode (default: the config's `consistency`),
+    applied once to the blended scene. Returns the (H, W) prediction.
     """
     cfg = groklst.load_config(config, overrides)
     scale, bands = cfg["data"]["scale"], groklst.guidance_bands(cfg)
@@ -228,6 +229,8 @@ def predict(config, lst, out, guidance=(), guidance_dir=None, checkpoint=None, o
     elif paths:
         print(f"note: model {cfg['model']['name']!r} is single-image; guidance ignored", file=sys.stderr)
     model = groklst.load_model(cfg, checkpoint, device)
+    if hasattr(model, "fit_scene"):  # statistical sharpeners: one fit on the whole scene, applied to every tile
+        model.fit_scene(array, gui)
     normalizer = groklst.build_normalizer(cfg)
     tile = tile or max(1, 512 // scale)
     overlap = tile // 4 if overlap is None else overlap
@@ -236,6 +239,9 @@ def predict(config, lst, out, guidance=(), guidance_dir=None, checkpoint=None, o
               f"{array.shape[1] * scale} x {array.shape[0] * scale} px, tile {tile} overlap {overlap} (LR px), "
               f"batch {batch}, {device}", file=sys.stderr)
     pred = predict_array(model, normalizer, array, gui, scale, tile, overlap, batch, device, amp, progress)
+    # after blending: per-tile corrections would not stay exact where overlapping tiles are blended
+    pred = groklst.make_consistent(torch.from_numpy(pred)[None, None], torch.from_numpy(array)[None, None],
+                                   consistency or cfg["consistency"])[0, 0].numpy()
     del gui
     geo = None
     if geo_transform(info["geo"]) is not None:
@@ -266,10 +272,14 @@ def main(argv=None):
     p.add_argument("--amp", default="none", choices=["none", "bf16"], help="bf16 autocast (CUDA only)")
     p.add_argument("--nodata", type=float, default=None, help="output no-data value (default NaN)")
     p.add_argument("--png", action="store_true", help="also write <out>.png with a colour bar (needs matplotlib)")
+    p.add_argument("--consistency", nargs="?", const="bicubic", default=None, choices=groklst.CONSISTENCY_MODES,
+                   help="block mean of the output = LR input (groklst.make_consistent); alone: bicubic; "
+                        "default: the config's consistency (none)")
     args = p.parse_intermixed_args(argv)
     predict(args.config, args.lst, args.out, guidance=args.guidance, guidance_dir=args.guidance_dir,
             checkpoint=args.checkpoint, overrides=args.overrides, tile=args.tile, overlap=args.overlap,
-            batch=args.batch, device=args.device, amp=args.amp, nodata=args.nodata, png=args.png)
+            batch=args.batch, device=args.device, amp=args.amp, nodata=args.nodata, png=args.png,
+            consistency=args.consistency)
     print(f"wrote {args.out}")
 
 

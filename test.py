@@ -1,12 +1,16 @@
-"""Evaluate a model on a dataset split: RMSE, MAE, BIAS, CC, RSD in Kelvin (mean over images).
+"""Evaluate a model on a dataset split: RMSE, MAE, BIAS, CC, RSD in Kelvin (mean over images), and CONS.
 
     python test.py configs/bicubic_x8.yaml                                  # baselines need no checkpoint
+    python test.py configs/demo_tsharp_x8.yaml [consistency=bicubic]        # sharpeners too (sharpeners.py)
     python test.py configs/mocolsk_x8.yaml work_dirs/mocolsk_x8/best.pth [--split test] [--save-dir DIR]
     python test.py configs/mocolsk_x8.yaml CKPT data.root=data/groklst       # key=value overrides
     torchrun --standalone --nproc_per_node=4 test.py configs/mocolsk_x8.yaml CKPT   # sharded, same numbers
 
 Prints a markdown table and writes it as JSON next to the checkpoint (<ckpt>.<split>.json), or
-under the work dir for baselines. --save-dir writes each prediction as a float32 GeoTIFF (K).
+under the work dir for baselines. CONS (metrics.consistency_error) is the sixth column, kept out of
+the JSON's five "metrics" (its own keys "CONS", "per_image_CONS"). The config key `consistency`
+(none | nearest | bicubic, groklst.make_consistent) makes every prediction coarse-consistent.
+--save-dir writes each prediction as a float32 GeoTIFF (K).
 
     python test.py --models work_dirs [--split test] [--out table.md]   # Table IX of every trained run
 
@@ -30,7 +34,9 @@ import groklst
 from data import Normalizer, hole_mask
 from errors import ConfigError, DataError, command
 from figures import draw_figure, require_matplotlib
-from metrics import METRICS, format_table
+from metrics import CONSISTENCY, METRICS, format_table
+
+COLUMNS = METRICS + (CONSISTENCY,)  # the paper's five and the coarse-consistency error
 
 
 def figure_models(spec, cfg, checkpoint):
@@ -107,7 +113,8 @@ def benchmark_table(work_root, split=None, overrides=(), device="cpu"):
         dataset = groklst.build_dataset(cfg, data_split)
         model = groklst.load_model(cfg, os.path.join(work_root, run, "best.pth"), device)
         normalizer = groklst.build_normalizer(cfg)
-        results.setdefault(run, {})[scale] = groklst.evaluate(model, normalizer, dataset, device)[0]
+        results.setdefault(run, {})[scale] = groklst.evaluate(model, normalizer, dataset, device,
+                                                              consistency=cfg["consistency"])[0]
         if scale not in bicubic_done:  # the reference row, on the same data
             bicubic_done.add(scale)
             base = groklst.build_dataset(cfg, data_split, bands=[])
@@ -115,10 +122,10 @@ def benchmark_table(work_root, split=None, overrides=(), device="cpu"):
             results.setdefault("bicubic", {})[scale] = groklst.evaluate(bicubic, normalizer, base, device)[0]
         print(f"  evaluated {run} (x{scale})", file=sys.stderr)
     scales = sorted({s for r in results.values() for s in r})
-    head = "| method | " + " | ".join(f"x{s} {m}" for s in scales for m in METRICS) + " |"
-    lines = [head, "|---" * (1 + len(scales) * len(METRICS)) + "|"]
+    head = "| method | " + " | ".join(f"x{s} {m}" for s in scales for m in COLUMNS) + " |"
+    lines = [head, "|---" * (1 + len(scales) * len(COLUMNS)) + "|"]
     for name, by_scale in results.items():
-        cells = [f"{by_scale[s][m]:.4f}" if s in by_scale else "-" for s in scales for m in METRICS]
+        cells = [f"{by_scale[s][m]:.4f}" if s in by_scale else "-" for s in scales for m in COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -167,11 +174,13 @@ def main(argv=None):
         model = groklst.load_model(cfg, args.checkpoint, device)
         normalizer = groklst.build_normalizer(cfg)
         means, per_image = groklst.evaluate(model, normalizer, dataset, device, args.amp or cfg["train"]["amp"],
-                                            save_dir=args.save_dir, progress=True)
+                                            save_dir=args.save_dir, progress=True, consistency=cfg["consistency"])
         if rank == 0:
             name = f"{cfg['model']['name']} x{cfg['data']['scale']}"
             print(f"{cfg['name']} on {split} ({means['images']} of {len(dataset)} images with valid pixels)")
-            print(format_table({name: means}))
+            if cfg["consistency"] != "none":
+                name += f" (consistency {cfg['consistency']})"
+            print(format_table({name: means}, columns=COLUMNS))
             out = args.out
             if out is None:
                 out = (f"{os.path.splitext(args.checkpoint)[0]}.{split}.json" if args.checkpoint
@@ -180,7 +189,9 @@ def main(argv=None):
             with open(out, "w") as f:
                 json.dump({"config": cfg["name"], "checkpoint": args.checkpoint, "split": split,
                            "metrics": {k: means[k] for k in METRICS}, "images": means["images"],
-                           "per_image": {n: dict(zip(METRICS, m)) for n, m in per_image}}, f, indent=1)
+                           "per_image": {n: dict(zip(METRICS, m)) for n, m in per_image},
+                           "consistency": cfg["consistency"], CONSISTENCY: means[CONSISTENCY],
+                           f"per_image_{CONSISTENCY}": {n: m[len(METRICS)] for n, m in per_image}}, f, indent=1)
             print(f"metrics written to {out}")
             if args.figure:
                 models = figure_models(args.figure_models, cfg, args.checkpoint)
