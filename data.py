@@ -516,6 +516,17 @@ def block_mean(a, s, max_nan_fraction=0.0):
     return out.astype(np.float32)
 
 
+def block_mean_tensor(x, s, max_nan_fraction=0.0):
+    """block_mean for tensors: (..., H, W) -> (..., H/s, W/s) in x's dtype, same rule (mean of the
+    finite pixels of each s x s block; NaN where more than `max_nan_fraction` of them are not finite)."""
+    blocks = x.reshape(x.shape[:-2] + (x.shape[-2] // s, s, x.shape[-1] // s, s))
+    valid = torch.isfinite(blocks)
+    n = valid.sum((-3, -1))
+    total = torch.where(valid, blocks, torch.zeros((), dtype=x.dtype, device=x.device)).sum((-3, -1))
+    out = total / n.clamp(min=1)
+    return torch.where((n == 0) | (1 - n / (s * s) > max_nan_fraction), float("nan"), out)
+
+
 def write_sample(root, name, hr_lst, hr_guidance, bands, geo, scales=tuple(LR_FOLDERS), degrade=block_mean):
     """One sample of the layout: HR LST (H, W) K and guidance (C, H, W) named `bands` under 30m/, and
     LR LST `degrade(hr_lst, s)` under each scale's folder, with the LR grid's georeferencing

@@ -14,7 +14,9 @@ This is the library the scripts (train.py, test.py, predict.py, prepare.py, benc
 imports none of them, except that its command line hands a script's subcommand to that script's main.
 
 Every model has the signature forward(lr_lst, hr_guidance=None) on normalised tensors:
-lr_lst (B, 1, h, w) -> (B, 1, h*scale, w*scale). The registry is the plain dict MODELS.
+lr_lst (B, 1, h, w) -> (B, 1, h*scale, w*scale). The registry is the plain dict MODELS. Models
+with the class attribute `physical_units = True` (the statistical sharpeners of sharpeners.py)
+take Kelvin and physical guidance instead; `downscale` is the one place that knows.
 """
 import argparse
 import codecs
@@ -38,12 +40,13 @@ if __name__ == "__main__":  # `python groklst.py` is also `import groklst` for t
     sys.modules["groklst"] = sys.modules[__name__]
 
 import torch
+import torch.nn.functional as F
 import yaml
 
-from data import BANDS, GrokLSTDataset, Normalizer, find_raster, guidance_names, hole_mask, read_split
+from data import BANDS, GrokLSTDataset, Normalizer, block_mean_tensor, find_raster, guidance_names, hole_mask, read_split
 from errors import ConfigError, DataError, UserError, command
 from geotiff import read_geotiff, read_header, write_geotiff
-from metrics import METRICS, average, image_metrics
+from metrics import CONSISTENCY, METRICS, average, consistency_error, image_metrics
 from models.act import ACT
 from models.ahmf import AHMF
 from models.baselines import Bicubic, Bilinear
@@ -84,11 +87,16 @@ from models.srfbn import SRFBN
 from models.suft import SUFTNet
 from models.svlrm import SVLRM
 from models.swinir import SwinIR
+from sharpeners import LinReg, RFSharpener, TsHARP
 
 MODELS = {
     # baselines
     "bicubic": Bicubic,
     "bilinear": Bilinear,
+    # statistical sharpeners (parameter-free, fit per image; sharpeners.py)
+    "linreg": LinReg,
+    "rf": RFSharpener,
+    "tsharp": TsHARP,
     # guided (GISR); "msg" is the original config name of DMSG
     "ahmf": AHMF,
     "codon": CODON,
@@ -137,8 +145,8 @@ MODELS = {
 
 
 def paper(name):
-    """A model's reference: the first line of its model file's docstring."""
-    doc = sys.modules[MODELS[name].__module__].__doc__ or ""
+    """A model's reference: its class's `paper`, else the first line of its model file's docstring."""
+    doc = getattr(MODELS[name], "paper", None) or sys.modules[MODELS[name].__module__].__doc__ or ""
     return doc.strip().splitlines()[0] if doc.strip() else "-"
 
 
@@ -230,7 +238,12 @@ DEFAULTS = {
         "tensorboard": False,          # also write TensorBoard events to the work dir (needs tensorboard)
     },
     "work_dir": None,                  # default work_dirs/<config name>
+    # coarse-scale consistency of every prediction (groklst.make_consistent): none (the paper's
+    # protocol) | nearest | bicubic; on, the block mean of the output equals the LR input
+    "consistency": "none",
 }
+
+CONSISTENCY_MODES = ("none", "nearest", "bicubic")
 
 LIST_KEYS_FREE = {("norm", "guidance", "stats")}  # dicts whose keys are not fixed (band names)
 
@@ -388,7 +401,7 @@ def validate_model(cfg):
     for k, v in cfg["model"].items():
         if k == "name":
             continue
-        if k in ("scale", "guidance_channels"):
+        if k in ("scale", "guidance_channels", "guidance_bands"):
             raise ConfigError(f"model.{k} is derived from data.scale / data.guidance_bands; set those instead")
         if k not in args:
             raise ConfigError(f"unknown config key 'model.{k}' for model {name!r}; "
@@ -466,6 +479,8 @@ def load_config(path, overrides=()):
         cfg = _merge(cfg, update)
     validate_model(cfg)
     check_rules(cfg)
+    if cfg["consistency"] not in CONSISTENCY_MODES:
+        raise ConfigError(f"consistency={cfg['consistency']!r}: expected one of {', '.join(CONSISTENCY_MODES)}")
     check_model_builds(cfg)
     cfg["name"] = os.path.splitext(os.path.basename(path))[0]
     if cfg["work_dir"] is None:
@@ -490,6 +505,8 @@ def build_model(cfg):
         if not cfg["data"]["guidance_bands"]:
             raise ConfigError(f"model {cfg['model']['name']!r} is guided but data.guidance_bands is empty")
         kwargs["guidance_channels"] = len(cfg["data"]["guidance_bands"])
+        if "guidance_bands" in model_arguments(get_model_class(cfg["model"]["name"])):  # models that need names (tsharp)
+            kwargs["guidance_bands"] = tuple(cfg["data"]["guidance_bands"])
     return create_model(cfg["model"]["name"], **kwargs)
 
 
@@ -800,15 +817,52 @@ def compile_model(model, device):
     return torch.compile(model)
 
 
-def downscale(model, normalizer, lr_lst, hr_guidance=None, amp="none"):
+def downscale(model, normalizer, lr_lst, hr_guidance=None, amp="none", consistency="none"):
     """Kelvin in, Kelvin out: normalise, run the model (optionally under autocast), decode in
-    float32. lr_lst (B, 1, h, w) K, hr_guidance (B, C, H, W) physical units or None."""
-    x = normalizer.encode_lst(lr_lst)
-    g = normalizer.encode_guidance(hr_guidance) if hr_guidance is not None else None
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
-        out = model(x, g)
-    return normalizer.decode_lst(out)
+    float32, then make the output coarse-consistent (make_consistent; 'none' = as the paper).
+    lr_lst (B, 1, h, w) K, hr_guidance (B, C, H, W) physical units or None. A model with
+    `physical_units = True` (sharpeners.py) gets lr_lst and hr_guidance as they are, NaN included,
+    and returns Kelvin: no normalising, decoding or autocast."""
+    if getattr(model, "physical_units", False):
+        out = model(lr_lst, hr_guidance)
+    else:
+        x = normalizer.encode_lst(lr_lst)
+        g = normalizer.encode_guidance(hr_guidance) if hr_guidance is not None else None
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+            out = normalizer.decode_lst(model(x, g))
+    return make_consistent(out, lr_lst, consistency)
+
+
+def make_consistent(pred, lr_lst, mode="bicubic"):
+    """Coarse-scale consistency ("energy conservation"): add back the residual between the LR input
+    and the block mean of the prediction, so that the block mean of the output (data.block_mean's
+    rule over its finite pixels) equals lr_lst exactly (float64 inside, ~1e-5 K after float32).
+
+    pred (B, 1, H, W) K, lr_lst (B, 1, h, w) K (H = h * scale) -> like pred. mode:
+      none     pred unchanged (the paper's protocol, the default everywhere)
+      nearest  residual repeated over each scale x scale block: exact, but a step at block edges
+      bicubic  residual upsampled bicubically (smooth; its block means are not the residual), then
+               one nearest pass on what is left: exact too, and the steps are only that remainder.
+               The one `--consistency` turns on without a value, because it is as exact as nearest
+               without imprinting the LR grid on the output.
+    Coarse pixels where lr_lst (or the whole block of pred) is NaN get no correction."""
+    if mode not in CONSISTENCY_MODES:
+        raise ConfigError(f"consistency={mode!r}: expected one of {', '.join(CONSISTENCY_MODES)}")
+    if mode == "none":
+        return pred
+    scale = pred.shape[-1] // lr_lst.shape[-1]
+    lr, out = lr_lst.double(), pred.double()
+    holes = hole_mask(lr, scale)
+
+    def residual(x):  # (B, 1, h, w) K, 0 where there is nothing to correct
+        return torch.nan_to_num(lr - block_mean_tensor(x, scale, max_nan_fraction=1.0), nan=0.0, posinf=0.0, neginf=0.0)
+
+    if mode == "bicubic":
+        smooth = F.interpolate(residual(out), scale_factor=scale, mode="bicubic", align_corners=False)
+        out = out + torch.where(holes, 0.0, smooth)
+    out = out + residual(out).repeat_interleave(scale, -2).repeat_interleave(scale, -1)
+    return out.to(pred.dtype)
 
 
 # --------------------------------------------------------------------------- distributed + evaluation
@@ -856,11 +910,13 @@ def _batch_to(item, device):
 
 
 @torch.no_grad()
-def evaluate(model, normalizer, dataset, device, amp="none", save_dir=None, progress=False):
+def evaluate(model, normalizer, dataset, device, amp="none", save_dir=None, progress=False, consistency="none"):
     """Per-image metrics over a dataset, sharded over ranks (image i on rank i % world), gathered
     and averaged in dataset order: the same numbers as one process. Returns
-    ({metric: mean}, [(name, per-image metrics)]). save_dir: write each prediction as a
-    float32 Kelvin GeoTIFF (NaN where the LR input had no data), georeferenced like its target."""
+    ({metric: mean}, [(name, per-image metrics)]): the five METRICS plus CONS (metrics.consistency_error,
+    the sixth entry of each per-image row; its mean over the images where it is finite). save_dir: write
+    each prediction as a float32 Kelvin GeoTIFF (NaN where the LR input had no data), georeferenced like
+    its target. consistency: make_consistent's mode for every prediction."""
     rank, world = 0, 1
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
@@ -871,8 +927,9 @@ def evaluate(model, normalizer, dataset, device, amp="none", save_dir=None, prog
     indices = range(rank, len(dataset), world)
     for n, i in enumerate(indices):
         batch = _batch_to(dataset[i], device)
-        pred = downscale(model, normalizer, batch["lr_lst"], batch.get("hr_guidance"), amp)
-        rows.append((i, batch["name"], image_metrics(pred, batch["hr_lst"], batch["mask"])[0].tolist()))
+        pred = downscale(model, normalizer, batch["lr_lst"], batch.get("hr_guidance"), amp, consistency)
+        row = image_metrics(pred, batch["hr_lst"], batch["mask"])[0].tolist()
+        rows.append((i, batch["name"], row + [consistency_error(pred, batch["lr_lst"]).item()]))
         if save_dir:
             scale = pred.shape[-1] // batch["lr_lst"].shape[-1]
             out = torch.where(hole_mask(batch["lr_lst"], scale), float("nan"), pred)[0, 0].cpu().numpy()
@@ -886,7 +943,9 @@ def evaluate(model, normalizer, dataset, device, amp="none", save_dir=None, prog
         print(file=sys.stderr)
     model.train(was_training)
     rows = sorted(r for part in gather(rows) for r in part)
-    means, count = average([r[2] for r in rows])
+    means, count = average([r[2][:5] for r in rows])
+    cons = torch.tensor([r[2][5] for r in rows], dtype=torch.float64)
+    means[CONSISTENCY] = float(cons[torch.isfinite(cons)].mean()) if torch.isfinite(cons).any() else float("nan")
     means["images"] = count
     return means, [(r[1], r[2]) for r in rows]
 
@@ -902,7 +961,7 @@ def benchmark_table(work_root, split=None, overrides=(), device="cpu", runs=None
     """Table IX of the paper (markdown) for the runs under work_root: trained ones (<run>/config.yaml +
     <run>/best.pth) and parameter-free ones (<run>/config.yaml of bicubic or bilinear, no checkpoint),
     plus bicubic per scale where no run has it. runs: folder names (default: every such run). Rows =
-    methods (run_label), columns = METRICS per scale, evaluated on `split` (default data.test_split)."""
+    methods (run_label), columns = METRICS and CONS per scale, evaluated on `split` (default data.test_split)."""
     if not os.path.isdir(work_root):
         raise DataError(f"{work_root}: folder not found")
 
@@ -924,7 +983,8 @@ def benchmark_table(work_root, split=None, overrides=(), device="cpu", runs=None
         cfg = load_config(os.path.join(work_root, run, "config.yaml"), overrides)
         scale, data_split = cfg["data"]["scale"], split or cfg["data"]["test_split"]
         model = load_model(cfg, checkpoint_of(run), device)
-        metrics = evaluate(model, build_normalizer(cfg), build_dataset(cfg, data_split), device)[0]
+        metrics = evaluate(model, build_normalizer(cfg), build_dataset(cfg, data_split), device,
+                           consistency=cfg["consistency"])[0]
         results.setdefault(run_label(run, scale), {})[scale] = metrics
         data_of_scale.setdefault(scale, (cfg, data_split))
         print(f"  evaluated {run} (x{scale})", file=sys.stderr)
@@ -935,10 +995,11 @@ def benchmark_table(work_root, split=None, overrides=(), device="cpu", runs=None
             results.setdefault("bicubic", {})[scale] = evaluate(bicubic, build_normalizer(cfg), base, device)[0]
     order = sorted(results, key=lambda name: (name not in ("bicubic", "bilinear"), name))  # baselines first
     scales = sorted(data_of_scale)
-    lines = ["| method | " + " | ".join(f"x{s} {m}" for s in scales for m in METRICS) + " |",
-             "|---" * (1 + len(scales) * len(METRICS)) + "|"]
+    columns = METRICS + (CONSISTENCY,)
+    lines = ["| method | " + " | ".join(f"x{s} {m}" for s in scales for m in columns) + " |",
+             "|---" * (1 + len(scales) * len(columns)) + "|"]
     for name in order:
-        cells = [f"{results[name][s][m]:.4f}" if s in results[name] else "-" for s in scales for m in METRICS]
+        cells = [f"{results[name][s][m]:.4f}" if s in results[name] else "-" for s in scales for m in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

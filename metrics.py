@@ -13,10 +13,22 @@ and BIAS; CC and RSD are dimensionless.
     RSD  = |s(gt) - s(pred)| / (s(gt) + 1e-12)     s = sample std (ddof = 1)
 
 CC of a constant image is 0 (the 1e-12 keeps it finite), as in the original code.
+
+A sixth metric, not in the paper and kept apart from METRICS (the paper's tables and the JSON
+"metrics" keep their five): CONS, the coarse-scale consistency ("energy conservation") error,
+
+    CONS = sqrt(mean over valid coarse pixels of (block_mean(pred) - lr_lst)^2)      Kelvin
+
+per image, where block_mean is data.block_mean's rule over the finite prediction pixels of each
+scale x scale block and a coarse pixel is valid where lr_lst and that block mean are finite. It is
+0 when the prediction, averaged back to the LR grid, reproduces the LR input.
 """
 import torch
 
+from data import block_mean_tensor
+
 METRICS = ("RMSE", "MAE", "BIAS", "CC", "RSD")
+CONSISTENCY = "CONS"
 
 
 def image_metrics(pred, gt, mask=None):
@@ -55,6 +67,17 @@ def image_metrics(pred, gt, mask=None):
     return out
 
 
+def consistency_error(pred, lr_lst):
+    """CONS per image: pred (B, 1, H, W) K, lr_lst (B, 1, h, w) K with H = h * scale -> float64 (B,);
+    NaN for an image without a valid coarse pixel."""
+    scale = pred.shape[-1] // lr_lst.shape[-1]
+    coarse = block_mean_tensor(pred.detach().double(), scale, max_nan_fraction=1.0).flatten(1)
+    lr = lr_lst.detach().double().flatten(1)
+    valid = torch.isfinite(coarse) & torch.isfinite(lr)
+    d2 = torch.where(valid, (coarse - lr) ** 2, 0.0)
+    return (d2.sum(1) / valid.sum(1)).sqrt()  # 0 / 0 = NaN without valid pixels
+
+
 def average(rows):
     """Mean over images of per-image metric rows (N, 5); rows with NaN are skipped.
 
@@ -70,9 +93,10 @@ def average(rows):
     return {k: float(v) for k, v in zip(METRICS, rows.mean(0))}, len(rows)
 
 
-def format_table(results, title="method"):
-    """Markdown table. results: {row name: {metric: value}} -> str."""
-    lines = [f"| {title} | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+def format_table(results, title="method", columns=METRICS):
+    """Markdown table. results: {row name: {metric: value}} -> str; columns: the metrics shown
+    (e.g. METRICS + (CONSISTENCY,)); a row without one gets '-'."""
+    lines = [f"| {title} | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, m in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{m[k]:.4f}" for k in METRICS) + " |")
+        lines.append(f"| {name} | " + " | ".join(f"{m[k]:.4f}" if k in m else "-" for k in columns) + " |")
     return "\n".join(lines)

@@ -337,7 +337,7 @@ def _model(config, overrides, cfg, checkpoint, device):
 
 def predict(config, lst, out, guidance=(), guidance_dir=None, checkpoint=None, overrides=(), tile=None,
             overlap=None, batch=4, device=None, amp="auto", nodata=None, png=False, progress=True,
-            lst_scale=None, lst_offset=None, nodata_in=None):
+            lst_scale=None, lst_offset=None, nodata_in=None, consistency=None):
     """Downscale the GeoTIFF scene `lst` with the model of `config` and write `out`, row band by row band.
 
     out: float32 Kelvin GeoTIFF, zlib, 256 x 256 tiles, pixel size / scale, same corner, CRS copied,
@@ -345,7 +345,9 @@ def predict(config, lst, out, guidance=(), guidance_dir=None, checkpoint=None, o
     tile / overlap in LR pixels (default 512 // scale and tile // 4). amp: see resolve_amp.
     lst_scale, lst_offset, nodata_in: how the LST is stored (override data.lst_scale / data.lst_offset /
     data.nodata; nodata_in is the input fill value, nodata the output's). png: also write
-    <out stem>.png (needs matplotlib). Returns {'out', 'shape': (H, W), 'seconds', 'mpx_per_s'}.
+    <out stem>.png (needs matplotlib). consistency: groklst.make_consistent's mode (default: the
+    config's `consistency`), applied to the blended scene (consistent_rows).
+    Returns {'out', 'shape': (H, W), 'seconds', 'mpx_per_s'}.
     """
     t0 = time.time()
     cfg = groklst.load_config(config, overrides)
@@ -372,6 +374,8 @@ def predict(config, lst, out, guidance=(), guidance_dir=None, checkpoint=None, o
     elif paths:
         print(f"note: model {cfg['model']['name']!r} is single-image; guidance ignored", file=sys.stderr)
     model = _model(config, overrides, cfg, checkpoint, device)
+    if hasattr(model, "fit_scene"):  # statistical sharpeners: one fit on the whole scene, applied to every tile
+        model.fit_scene(array, gui)
     normalizer = groklst.build_normalizer(cfg)
     tile = tile or max(1, 512 // scale)
     overlap = tile // 4 if overlap is None else overlap
@@ -387,6 +391,7 @@ def predict(config, lst, out, guidance=(), guidance_dir=None, checkpoint=None, o
         print(f"warning: {lst}: no georeferencing (ModelPixelScale + ModelTiepoint or ModelTransformation); "
               f"{out} will have none", file=sys.stderr)
     rows = predict_rows(model, normalizer, array, gui, scale, tile, overlap, batch, device, amp, progress)
+    rows = consistent_rows(rows, array, scale, consistency or cfg["consistency"])
     step = max(1, -(-max(shape) // 2000))  # the PNG's decimation (figures.write_png): kept as the rows pass
     look = []
     if png:
@@ -397,6 +402,30 @@ def predict(config, lst, out, guidance=(), guidance_dir=None, checkpoint=None, o
                           f"{os.path.basename(out)}: {cfg['model']['name']} x{scale}")
     seconds = time.time() - t0
     return {"out": out, "shape": shape, "seconds": seconds, "mpx_per_s": shape[0] * shape[1] / 1e6 / max(seconds, 1e-9)}
+
+
+def consistent_rows(bands, lr_lst, scale, mode, halo=3):
+    """groklst.make_consistent on a stream of output row bands (each a multiple of `scale` rows, as
+    predict_rows yields them), equal to applying it to the whole blended scene: each band is
+    corrected inside a window with `halo` coarse rows of the neighbouring bands' (uncorrected)
+    prediction above and below, which covers the bicubic residual's 4-tap support; the nearest
+    pass is per block. Host memory: two bands. lr_lst (h, w) K."""
+    if mode == "none":
+        yield from bands
+        return
+    margin, top = halo * scale, 0
+    tail = None
+    bands = iter(bands)
+    current = next(bands, None)
+    while current is not None:
+        following = next(bands, None)
+        parts = ([] if tail is None else [tail]) + [current] + ([] if following is None else [following[:margin]])
+        window, start = np.concatenate(parts), top - (0 if tail is None else len(tail))
+        lr = lr_lst[start // scale:(start + len(window)) // scale]
+        fixed = groklst.make_consistent(torch.from_numpy(window)[None, None], torch.from_numpy(lr)[None, None], mode)
+        offset = top - start
+        yield fixed[0, 0, offset:offset + len(current)].numpy()
+        tail, top, current = current[-margin:], top + len(current), following
 
 
 def _keep_decimated(rows, step, look):
@@ -527,12 +556,16 @@ def main(argv=None):
     p.add_argument("--lst-scale", type=float, default=None, help="LST = stored * scale + offset (overrides data.lst_scale)")
     p.add_argument("--lst-offset", type=float, default=None, help="(overrides data.lst_offset)")
     p.add_argument("--png", action="store_true", help="also write <out>.png with a colour bar (needs matplotlib)")
+    p.add_argument("--consistency", nargs="?", const="bicubic", default=None, choices=groklst.CONSISTENCY_MODES,
+                   help="block mean of the output = LR input (groklst.make_consistent); alone: bicubic; "
+                        "default: the config's consistency (none)")
     args = p.parse_intermixed_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     common = dict(checkpoint=args.checkpoint, overrides=args.overrides, tile=args.tile, overlap=args.overlap,
                   batch=args.batch, amp=args.amp, nodata=args.nodata, png=args.png, lst_scale=args.lst_scale,
-                  lst_offset=args.lst_offset, nodata_in=args.nodata_in)
+                  lst_offset=args.lst_offset, nodata_in=args.nodata_in,
+                  consistency=args.consistency)
     if args.scenes:
         if args.lst or args.out or args.guidance or args.guidance_dir or not args.out_dir:
             raise ConfigError("--scenes takes --out-dir DIR and no --lst / --out / --guidance / --guidance-dir "

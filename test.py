@@ -1,13 +1,17 @@
-"""Evaluate a model on a dataset split: RMSE, MAE, BIAS, CC, RSD in Kelvin (mean over images).
+"""Evaluate a model on a dataset split: RMSE, MAE, BIAS, CC, RSD in Kelvin (mean over images), and CONS.
 
     python test.py configs/bicubic_x8.yaml                                  # baselines need no checkpoint
+    python test.py configs/demo_tsharp_x8.yaml [consistency=bicubic]        # sharpeners too (sharpeners.py)
     python test.py configs/mocolsk_x8.yaml work_dirs/mocolsk_x8/best.pth [--split test] [--save-dir DIR]
     python test.py configs/mocolsk_x8.yaml CKPT data.root=data/groklst       # key=value overrides
     python test.py configs/mocolsk_x8.yaml model.name=bicubic               # another model: its own model.* keys
     torchrun --standalone --nproc_per_node=4 test.py configs/mocolsk_x8.yaml CKPT   # sharded, same numbers
 
 Prints a markdown table and writes it as JSON next to the checkpoint (<ckpt>.<split>.json), or
-under the work dir for baselines. --save-dir writes each prediction as a float32 GeoTIFF (K).
+under the work dir for baselines. CONS (metrics.consistency_error) is the sixth column, kept out of
+the JSON's five "metrics" (its own keys "CONS", "per_image_CONS"). The config key `consistency`
+(none | nearest | bicubic, groklst.make_consistent) makes every prediction coarse-consistent.
+--save-dir writes each prediction as a float32 GeoTIFF (K).
 
     python test.py --models work_dirs [--split test] [--out table.md]   # Table IX of every trained run
 
@@ -31,7 +35,9 @@ import groklst
 from data import Normalizer, hole_mask
 from errors import ConfigError, DataError, command
 from figures import draw_figure, require_matplotlib
-from metrics import METRICS, format_table
+from metrics import CONSISTENCY, METRICS, format_table
+
+COLUMNS = METRICS + (CONSISTENCY,)  # the paper's five and the coarse-consistency error
 
 
 def figure_models(spec, cfg, checkpoint):
@@ -149,18 +155,23 @@ def main(argv=None):
         model = groklst.load_model(cfg, args.checkpoint, device)
         normalizer = groklst.build_normalizer(cfg)
         means, per_image = groklst.evaluate(model, normalizer, dataset, device, args.amp or cfg["train"]["amp"],
-                                            save_dir=args.save_dir, progress=True)
+                                            save_dir=args.save_dir, progress=True, consistency=cfg["consistency"])
         if rank == 0:
             name = f"{cfg['model']['name']} x{cfg['data']['scale']}"
             print(f"{cfg['name']} on {split} ({means['images']} of {len(dataset)} images with valid pixels)")
-            print(format_table({name: means}))
+            if cfg["consistency"] != "none":
+                name += f" (consistency {cfg['consistency']})"
+            print(format_table({name: means}, columns=COLUMNS))
             out = args.out
             if out is None:
                 out = (f"{os.path.splitext(args.checkpoint)[0]}.{split}.json" if args.checkpoint
                        else os.path.join(cfg["work_dir"], f"{split}.json"))
             write_text(out, json.dumps({"config": cfg["name"], "checkpoint": args.checkpoint, "split": split,
                                         "metrics": {k: means[k] for k in METRICS}, "images": means["images"],
-                                        "per_image": {n: dict(zip(METRICS, m)) for n, m in per_image}}, indent=1))
+                                        "per_image": {n: dict(zip(METRICS, m)) for n, m in per_image},
+                                        "consistency": cfg["consistency"], CONSISTENCY: means[CONSISTENCY],
+                                        f"per_image_{CONSISTENCY}": {n: m[len(METRICS)] for n, m in per_image}},
+                                       indent=1))
             print(f"metrics written to {out}")
             if args.figure:
                 models = figure_models(args.figure_models, cfg, args.checkpoint)

@@ -1,0 +1,271 @@
+"""Statistical sharpeners (sharpeners.py: tsharp, linreg, rf), coarse-scale consistency
+(groklst.make_consistent, config `consistency`, predict.py --consistency) and the CONS metric."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT
+
+import data
+import geotiff
+import groklst
+import predict
+import sharpeners
+from errors import ConfigError
+from metrics import CONSISTENCY, METRICS, consistency_error
+
+BICUBIC_X4 = os.path.join(ROOT, "configs", "bicubic_x4.yaml")
+X0, Y0 = 500000.0, 4300000.0
+
+
+def nearest(a, s):
+    return np.repeat(np.repeat(a, s, -2), s, -1)
+
+
+def smooth_field(rng, shape, length=6.0):
+    """A smooth random field (unit std) on `shape`: correlated guidance, unlike white noise."""
+    field = data._smooth_noise(rng, shape[0], shape[1], length)
+    return field / field.std()
+
+
+def tsharp_scene(h=12, w=10, s=4, a=301.5, b=-14.0, seed=0):
+    """NDVI constant over each s x s block, so TsHARP's relation holds exactly at both scales:
+    LST = a + b * fv(NDVI) with NDVImin / max = the extremes of the coarse NDVI."""
+    rng = np.random.default_rng(seed)
+    ndvi_lr = rng.uniform(-0.2, 0.85, (h, w))
+    gui = rng.uniform(0, 1, (len(data.BANDS), h * s, w * s))       # the other bands: noise
+    gui[data.BANDS.index("ndvi")] = nearest(ndvi_lr, s)
+    fv = sharpeners.TsHARP.vegetation_fraction(gui[data.BANDS.index("ndvi")], ndvi_lr.min(), ndvi_lr.max())
+    hr = a + b * fv
+    return hr.reshape(h, s, w, s).mean((1, 3)), gui, hr
+
+
+def test_vegetation_fraction():
+    fv = sharpeners.TsHARP.vegetation_fraction(np.array([0.1, 0.8, 0.45, -1.0, 2.0, np.nan]), 0.1, 0.8)
+    assert fv[0] == 0 and fv[1] == 1 and fv[3] == 0 and fv[4] == 1 and np.isnan(fv[5])
+    assert fv[2] == pytest.approx(1 - 0.5 ** 0.625)
+
+
+def test_tsharp_recovers_linear_fv_relation():
+    lr, gui, hr = tsharp_scene()
+    model = sharpeners.TsHARP(scale=4)
+    fit = model.fit(lr, gui)
+    assert np.abs(fit["coef"] - [301.5, -14.0]).max() < 1e-6
+    ndvi = gui[data.BANDS.index("ndvi")]
+    assert fit["stats"] == {"ndvi_min": ndvi.min(), "ndvi_max": ndvi.max()}
+    out = model(torch.from_numpy(lr)[None, None], torch.from_numpy(gui)[None])
+    assert out.shape == (1, 1, 48, 40) and out.dtype == torch.float32
+    assert np.abs(out[0, 0].double().numpy() - hr).max() < 1e-4  # float32 output near 300 K
+
+
+def test_tsharp_needs_ndvi():
+    with pytest.raises(ConfigError, match="'tsharp' needs band 'ndvi' in data.guidance_bands"):
+        groklst.load_model(groklst.load_config(BICUBIC_X4, ["model.name=tsharp", "data.guidance_bands=[dem,red]"]),
+                           None, "cpu")
+    cfg = groklst.load_config(BICUBIC_X4, ["model.name=tsharp", "data.guidance_bands=[red,ndvi]"])
+    assert groklst.build_model(cfg).ndvi == 1
+    with pytest.raises(ConfigError, match="derived"):
+        groklst.load_config(BICUBIC_X4, ["model.name=tsharp", "model.guidance_bands=[ndvi]"])
+
+
+def linear_scene(h=16, w=12, s=4, seed=1, holes=True):
+    """Smooth guidance (3 bands) and LST exactly linear in it; LR = block mean. With holes: NaN LR
+    pixels (left out of the fit) and NaN guidance pixels."""
+    rng = np.random.default_rng(seed)
+    gui = np.stack([2500 + 800 * smooth_field(rng, (h * s, w * s)), 0.15 + 0.05 * smooth_field(rng, (h * s, w * s)),
+                    0.3 + 0.1 * smooth_field(rng, (h * s, w * s))])
+    coef = np.array([290.0, -6.5e-3, 20.0, -12.0])
+    hr = coef[0] + np.tensordot(coef[1:], gui, 1)
+    lr = hr.reshape(h, s, w, s).mean((1, 3))  # float64 block mean (data.block_mean returns float32)
+    if holes:
+        lr[3:5, 2:6] = np.nan
+        gui[1, 20:23, 29:31] = np.nan  # within one 4 x 4 block
+    return lr, gui, hr, coef
+
+
+def test_linreg_recovers_linear_relation_with_holes():
+    lr, gui, hr, coef = linear_scene()
+    model = sharpeners.LinReg(scale=4, guidance_channels=3)
+    fit = model.fit(lr, gui)
+    assert np.abs(fit["coef"] - coef).max() < 1e-6
+    assert fit["samples"] == lr.size - 8 - 1  # the NaN LR pixels and the block with NaN guidance are not used
+    out = model(torch.from_numpy(lr)[None, None], torch.from_numpy(gui)[None])[0, 0].double().numpy()
+    good = np.isfinite(gui).all(0)
+    assert np.isfinite(out).all()                       # holes: regression alone; NaN guidance: the LR value
+    assert np.abs(out - hr)[good].max() < 1e-4
+    np.testing.assert_allclose(out[~good], nearest(lr, 4)[~good], atol=1e-4)
+
+
+def test_sharpener_batch_fits_each_image():
+    a, b = linear_scene(seed=1, holes=False), linear_scene(seed=2, holes=False)
+    model = sharpeners.LinReg(scale=4, guidance_channels=3)
+    lr = torch.from_numpy(np.stack([a[0], b[0]]))[:, None]
+    out = model(lr, torch.from_numpy(np.stack([a[1], b[1]])))
+    assert np.abs(out[0, 0].double().numpy() - a[2]).max() < 1e-4
+    assert np.abs(out[1, 0].double().numpy() - b[2]).max() < 1e-4
+
+
+def test_rf_sharpener():
+    pytest.importorskip("sklearn", reason="model 'rf' needs scikit-learn (optional dependency)")
+    rng = np.random.default_rng(0)
+    band = nearest(rng.uniform(0, 1, (16, 16)), 4)[None]  # blockwise constant: the relation holds at both scales
+    hr = 290 + 10 * (band[0] > 0.5)
+    lr = hr.reshape(16, 4, 16, 4).mean((1, 3)).astype(np.float64)
+    model = sharpeners.RFSharpener(scale=4, guidance_channels=1)
+    x, g = torch.from_numpy(lr)[None, None], torch.from_numpy(band)[None]
+    out = model(x, g)
+    assert torch.equal(out, model(x, g))                # fixed random_state: the same forest every run
+    assert np.abs(out[0, 0].double().numpy() - hr).max() < 1e-3
+
+
+def test_rf_without_sklearn(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "sklearn.ensemble", None)  # import fails
+    model = sharpeners.RFSharpener(scale=4, guidance_channels=1)
+    with pytest.raises(ConfigError, match="^model 'rf' needs scikit-learn: pip install scikit-learn$"):
+        model(torch.full((1, 1, 2, 2), 290.0), torch.rand(1, 1, 8, 8))
+
+
+def test_sharpeners_registered_parameter_free():
+    for name in ("tsharp", "linreg", "rf"):
+        cls = groklst.MODELS[name]
+        assert cls.kind == "gisr" and cls.scales == (2, 4, 8) and cls.physical_units
+        assert groklst.count_parameters(name, 8) == 0
+        model = groklst.load_model(groklst.load_config(BICUBIC_X4, [f"model.name={name}"]), None, "cpu")
+        assert not any(True for _ in model.parameters())
+
+
+# --------------------------------------------------------------------------- consistency
+
+
+def holey_inputs(seed=0, s=4):
+    """A 20 x 24 LR tile (x4) with a NaN hole, guidance with NaN pixels, all 10 bands."""
+    hr, gui = data.synth_scene(20 * s, 24 * s, seed=seed)
+    lr = data.block_mean(hr, s)
+    lr[5:9, 3:7] = np.nan
+    lr[0, 23] = np.nan
+    gui[:, 40:43, 60:70] = np.nan
+    return torch.from_numpy(lr)[None, None], torch.from_numpy(gui)[None]
+
+
+def consistency_models():
+    torch.manual_seed(0)  # the network is built (randomly initialised) in the test
+    return {"bicubic": groklst.load_config(BICUBIC_X4), "dgf (random init)": groklst.load_config(BICUBIC_X4, ["model.name=dgf"]),
+            "tsharp": groklst.load_config(BICUBIC_X4, ["model.name=tsharp"])}
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bicubic"])
+def test_consistency_makes_block_mean_equal_lr(mode):
+    lr, gui = holey_inputs()
+    for label, cfg in consistency_models().items():
+        model = groklst.build_model(cfg).eval()  # random init for the network: consistency must not care
+        normalizer = groklst.build_normalizer(cfg)
+        g = gui if cfg["model"]["name"] != "bicubic" else None
+        with torch.no_grad():
+            raw = groklst.downscale(model, normalizer, lr, g)
+            out = groklst.downscale(model, normalizer, lr, g, consistency=mode)
+        coarse = data.block_mean(out[0, 0].numpy(), 4, max_nan_fraction=1.0)
+        valid = np.isfinite(lr[0, 0].numpy())
+        err = np.abs(coarse - lr[0, 0].numpy())[valid].max()
+        assert err < 1e-4, (label, mode, err)
+        assert consistency_error(out, lr).item() < 1e-4
+        before = consistency_error(raw, lr).item()
+        assert before > 1e-3, (label, before)  # there was something to correct
+        holes = data.hole_mask(lr, 4)
+        assert torch.equal(out[holes], raw[holes])  # coarse pixels without data: no correction
+
+
+def test_consistency_mode_checked():
+    with pytest.raises(ConfigError, match="consistency='linear': expected one of none, nearest, bicubic"):
+        groklst.load_config(BICUBIC_X4, ["consistency=linear"])
+    assert groklst.load_config(BICUBIC_X4)["consistency"] == "none"
+    assert groklst.load_config(BICUBIC_X4, ["consistency=bicubic"])["consistency"] == "bicubic"
+
+
+def test_consistency_nan_fine_pixels_and_smoothness():
+    """A block with some NaN prediction pixels: the mean over its valid ones equals LR. The bicubic
+    residual makes smaller steps at block edges than the nearest one."""
+    lr = torch.tensor([[290.0, 300.0], [295.0, 310.0]]).double()[None, None]
+    pred = torch.full((1, 1, 8, 8), 300.0, dtype=torch.float64)
+    pred[0, 0, 0, :3] = float("nan")
+    out = {m: groklst.make_consistent(pred, lr, m) for m in ("nearest", "bicubic")}
+    for o in out.values():
+        np.testing.assert_allclose(data.block_mean(o[0, 0].numpy(), 4, 1.0), lr[0, 0].numpy(), atol=1e-9)
+        assert torch.isnan(o[0, 0, 0, :3]).all()
+    jump = {m: (o[0, 0, 4:, 3] - o[0, 0, 4:, 4]).abs().max().item() for m, o in out.items()}
+    assert jump["bicubic"] < jump["nearest"]
+
+
+# --------------------------------------------------------------------------- the CONS metric
+
+
+def test_consistency_error_metric():
+    lr = torch.tensor([[290.0, 300.0, float("nan")], [295.0, 310.0, 280.0]])[None, None]
+    exact = torch.from_numpy(nearest(lr.numpy(), 2))
+    assert consistency_error(exact, lr).item() == 0
+    pred = exact.clone()
+    pred[0, 0, 0, 0] += 4.0              # block (0, 0) mean + 1
+    pred[0, 0, 2, 2:4] = torch.tensor([float("nan"), 302.0])  # block (1, 1): valid pixels 302, 310, 310 -> 307.33
+    pred[0, 0, 0:2, 4:6] = 999.0         # block of a NaN LR pixel: not counted
+    d = np.array([1.0, 0.0, 0.0, (302 + 310 + 310) / 3 - 310, 0.0])
+    assert consistency_error(pred, lr).item() == pytest.approx(np.sqrt(np.mean(d ** 2)), rel=1e-9)
+    # batched, and an image without valid coarse pixels is NaN
+    both = consistency_error(torch.cat([pred, exact]), torch.cat([lr, torch.full_like(lr, float("nan"))]))
+    assert both[0].item() == pytest.approx(np.sqrt(np.mean(d ** 2))) and torch.isnan(both[1])
+
+
+def test_evaluate_reports_cons_beside_five(demo_root):
+    cfg = groklst.load_config(os.path.join(ROOT, "configs", "demo_tsharp_x8.yaml"), [f"data.root={demo_root}"])
+    ds = groklst.build_dataset(cfg, "test")
+    model = groklst.load_model(cfg, None, "cpu")
+    means, rows = groklst.evaluate(model, groklst.build_normalizer(cfg), ds, "cpu")
+    assert set(METRICS) | {CONSISTENCY, "images"} == set(means) and len(rows[0][1]) == len(METRICS) + 1
+    assert means[CONSISTENCY] > 1e-3  # TsHARP's fv is nonlinear in NDVI: its residual is not exact
+    means_on, _ = groklst.evaluate(model, groklst.build_normalizer(cfg), ds, "cpu", consistency="nearest")
+    assert means_on[CONSISTENCY] < 1e-4
+
+
+# --------------------------------------------------------------------------- predict.py
+
+
+def write_scene(d, h=40, w=36, s=4, seed=3):
+    hr, gui = data.synth_scene(h * s, w * s, seed=seed)
+    lr = data.block_mean(hr, s)
+    lr[10:14, 20:25] = np.nan
+    lst = str(d / "lst.tif")
+    geotiff.write_geotiff(lst, lr, geotiff.make_geo(X0, Y0, 120.0))
+    guidance = str(d / "bands.tif")
+    geotiff.write_geotiff(guidance, gui, geotiff.make_geo(X0, Y0, 30.0), band_names=list(data.BANDS))
+    return lr, gui, lst, guidance
+
+
+def test_predict_fits_tsharp_once_on_the_whole_scene(tmp_path, monkeypatch):
+    lr, gui, lst, guidance = write_scene(tmp_path)
+    fits = []
+    real_fit = sharpeners.Sharpener.fit
+    monkeypatch.setattr(sharpeners.Sharpener, "fit", lambda self, *a: fits.append(real_fit(self, *a)) or fits[-1])
+    out = predict.predict(BICUBIC_X4, lst, str(tmp_path / "out.tif"), guidance=[guidance], overrides=["model.name=tsharp"],
+                          tile=12, overlap=4, progress=False)
+    assert len(fits) == 1  # once, before tiling: 16 tiles refit nothing
+    whole = sharpeners.TsHARP(scale=4)
+    expected = whole.fit(lr, gui)
+    assert np.array_equal(fits[0]["coef"], expected["coef"]) and fits[0]["stats"] == expected["stats"]
+    reference = whole.sharpen(lr, gui, expected)
+    valid = np.isfinite(out)
+    assert np.array_equal(valid, ~nearest(np.isnan(lr), 4))
+    assert np.abs(out - reference)[valid].max() < 1e-3  # tiling changes nothing but float32 rounding
+    per_tile = sharpeners.TsHARP(scale=4)(torch.from_numpy(lr[:12, :12])[None, None], torch.from_numpy(gui[:, :48, :48])[None])
+    assert np.abs(per_tile[0, 0].numpy() - reference[:48, :48]).max() > 1e-3  # a tile's own fit differs
+
+
+@pytest.mark.parametrize("name", ["bicubic", "tsharp"])
+def test_predict_consistency_flag(tmp_path, name):
+    lr, gui, lst, guidance = write_scene(tmp_path)
+    out_path = str(tmp_path / "out.tif")
+    predict.main([BICUBIC_X4, f"model.name={name}", "--lst", lst, "--guidance", guidance, "--out", out_path,
+                  "--tile", "12", "--overlap", "4", "--consistency"])
+    out = geotiff.read_geotiff(out_path)[0][0]
+    coarse = data.block_mean(out, 4, max_nan_fraction=1.0)
+    valid = np.isfinite(lr)
+    assert np.abs(coarse - lr)[valid].max() < 1e-4
+    assert np.isnan(coarse[~valid]).all()
