@@ -244,8 +244,9 @@ def test_predict_fits_tsharp_once_on_the_whole_scene(tmp_path, monkeypatch):
     fits = []
     real_fit = sharpeners.Sharpener.fit
     monkeypatch.setattr(sharpeners.Sharpener, "fit", lambda self, *a: fits.append(real_fit(self, *a)) or fits[-1])
-    out = predict.predict(BICUBIC_X4, lst, str(tmp_path / "out.tif"), guidance=[guidance], overrides=["model.name=tsharp"],
-                          tile=12, overlap=4, progress=False)
+    predict.predict(BICUBIC_X4, lst, str(tmp_path / "out.tif"), guidance=[guidance], overrides=["model.name=tsharp"],
+                    tile=12, overlap=4, progress=False)
+    out = geotiff.read_geotiff(str(tmp_path / "out.tif"))[0][0]
     assert len(fits) == 1  # once, before tiling: 16 tiles refit nothing
     whole = sharpeners.TsHARP(scale=4)
     expected = whole.fit(lr, gui)
@@ -269,3 +270,18 @@ def test_predict_consistency_flag(tmp_path, name):
     valid = np.isfinite(lr)
     assert np.abs(coarse - lr)[valid].max() < 1e-4
     assert np.isnan(coarse[~valid]).all()
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bicubic"])
+def test_consistency_on_a_row_stream_equals_the_whole_scene(mode):
+    """predict applies the correction to the row bands it streams; the result is the whole scene's."""
+    rng = np.random.default_rng(5)
+    lr = (290 + 5 * rng.standard_normal((100, 30))).astype(np.float32)
+    lr[40:44, 3:9] = np.nan
+    pred = np.repeat(np.repeat(lr, 8, 0), 8, 1) + rng.standard_normal((800, 240)).astype(np.float32)
+    whole = groklst.make_consistent(torch.from_numpy(pred)[None, None], torch.from_numpy(lr)[None, None], mode)[0, 0]
+    bands = [pred[y:y + 256] for y in range(0, 800, 256)]
+    streamed = np.concatenate(list(predict.consistent_rows(iter(bands), lr, 8, mode)))
+    assert streamed.shape == pred.shape
+    np.testing.assert_array_equal(np.isnan(streamed), np.isnan(whole.numpy()))
+    assert np.nanmax(np.abs(streamed - whole.numpy())) < 1e-4
