@@ -24,11 +24,9 @@ import io
 import json
 import math
 import os
-import pickle
 import random
 import sys
 import time
-import zipfile
 
 import numpy as np
 import torch
@@ -143,18 +141,6 @@ def save_checkpoint(path, content):
             os.remove(tmp)
 
 
-def read_checkpoint(path):
-    """torch.load(weights_only=True) with a one-line DataError for a missing, empty or truncated file."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise DataError(f"{path}: checkpoint not found") from None
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:  # torch's reader raises many
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"{path}: unreadable checkpoint ({first}); it may be empty or truncated: resume "
-                        f"from another one (--resume PATH) or start over (--overwrite)") from None
-
-
 def flatten(cfg, prefix=""):
     """{'a': {'b': 1}} -> {'a.b': 1}; model arguments and band statistics included."""
     out = {}
@@ -182,7 +168,7 @@ def check_same_config(stored, cfg, path):
 
 def resume_from(path, cfg, model, optimizer, scaler, world):
     """Restore a checkpoint of train.py -> (iteration, best validation RMSE)."""
-    ckpt = read_checkpoint(path)
+    ckpt = groklst.read_checkpoint(path)
     missing = [k for k in ("model", "optimizer", "scaler", "iter", "best_rmse") if k not in ckpt]
     if missing:
         raise DataError(f"{path}: not a train.py checkpoint to resume (no {', '.join(missing)}); to start from its "

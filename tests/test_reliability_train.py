@@ -136,7 +136,7 @@ def test_unusable_checkpoint_is_one_error_line(tmp_path, demo_root, cut):
     if cut == "weights only":
         fails(out, str(wd / "last.pth"), "no optimizer, scaler, best_rmse", "--init")
     else:
-        fails(out, str(wd / "last.pth"), "unreadable checkpoint")
+        fails(out, str(wd / "last.pth"), "truncated or not a checkpoint")
 
 
 def _file_size_limit(limit):
