@@ -35,6 +35,7 @@ import groklst
 from data import Normalizer, hole_mask
 from errors import ConfigError, DataError, command
 from figures import draw_figure, require_matplotlib
+from geotiff import check_writable
 from metrics import CONSISTENCY, METRICS, format_table
 
 COLUMNS = METRICS + (CONSISTENCY,)  # the paper's five and the coarse-consistency error
@@ -112,41 +113,28 @@ def write_text(path, text):
             os.remove(tmp)
 
 
-@command
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    if argv is None:
-        argv = sys.argv[1:]
-    if "--models" in argv:  # benchmark mode: python test.py --models WORK_DIRS [--split S] [key=value ...]
-        q = argparse.ArgumentParser(description="benchmark table of every trained run under a folder")
-        q.add_argument("--models", required=True, help="folder of runs (work_dirs)")
-        q.add_argument("--split", default=None)
-        q.add_argument("--out", default=None, help="also write the markdown table here")
-        q.add_argument("overrides", nargs="*")
-        a = q.parse_args(argv)
-        table = groklst.benchmark_table(a.models, a.split, a.overrides)
-        print(table)
-        if a.out:
-            write_text(a.out, table + "\n")
-        return
-    p.add_argument("config")
-    p.add_argument("checkpoint", nargs="?", default=None, help="a .pth of train.py or of the original toolkit")
-    p.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
-    p.add_argument("--split", default=None, help="dataset split (default: data.test_split)")
-    p.add_argument("--save-dir", default=None, help="write predictions as GeoTIFF here")
-    p.add_argument("--out", default=None, help="JSON file for the metrics (default: next to the checkpoint)")
-    p.add_argument("--amp", default=None, choices=["none", "bf16", "fp16"])
-    p.add_argument("--figure", default=None, help="draw a comparison figure here (.png/.pdf; needs matplotlib)")
-    p.add_argument("--figure-samples", default=None, help="comma-separated sample names (default: first 2 of the split)")
-    p.add_argument("--figure-models", default=None,
-                   help="comma-separated CONFIG.yaml:CKPT, CONFIG.yaml or CKPT (default: the model tested)")
-    args = p.parse_intermixed_args(argv)  # key=value overrides may follow options
-    if args.figure:
-        require_matplotlib("--figure")  # fail before evaluating, not after
-    if args.checkpoint and "=" in args.checkpoint:  # `test.py CFG key=value` for baselines
-        args.overrides.insert(0, args.checkpoint)
-        args.checkpoint = None
+def table_of_runs(argv):
+    """`test.py --models WORK_DIRS`: Table IX (groklst.benchmark_table) of every run under a folder."""
+    q = argparse.ArgumentParser(description="benchmark table of every trained run under a folder")
+    q.add_argument("--models", required=True, help="folder of runs (work_dirs)")
+    q.add_argument("--split", default=None)
+    q.add_argument("--out", default=None, help="also write the markdown table here")
+    q.add_argument("overrides", nargs="*")
+    a = q.parse_args(argv)
+    table = groklst.benchmark_table(a.models, a.split, a.overrides)
+    print(table)
+    if a.out:
+        write_text(a.out, table + "\n")
 
+
+def evaluate_split(args):
+    """`test.py CONFIG [CHECKPOINT]`: the metrics table of one model on one split, its JSON, and the
+    optional predictions (--save-dir) and figure (--figure); sharded over ranks under torchrun."""
+    if args.out:  # fail before the evaluation, not after it
+        check_writable(args.out)
+    if args.save_dir:
+        os.makedirs(args.save_dir, exist_ok=True)
+        check_writable(os.path.join(args.save_dir, "prediction.tif"))
     rank, world, device = groklst.setup_distributed()
     try:
         cfg = groklst.load_config(args.config, args.overrides)
@@ -182,6 +170,34 @@ def main(argv=None):
         groklst.teardown_distributed(barrier=True)
     finally:
         groklst.teardown_distributed()
+
+
+
+@command
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--models" in argv:  # python test.py --models WORK_DIRS [--split S] [--out F] [key=value ...]
+        return table_of_runs(argv)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("config")
+    p.add_argument("checkpoint", nargs="?", default=None, help="a .pth of train.py or of the original toolkit")
+    p.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
+    p.add_argument("--split", default=None, help="dataset split (default: data.test_split)")
+    p.add_argument("--save-dir", default=None, help="write predictions as GeoTIFF here")
+    p.add_argument("--out", default=None, help="JSON file for the metrics (default: next to the checkpoint)")
+    p.add_argument("--amp", default=None, choices=["none", "bf16", "fp16"])
+    p.add_argument("--figure", default=None, help="draw a comparison figure here (.png/.pdf; needs matplotlib)")
+    p.add_argument("--figure-samples", default=None, help="comma-separated sample names (default: first 2 of the split)")
+    p.add_argument("--figure-models", default=None,
+                   help="comma-separated CONFIG.yaml:CKPT, CONFIG.yaml or CKPT (default: the model tested)")
+    args = p.parse_intermixed_args(argv)  # key=value overrides may follow options
+    if args.figure:
+        require_matplotlib("--figure")  # fail before evaluating, not after
+    if args.checkpoint and "=" in args.checkpoint:  # `test.py CFG key=value` for baselines
+        args.overrides.insert(0, args.checkpoint)
+        args.checkpoint = None
+
+    evaluate_split(args)
 
 
 if __name__ == "__main__":

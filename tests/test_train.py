@@ -166,5 +166,5 @@ def test_benchmark_table_of_work_dirs(tmp_path, demo_root):
     assert lines[0].startswith("| method | x4 RMSE | x4 MAE") and "x8 RSD |" in lines[0]
     rows = {line.split("|")[1].strip(): line for line in lines[2:]}
     assert set(rows) == {"mocolsk", "srcnn", "bicubic"}  # run names without _x<scale>: a row per method
-    assert rows["mocolsk"].count(" - ") == 5 and rows["bicubic"].count(" - ") == 0
+    assert rows["mocolsk"].count(" - ") == 6 and rows["bicubic"].count(" - ") == 0  # five metrics + CONS
     assert (tmp_path / "table.md").read_text().strip() == out.stdout.strip()
