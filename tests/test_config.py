@@ -97,13 +97,13 @@ def test_demo_config_matches_demo_data(demo_root):
         assert abs(got["mean"] - s["mean"]) < 0.5 * s["std"] and 0.5 < got["std"] / s["std"] < 2, band
 
 
-SCRIPTS = ["train", "test", "predict", "prepare", "bench"]
+SCRIPTS = ["train", "test", "predict", "prepare", "bench", "landsat", "benchmark"]
 
 
 def test_every_module_imports_and_every_command_has_help():
     """Each module imports on its own (no cycles hidden by lazy imports), each script and each
     groklst.py subcommand answers --help."""
-    for module in ["errors", "geotiff", "data", "metrics", "figures", "groklst"] + SCRIPTS:
+    for module in ["errors", "geotiff", "data", "metrics", "figures", "sharpeners", "groklst"] + SCRIPTS:
         r = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
     commands = [[f"{s}.py"] for s in SCRIPTS] + [["groklst.py", c] for c in
@@ -127,7 +127,7 @@ def test_groklst_runs_once_as_script():
 def test_library_never_imports_scripts():
     """Dependencies flow one way: library modules import no entry script (groklst.main's dispatch aside)."""
     import ast
-    library = ["errors.py", "geotiff.py", "data.py", "metrics.py", "figures.py", "groklst.py"] + \
+    library = ["errors.py", "geotiff.py", "data.py", "metrics.py", "figures.py", "sharpeners.py", "groklst.py"] + \
         glob.glob(os.path.join("models", "*.py"))
     for path in library:
         tree = ast.parse(open(os.path.join(ROOT, path)).read())
