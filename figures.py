@@ -241,36 +241,45 @@ def histograms(path, rows, bins=80):
     fig.savefig(path, dpi=100)
 
 
-def error_panel(path, pred, gt, title="", max_points=20000, seed=0):
-    """What the metrics measure, on pooled pixels: a histogram of pred - gt (K) with its mean (BIAS)
-    and root mean square (RMSE) marked, and a scatter of pred against gt with the 1:1 line and the
-    correlation (CC). pred, gt: arrays of equal shape, Kelvin, NaN where invalid. Pooled over all
-    pixels, so the numbers differ slightly from metrics.py's per-image means."""
+def error_panel(path, preds, gt, max_points=20000, seed=0):
+    """What the metrics measure, on pooled pixels of one or more predictions: histograms of pred - gt (K)
+    with the mean (BIAS) and root mean square (RMSE) in the legend, and a scatter of pred against gt with
+    the 1:1 line and the correlation (CC). preds: {label: array}, gt: array of the same shape, Kelvin,
+    NaN where invalid. Pooled over all pixels (and so over images), so the numbers differ from
+    metrics.py's per-image means."""
     require_matplotlib("error_panel")
     from matplotlib.figure import Figure
-    pred, gt = np.asarray(pred, np.float64).ravel(), np.asarray(gt, np.float64).ravel()
-    ok = np.isfinite(pred) & np.isfinite(gt)
-    pred, gt = pred[ok], gt[ok]
-    d = pred - gt
-    bias, rmse, cc = d.mean(), np.sqrt((d * d).mean()), np.corrcoef(pred, gt)[0, 1]
+    gt = np.asarray(gt, np.float64).ravel()
     fig = Figure(figsize=(8.4, 3.4), layout="constrained")
     ax, bx = fig.subplots(1, 2)
-    ax.hist(d, bins=100, range=(-4 * rmse + bias, 4 * rmse + bias), color="0.5")
+    rng = np.random.default_rng(seed)
+    span, lims = 0.0, []
+    stats = []
+    for label, pred in preds.items():
+        pred = np.asarray(pred, np.float64).ravel()
+        ok = np.isfinite(pred) & np.isfinite(gt)
+        d = pred[ok] - gt[ok]
+        stats.append((label, d, pred[ok], gt[ok]))
+        span = max(span, 4 * np.sqrt((d * d).mean()))
+    for i, (label, d, p, g) in enumerate(stats):
+        bias, rmse, cc = d.mean(), np.sqrt((d * d).mean()), np.corrcoef(p, g)[0, 1]
+        ax.hist(d, bins=120, range=(-span, span), histtype="step", lw=1.4, color=f"C{i}",
+                label=f"{label}: BIAS {bias:+.3f} K, RMSE {rmse:.3f} K")
+        ax.axvline(bias, color=f"C{i}", lw=0.8, ls="--")
+        pick = rng.permutation(len(d))[:max_points // len(stats)]
+        bx.scatter(g[pick], p[pick], s=1, alpha=0.25, color=f"C{i}", rasterized=True, label=f"{label}: CC {cc:.4f}")
+        lims.append(np.percentile(g, [0.5, 99.5]))
     ax.axvline(0, color="black", lw=0.8)
-    ax.axvline(bias, color="C3", lw=1.5, label=f"BIAS = mean = {bias:+.3f} K")
-    for sign in (-1, 1):
-        ax.axvline(sign * rmse, color="C0", ls="--", lw=1.2, label=f"RMSE = {rmse:.3f} K" if sign > 0 else None)
     ax.set_xlabel("prediction - truth (K)")
     ax.set_yticks([])
-    ax.legend(fontsize=8)
-    ax.set_title(f"{title} error distribution".strip(), fontsize=9)
-    pick = np.random.default_rng(seed).permutation(len(d))[:max_points]
-    bx.scatter(gt[pick], pred[pick], s=1, alpha=0.3, color="C0", rasterized=True)
-    lo, hi = np.percentile(gt, [0.5, 99.5])
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title(f"error distribution ({len(stats[0][1]):,} pixels)", fontsize=9)
+    lo, hi = min(v[0] for v in lims), max(v[1] for v in lims)
     bx.plot([lo, hi], [lo, hi], color="black", lw=0.8)
     bx.set_xlim(lo, hi)
     bx.set_ylim(lo, hi)
     bx.set_xlabel("truth (K)")
     bx.set_ylabel("prediction (K)")
-    bx.set_title(f"CC = {cc:.4f} ({len(d):,} pixels, {len(pick):,} drawn)", fontsize=9)
+    bx.legend(fontsize=7, loc="upper left", markerscale=6)
+    bx.set_title("prediction against truth (a sample of pixels)", fontsize=9)
     fig.savefig(path, dpi=100)

@@ -4,7 +4,7 @@
     python docs/make_figures.py all --reuse-runs    # keep work_dirs/ runs that already finished
     python docs/make_figures.py wald data/demo tile_001 docs/figures/wald.png
     python docs/make_figures.py histograms configs/demo_mocolsk_x8.yaml docs/figures/histograms.png
-    python docs/make_figures.py errors work_dirs/demo_mocolsk_x8/pred_test data/demo docs/figures/errors.png
+    python docs/make_figures.py errors data/demo docs/figures/errors.png work_dirs/pred_bicubic work_dirs/pred_mocolsk
     python docs/make_figures.py scene data/scene    # a demo-sized synthetic scene as GeoTIFFs (for predict.py)
 
 Run from the repository root. `all` prints each command before running it; the tutorial
@@ -73,16 +73,22 @@ def histograms(config, out, split="train"):
     figures.histograms(out, rows)
 
 
-def errors(pred_dir, root, out, split="test", scale=8):
-    """Pooled prediction errors of test.py --save-dir GeoTIFFs against the 30 m truth."""
-    preds, gts = [], []
-    names = sorted(os.path.splitext(f)[0] for f in os.listdir(pred_dir) if f.endswith(".tif"))
-    if not names:
-        sys.exit(f"{pred_dir}: no .tif predictions (python test.py CFG CKPT --save-dir {pred_dir})")
-    for name in names:
-        preds.append(read_geotiff(os.path.join(pred_dir, name + ".tif"))[0].ravel())
-        gts.append(read_lst(find_raster(os.path.join(root, "30m", "lst"), name))[0].ravel())
-    figures.error_panel(out, np.concatenate(preds), np.concatenate(gts), title=os.path.basename(os.path.normpath(pred_dir)))
+def errors(root, out, pred_dirs):
+    """Pooled prediction errors of test.py --save-dir GeoTIFF folders against the 30 m truth; each
+    folder is labelled by its name and must hold the same samples."""
+    gts, preds = None, {}
+    for pred_dir in pred_dirs:
+        names = sorted(os.path.splitext(f)[0] for f in os.listdir(pred_dir) if f.endswith(".tif"))
+        if not names:
+            sys.exit(f"{pred_dir}: no .tif predictions (python test.py CFG CKPT --save-dir {pred_dir})")
+        if gts is None:
+            gts = (names, np.concatenate([read_lst(find_raster(os.path.join(root, "30m", "lst"), n))[0].ravel()
+                                          for n in names]))
+        if names != gts[0]:
+            sys.exit(f"{pred_dir}: holds other samples than {pred_dirs[0]}")
+        label = os.path.basename(os.path.normpath(pred_dir))
+        preds[label] = np.concatenate([read_geotiff(os.path.join(pred_dir, n + ".tif"))[0].ravel() for n in names])
+    figures.error_panel(out, preds, gts[1])
 
 
 def scene(out_dir, size=512, scale=8, seed=1):
@@ -134,9 +140,9 @@ def all_figures(reuse_runs):
         f"--figure-models work_dirs/tut_srcnn/best.pth,{best}",
         f"python groklst.py plot-log work_dirs/demo_mocolsk_x8 --out {FIG}/demo_curves.png",
         f"python groklst.py plot-log work_dirs/tut_fusion_on work_dirs/tut_fusion_off --out {FIG}/ablation_curves.png",
-        f"python test.py {demo} {best} --save-dir work_dirs/demo_mocolsk_x8/pred_test "
-        "--out work_dirs/demo_mocolsk_x8/pred_test.json",
-        f"python docs/make_figures.py errors work_dirs/demo_mocolsk_x8/pred_test data/demo {FIG}/errors.png",
+        f"python test.py {bic} --save-dir work_dirs/pred_bicubic --out work_dirs/pred_bicubic.json",
+        f"python test.py {demo} {best} --save-dir work_dirs/pred_mocolsk --out work_dirs/pred_mocolsk.json",
+        f"python docs/make_figures.py errors data/demo {FIG}/errors.png work_dirs/pred_bicubic work_dirs/pred_mocolsk",
         "python docs/make_figures.py scene data/scene",
         f"python predict.py {demo} --checkpoint {best} --lst data/scene/lst_240m.tif --guidance data/scene/bands_30m.tif "
         f"--out data/scene/lst_30m_mocolsk.tif --png && cp data/scene/lst_30m_mocolsk.png {FIG}/scene.png",
@@ -164,10 +170,10 @@ def main(argv=None):
     s.add_argument("config")
     s.add_argument("out")
     s.add_argument("--split", default="train")
-    s = sub.add_parser("errors", help="error histogram and scatter of test.py --save-dir predictions")
-    s.add_argument("pred_dir")
+    s = sub.add_parser("errors", help="error histograms and scatter of test.py --save-dir predictions")
     s.add_argument("root")
     s.add_argument("out")
+    s.add_argument("pred_dirs", nargs="+")
     s = sub.add_parser("scene", help="a demo-sized synthetic scene as GeoTIFFs")
     s.add_argument("out_dir")
     s.add_argument("--size", type=int, default=512)
@@ -180,7 +186,7 @@ def main(argv=None):
     elif a.cmd == "histograms":
         histograms(a.config, a.out, a.split)
     elif a.cmd == "errors":
-        errors(a.pred_dir, a.root, a.out)
+        errors(a.root, a.out, a.pred_dirs)
     elif a.cmd == "scene":
         scene(a.out_dir, a.size, seed=a.seed)
     if a.cmd != "all" and a.cmd != "scene":

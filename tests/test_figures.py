@@ -128,7 +128,7 @@ def test_tutorial_figures(demo_root, demo_cfg, tmp_path):
     test_script.main(["configs/demo_bicubic_x8.yaml", demo_cfg["root"], "--out", str(tmp_path / "m.json"),
                       "--save-dir", str(pred_dir)])
     errors = tmp_path / "errors.png"
-    make.main(["errors", str(pred_dir), demo_root, str(errors)])
+    make.main(["errors", demo_root, str(errors), str(pred_dir), str(pred_dir)])
     check_png(errors, width=(780, 900), height=(300, 380), min_std=0.04)
     make.main(["scene", str(tmp_path / "scene"), "--size", "64"])
     from geotiff import read_geotiff
