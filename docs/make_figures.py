@@ -32,7 +32,7 @@ from geotiff import make_geo, read_geotiff, write_geotiff  # noqa: E402
 
 FIG = "docs/figures"
 MAX_BYTES = 200_000
-SAMPLE = "tile_001"  # the demo test tile the panels show (a cloud hole, a lake and a ridge)
+SAMPLE = "tile_001"  # the demo test tile the panels show (a lake next to hot bare ground)
 
 
 def shrink_png(path, limit=MAX_BYTES):
@@ -113,7 +113,7 @@ def run(cmd):
 
 
 def all_figures(reuse_runs):
-    """Every figure, in the order of the tutorial. About 25 minutes on a 2-core CPU, mostly the runs."""
+    """Every figure, in the order of the tutorial; most of the time goes to the four training runs."""
     demo = "configs/demo_mocolsk_x8.yaml"
     bic = "configs/demo_bicubic_x8.yaml"
     best = "work_dirs/demo_mocolsk_x8/best.pth"
@@ -134,8 +134,9 @@ def all_figures(reuse_runs):
     steps = [
         f"python docs/make_figures.py wald data/demo {SAMPLE} {FIG}/wald.png",
         f"python docs/make_figures.py histograms {demo} {FIG}/histograms.png",
-        f"python test.py {bic} --figure {FIG}/bicubic.png --figure-samples {SAMPLE} --out work_dirs/demo_bicubic_x8/test.json",
-        f"python test.py {demo} {best} --figure {FIG}/demo_mocolsk.png --figure-samples {SAMPLE} --figure-guidance dem",
+        f"python test.py {bic} --figure {FIG}/bicubic.png --figure-samples {SAMPLE},tile_008 "
+        "--out work_dirs/demo_bicubic_x8/test.json",
+        f"python test.py {demo} {best} --figure {FIG}/demo_mocolsk.png --figure-samples {SAMPLE} --figure-guidance ndwi",
         f"python test.py {demo} {best} --figure {FIG}/guided_vs_sisr.png --figure-samples {SAMPLE} "
         f"--figure-models work_dirs/tut_srcnn/best.pth,{best}",
         f"python groklst.py plot-log work_dirs/demo_mocolsk_x8 --out {FIG}/demo_curves.png",
