@@ -4,6 +4,7 @@
     python groklst.py make-demo data/demo               write the synthetic demo dataset
     python groklst.py stats data/groklst --split trainval   normalisation statistics as YAML
     python groklst.py convert-checkpoint IN.pth OUT.pth --config CFG [key=value ...]   original -> this toolkit
+    python groklst.py plot-log work_dirs/RUN [RUN ...] --out curves.png   loss, lr, val RMSE vs iteration
     python groklst.py predict ...     = python predict.py ...   (whole scenes)
     python groklst.py prepare ...     = python prepare.py ...   (your own scenes -> a dataset)
     python groklst.py bench ...       = python bench.py ...     (speed and memory)
@@ -1079,6 +1080,12 @@ def cmd_convert(args):
     print(f"wrote {args.dst} ({len(state)} tensors; {checked})")
 
 
+def cmd_plot_log(args):
+    import figures
+    figures.plot_log(args.runs, args.out)
+    print(f"wrote {args.out}")
+
+
 # Subcommands that are scripts of their own: `groklst.py NAME ARGS` runs `NAME.py ARGS` (its main).
 SCRIPTS = {"predict": "predict", "prepare": "prepare", "bench": "bench", "landsat": "landsat", "benchmark": "benchmark"}
 
@@ -1093,7 +1100,7 @@ def main(argv=None):
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("list", help="registered models")
     s.add_argument("pattern", nargs="?", default="*")
-    s.add_argument("--markdown", action="store_true", help="the README's model table")
+    s.add_argument("--markdown", action="store_true", help="the model table of docs/models.md")
     s.set_defaults(func=cmd_list)
     s = sub.add_parser("stats", help="normalisation statistics of a dataset split, as YAML")
     s.add_argument("root")
@@ -1112,6 +1119,10 @@ def main(argv=None):
     s.add_argument("--config", default=None, help="check that the weights fit this config's model (and store it)")
     s.add_argument("overrides", nargs="*", help="overrides key.sub=value of --config")
     s.set_defaults(func=cmd_convert)
+    s = sub.add_parser("plot-log", help="training curves of train.py runs (needs matplotlib)")
+    s.add_argument("runs", nargs="+", help="work dirs, each with a log.jsonl")
+    s.add_argument("--out", default="curves.png", help="PNG (or .pdf, .svg) to write")
+    s.set_defaults(func=cmd_plot_log)
     args, extra = p.parse_known_args(argv)
     if extra and args.cmd == "convert-checkpoint" and all("=" in e and not e.startswith("-") for e in extra):
         args.overrides += extra  # overrides after --config CFG

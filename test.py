@@ -16,10 +16,12 @@ the JSON's five "metrics" (its own keys "CONS", "per_image_CONS"). The config ke
     python test.py --models work_dirs [--split test] [--out table.md]   # Table IX of every trained run
 
     python test.py CFG CKPT --figure fig.png [--figure-samples NAME1,NAME2] [--figure-models A,B,...]
+                            [--figure-guidance dem]
 
 --figure (needs matplotlib) draws, per sample (default: the first 2 of the split), the LR input,
 bicubic, each model, the ground truth and the |error| of the first model, on one Kelvin colour
-scale with a colour bar and a zoomed inset. --figure-models compares several models side by side:
+scale with a colour bar and a zoomed inset; --figure-guidance BAND adds that 30 m band (grey).
+--figure-models compares several models side by side:
 comma-separated CONFIG.yaml:CKPT, CONFIG.yaml (parameter-free, e.g. configs/bicubic_x8.yaml) or
 CKPT alone (train.py stores its config in the checkpoint); default: the model tested. Data root,
 scale and split always come from the command's CONFIG and --split.
@@ -165,7 +167,12 @@ def evaluate_split(args):
                 models = figure_models(args.figure_models, cfg, args.checkpoint)
                 rows = figure_rows(cfg, models, split, args.figure_samples and args.figure_samples.split(","),
                                    device, args.amp or cfg["train"]["amp"])
-                draw_figure(args.figure, rows, models[0][0])
+                guidance = None
+                if args.figure_guidance:
+                    bands = groklst.build_dataset(cfg, split, bands=[args.figure_guidance])
+                    guidance = {name: (args.figure_guidance, bands[bands.names.index(name)]["hr_guidance"][0].numpy())
+                                for name, _ in rows}
+                draw_figure(args.figure, rows, models[0][0], guidance=guidance)
                 print(f"figure written to {args.figure}")
         groklst.teardown_distributed(barrier=True)
     finally:
@@ -190,6 +197,8 @@ def main(argv=None):
     p.add_argument("--figure-samples", default=None, help="comma-separated sample names (default: first 2 of the split)")
     p.add_argument("--figure-models", default=None,
                    help="comma-separated CONFIG.yaml:CKPT, CONFIG.yaml or CKPT (default: the model tested)")
+    p.add_argument("--figure-guidance", default=None, metavar="BAND",
+                   help="add a column with this 30 m guidance band (e.g. dem, ndvi) after the LR input")
     args = p.parse_intermixed_args(argv)  # key=value overrides may follow options
     if args.figure:
         require_matplotlib("--figure")  # fail before evaluating, not after

@@ -33,7 +33,7 @@ place; each residual block's conv + channel-attention tail is one ConvAttention,
 needs neither the conv output nor its recomputation; each MoCoLSK module (~1 GMAC at 512x512)
 and each DBPN projection unit is recomputed from its input in backward.
 `checkpointing=True` also recomputes the HR stages (guidance groups, bridges, reconstruction
-blocks) from their inputs. Step times and peak memory (x8, 512x512): README, Performance.
+blocks) from their inputs. Step times and peak memory (x8, 512x512): docs/performance.md.
 
 Shapes: lr_lst (B, 1, h, w) normalised LST, hr_guidance (B, C, h*scale, w*scale) normalised
 guidance -> (B, 1, h*scale, w*scale) normalised LST. Any h, w >= 1 (the projections are exact
