@@ -50,10 +50,10 @@ def wald(root, name, out):
     figures.wald_panel(out, hr, lr)
 
 
-def histograms(config, out, split="train"):
+def histograms(config, out, split="train", overrides=()):
     """LST (240 m input) and two guidance bands of a split: raw, z-score and min-max with the
     config's statistics (data.Normalizer, the code path of training)."""
-    cfg = groklst.load_config(config)
+    cfg = groklst.load_config(config, overrides)
     bands = ["dem", "ndvi"]
     ds = groklst.build_dataset(cfg, split, bands=bands)
     lst = np.concatenate([ds[i]["lr_lst"].numpy().ravel() for i in range(len(ds))])
@@ -171,6 +171,7 @@ def main(argv=None):
     s.add_argument("config")
     s.add_argument("out")
     s.add_argument("--split", default="train")
+    s.add_argument("overrides", nargs="*", help="config overrides key.sub=value (e.g. data.root=...)")
     s = sub.add_parser("errors", help="error histograms and scatter of test.py --save-dir predictions")
     s.add_argument("root")
     s.add_argument("out")
@@ -185,7 +186,7 @@ def main(argv=None):
     elif a.cmd == "wald":
         wald(a.root, a.name, a.out)
     elif a.cmd == "histograms":
-        histograms(a.config, a.out, a.split)
+        histograms(a.config, a.out, a.split, a.overrides)
     elif a.cmd == "errors":
         errors(a.root, a.out, a.pred_dirs)
     elif a.cmd == "scene":

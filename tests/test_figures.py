@@ -120,7 +120,7 @@ def test_tutorial_figures(demo_root, demo_cfg, tmp_path):
     make.main(["wald", demo_root, "tile_000", str(wald)])
     check_png(wald, width=(1200, 1550), height=(260, 340))
     hist = tmp_path / "hist.png"
-    make.main(["histograms", "configs/demo_mocolsk_x8.yaml", str(hist)])
+    make.main(["histograms", "configs/demo_mocolsk_x8.yaml", str(hist), f"data.root={demo_root}"])
     # histograms are mostly white, so a lower variance threshold
     check_png(hist, width=(900, 1020), height=(640, 740), min_std=0.04)
     test_script = load_script("groklst_test_script", "test.py")
