@@ -268,6 +268,8 @@ def _above(low, none_ok=False):
 # The types of the keys whose default is None (a None default says nothing about the type).
 NONE_DEFAULT_TYPES = {"data.hr_crop": int, "data.nodata": float, "train.clip_grad": float, "train.ckpt_interval": int,
                       "work_dir": str}
+# Keys whose default is not None but that take null: data.val_split=null trains without validation.
+NULLABLE = {"data.val_split"}
 
 # Every rule on config values beyond their type, in one table: key -> (test(value, cfg), what the value
 # must be). Checked once the config is complete (file, _base_ and overrides), so a rule may read other
@@ -354,7 +356,7 @@ def _check(key, value, default):
     returns the (coerced) value."""
     value = _coerce(value)
     kind = NONE_DEFAULT_TYPES[key]() if default is None and key in NONE_DEFAULT_TYPES else default
-    if kind is None or (value is None and (default is None or key.startswith("model."))):
+    if kind is None or (value is None and (default is None or key.startswith("model.") or key in NULLABLE)):
         return value  # null: allowed where the default is null; a model argument at null takes its default
     if isinstance(kind, bool):
         ok = isinstance(value, bool)

@@ -102,6 +102,7 @@ def test_demo_config_matches_demo_data(demo_root):
 SCRIPTS = ["train", "test", "predict", "prepare", "bench", "landsat", "benchmark"]
 
 
+@pytest.mark.slow
 def test_every_module_imports_and_every_command_has_help():
     """Each module imports on its own (no cycles hidden by lazy imports), each script and each
     groklst.py subcommand answers --help."""

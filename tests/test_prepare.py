@@ -188,7 +188,7 @@ def test_dataset_and_configs_use_it(prepared, trained, tmp_path):
     assert item["lr_lst"].shape == (1, 16, 16) and item["hr_guidance"].shape == (10, TILE, TILE)
     user = tmp_path / "myregion_mocolsk_x4.yaml"  # a config with the prepared base as `_base_`
     user.write_text(f"_base_: {os.path.relpath(os.path.join(out, 'base_x4.yaml'), tmp_path)}\n"
-                    f"model: {{name: mocolsk, num_feats: 8}}\n")
+                    f"model: {{name: mocolsk, num_feats: 8, reduction: 4}}\n")
     cfg = groklst.load_config(str(user))
     assert cfg["data"]["root"] == out and cfg["data"]["scale"] == 4
     assert groklst.build_normalizer(cfg).lst == (cfg["norm"]["lst"]["mean"], cfg["norm"]["lst"]["std"])
