@@ -228,7 +228,7 @@ def predict_rows(model, normalizer, lst, guidance=None, scale=8, tile=64, overla
             if progress and y1 == H:  # before the last band: its consumer need not ask for more
                 seconds = time.time() - start
                 print(f"\r  tiles {total}/{total}  {H * W / 1e6:.1f} Mpx in {seconds:.1f} s "
-                      f"({H * W / 1e6 / max(seconds, 1e-9):.2f} Mpx/s)", file=sys.stderr, flush=True)
+                      f"({H * W / 1e6 / max(seconds, 1e-9):.3g} Mpx/s)", file=sys.stderr, flush=True)
             yield np.where(invalid, np.float32(np.nan), acc / denom)
 
     for b in range(0, len(tiles), batch):
@@ -253,7 +253,7 @@ def predict_rows(model, normalizer, lst, guidance=None, scale=8, tile=64, overla
         if progress:
             done = b + len(chunk) + total - len(tiles)  # skipped (all no-data) tiles count as done
             rate = done / total * H * W / max(time.time() - start, 1e-9)
-            print(f"\r  tiles {done}/{total}  {rate / 1e6:.2f} Mpx/s", end="", file=sys.stderr, flush=True)
+            print(f"\r  tiles {done}/{total}  {rate / 1e6:.3g} Mpx/s", end="", file=sys.stderr, flush=True)
         more = b + batch < len(tiles)
         yield from finished(tiles[b + batch][0] * s if more else H)  # later tiles start at or below this row
     yield from finished(H)  # a scene without any valid LR pixel
@@ -515,7 +515,7 @@ def predict_scenes(config, scenes, out_dir, device=None, **kwargs):
                 continue
             status.append((i, name, "done"))
             print(f"rank {rank}/{world} scene {name}: {r['shape'][1]} x {r['shape'][0]} px, {r['seconds']:.1f} s, "
-                  f"{r['mpx_per_s']:.2f} Mpx/s -> {r['out']}", flush=True)
+                  f"{r['mpx_per_s']:.3g} Mpx/s -> {r['out']}", flush=True)
         everything = sorted(s for part in groklst.gather(status) for s in part)
     finally:
         groklst.teardown_distributed()
