@@ -8,7 +8,6 @@ import os
 import resource
 import shutil
 import signal
-import subprocess
 import sys
 
 import numpy as np
@@ -16,7 +15,7 @@ import pytest
 import tifffile
 import torch
 import yaml
-from conftest import ROOT
+from conftest import run_script, tiny_config
 
 import data
 import geotiff
@@ -29,19 +28,10 @@ TINY_MOCOLSK = {"name": "mocolsk", "num_feats": 8, "reduction": 4, "num_stages":
 
 
 def write_config(tmp_path, root, model=SRCNN, **train_keys):
-    cfg = yaml.safe_load(open(os.path.join(ROOT, "configs", "_base_", "demo_x8.yaml")))
-    cfg["model"] = dict(model)
-    cfg["data"].update(root=str(root), hr_crop=32, scale=4)
-    cfg["train"].update(dict(dict(max_iters=2, batch_size=2, val_interval=100, log_interval=1, lr=1.0e-3,
-                                  restart_period=8), **train_keys))
-    path = tmp_path / f"tiny_{cfg['model']['name']}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
+    return tiny_config(tmp_path, root, model, **dict(dict(max_iters=2), **train_keys))
 
 
-def run(args, **kw):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable] + args, cwd=ROOT, capture_output=True, text=True, env=env, **kw)
+run = run_script
 
 
 def fails(out, *needles):

@@ -1,13 +1,9 @@
 """train.py: DDP over 2 gloo processes, kill -9 and exact resume, checkpoint format, errors."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-import yaml
-from conftest import ROOT
+from conftest import ROOT, run_script, tiny_config
 
 TINY = {"name": "mocolsk", "num_feats": 8, "reduction": 4, "num_stages": 1, "n_resblocks": 1}
 # a model that draws random numbers while training (drop path on every sample's residuals)
@@ -16,19 +12,10 @@ TINY_SWINIR = {"name": "swinir", "img_size": 8, "window_size": 4, "depths": [2, 
 
 
 def write_config(tmp_path, demo_root, model=TINY, **train):
-    cfg = yaml.safe_load(open(os.path.join(ROOT, "configs", "_base_", "demo_x8.yaml")))
-    cfg["model"] = dict(model)
-    cfg["data"].update(root=demo_root, hr_crop=32, scale=4)
-    cfg["train"].update(dict(dict(max_iters=8, batch_size=2, val_interval=100, log_interval=1, lr=1.0e-3,
-                                  restart_period=8), **train))
-    path = tmp_path / f"tiny_{cfg['model']['name']}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
+    return tiny_config(tmp_path, demo_root, model, **train)
 
 
-def run(args, **kw):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable] + args, cwd=ROOT, capture_output=True, text=True, env=env, **kw)
+run = run_script
 
 
 def weights(path):
