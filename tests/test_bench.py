@@ -40,6 +40,7 @@ def test_macs_counted_on_meta_scale_with_area():
     assert abs(bench.count_macs("mocolsk", 8, 512, 1) - 2291.2) < 1.0  # the issue's ~2.29 TMACs at 512x512
 
 
+@pytest.mark.slow
 def test_bench_checkpointing_in_process():
     plain = bench.run_one("mocolsk", scale=8, hr=32, batch=1, train=True, steps=1, warmup=0, threads=1)
     ckpt = bench.run_one("mocolsk", scale=8, hr=32, batch=1, train=True, checkpointing=True, steps=1,

@@ -73,12 +73,14 @@ def test_clean_state_dict():
     assert list(groklst.clean_state_dict(dict.fromkeys(keys)).keys()) == ["lst_stem.weight", "a.b", "c", "d", "x.y"]
 
 
+@pytest.mark.slow
 def test_cli_list():
     out = subprocess.run([sys.executable, "groklst.py", "list"], cwd=ROOT, capture_output=True, text=True, check=True)
     line = next(l for l in out.stdout.splitlines() if l.startswith("mocolsk "))
     assert "x2 20,011,833" in line and "x4 25,430,841" in line and "x8 40,913,721" in line and "gisr" in line
 
 
+@pytest.mark.slow
 def test_model_table_is_current():
     """docs/models.md holds the model table exactly as `groklst.py list --markdown` prints it."""
     out = subprocess.run([sys.executable, "groklst.py", "list", "--markdown"], cwd=ROOT, capture_output=True,

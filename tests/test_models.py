@@ -89,6 +89,7 @@ def test_forward_backward_step(name, scale):
 FILES = sorted({sys.modules[c.__module__].__file__ for c in groklst.MODELS.values() if c.__module__.startswith("models.")})
 
 
+@pytest.mark.slow  # a subprocess per file (~1.3 s each); tests/test_mocolsk.py copies MoCoLSK-Net alone in the quick loop
 @pytest.mark.parametrize("path", FILES, ids=os.path.basename)
 def test_model_file_imports_alone(path, tmp_path):
     shutil.copy(path, tmp_path)

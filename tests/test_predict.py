@@ -85,6 +85,7 @@ def big(tmp_path_factory):
             "guidance": write_guidance(d / "bands_30m.tif", g, bands, geotiff.make_geo(X0, Y0, 30.0))}
 
 
+@pytest.mark.slow
 def test_scene_1504_tiled_georeferenced_no_seams(big, tmp_path):
     """Done criterion of issue 7: a 1504 x 1504 scene with holes, tiled with a small model and with
     bicubic; georeferencing, nodata and seams checked."""

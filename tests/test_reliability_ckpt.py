@@ -318,6 +318,7 @@ def test_config_rules(override, message):
     assert message in str(e.value)
 
 
+@pytest.mark.slow
 def test_config_rules_through_the_command_line(tiny_run):
     tmp, cfg_path, ckpt = tiny_run
     assert_user_error(cli("test.py", cfg_path, ckpt, "train.amp=bf61"), "train.amp='bf61'", "none | bf16 | fp16")

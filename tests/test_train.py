@@ -22,6 +22,7 @@ def weights(path):
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", [TINY, pytest.param(TINY_SWINIR, marks=pytest.mark.slow)], ids=["mocolsk", "swinir"])
 def test_kill_and_resume_gives_identical_weights(tmp_path, demo_root, model):
     """Killed in iteration 5, resumed from iteration 4: mid-epoch (5 batches of 2 of the 10 training
@@ -85,6 +86,7 @@ finally:
 """
 
 
+@pytest.mark.slow
 def test_ddp_two_processes(tmp_path, demo_root):
     cfg = write_config(tmp_path, demo_root, max_iters=4)
     script = tmp_path / "ddp.py"
@@ -102,6 +104,7 @@ def test_ddp_two_processes(tmp_path, demo_root):
     assert two["rows"] == one["rows"] and two["means"] == one["means"]
 
 
+@pytest.mark.slow
 def test_errors(tmp_path, demo_root):
     cfg = write_config(tmp_path, demo_root)
     out = run(["train.py", cfg, "model.name=mocolks"])
@@ -126,6 +129,7 @@ def test_learning_rate_schedule():
         sched.step()
 
 
+@pytest.mark.slow
 def test_guided_model_beats_bicubic_on_demo(tmp_path, demo_root):
     """The demo is a fair teaching set: a small guided model learns what bicubic cannot."""
     cfg = write_config(tmp_path, demo_root, max_iters=150, batch_size=4, val_interval=150, log_interval=50,
@@ -141,6 +145,7 @@ def test_guided_model_beats_bicubic_on_demo(tmp_path, demo_root):
     assert ours["RMSE"] < bicubic["RMSE"] and ours["RSD"] < 0.5 * bicubic["RSD"], out.stdout
 
 
+@pytest.mark.slow
 def test_benchmark_table_of_work_dirs(tmp_path, demo_root):
     runs = tmp_path / "runs"
     for name, model, extra in [("mocolsk_x4", TINY, []), ("srcnn_x8", {"name": "srcnn"}, ["data.scale=8", "data.hr_crop=64"])]:
