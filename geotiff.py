@@ -161,6 +161,21 @@ def temp_path(path):
     return f"{path}.tmp{os.getpid()}.{os.urandom(4).hex()}"
 
 
+def write_atomic(path, payload):
+    """Write bytes to `path` atomically (unique temp file beside it, fsync, rename): `path` is either the
+    old file or the whole new one, and no temp file is left behind on an error (which propagates)."""
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def write_geotiff(path, array, geo=None, band_names=None, nodata=float("nan"), tile=None):
     """Write float32 (H, W) or (C, H, W) as a zlib-compressed GeoTIFF, atomically (temp file, fsync,
     rename): a crash or a full disk leaves any previous `path` intact.

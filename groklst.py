@@ -27,6 +27,7 @@ import difflib
 import fnmatch
 import importlib
 import inspect
+import io
 import math
 import os
 import pickle
@@ -46,7 +47,7 @@ import yaml
 
 from data import BANDS, GrokLSTDataset, Normalizer, block_mean_tensor, find_raster, guidance_names, hole_mask, read_split
 from errors import ConfigError, DataError, UserError, command
-from geotiff import read_geotiff, read_header, write_geotiff
+from geotiff import read_geotiff, read_header, write_atomic, write_geotiff
 from metrics import CONSISTENCY, METRICS, average, consistency_error, image_metrics
 from models.act import ACT
 from models.ahmf import AHMF
@@ -779,14 +780,10 @@ def load_weights(model, path, cfg=None):
 
 
 def write_checkpoint(path, content):
-    """torch.save, atomically: a temporary file next to `path`, renamed once complete (no half-written file)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        torch.save(content, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """torch.save, atomically (geotiff.write_atomic): no half-written file."""
+    buffer = io.BytesIO()
+    torch.save(content, buffer)
+    write_atomic(path, buffer.getbuffer())
 
 
 def load_model(cfg, checkpoint, device):

@@ -37,7 +37,7 @@ import groklst
 from data import Normalizer, hole_mask
 from errors import ConfigError, DataError, command
 from figures import draw_figure, require_matplotlib
-from geotiff import check_writable
+from geotiff import check_writable, write_atomic
 from metrics import CONSISTENCY, METRICS, format_table
 
 COLUMNS = METRICS + (CONSISTENCY,)  # the paper's five and the coarse-consistency error
@@ -105,14 +105,7 @@ def figure_rows(cfg, models, split, names=None, device="cpu", amp="none"):
 def write_text(path, text):
     """Atomically: an interrupted run leaves the previous file, never half of one."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomic(path, text.encode())
 
 
 def table_of_runs(argv):

@@ -35,7 +35,7 @@ import yaml
 
 import groklst
 from errors import ConfigError, DataError, TrainingError, command
-from geotiff import temp_path
+from geotiff import write_atomic
 from metrics import format_table
 
 RUN_FILES = ("last.pth", "best.pth", "log.jsonl")  # what a work dir holds of a run that --overwrite deletes
@@ -123,22 +123,14 @@ def save_checkpoint(path, content):
     removes the temp file and leaves any previous `path` as it was: a TrainingError says so."""
     buffer = io.BytesIO()
     torch.save(content, buffer)
-    tmp = temp_path(path)
     try:
-        with open(tmp, "wb") as f:
-            f.write(buffer.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, buffer.getbuffer())
     except OSError as e:
         kept = (f"the previous {os.path.basename(path)} is intact" if os.path.exists(path)
                 else "no checkpoint was written")
         hint = "free some space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "fix the cause"
         raise TrainingError(f"{path}: saving the checkpoint failed ({e.strerror or e}); {kept}; {hint} and "
                             f"continue with --resume") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def flatten(cfg, prefix=""):
@@ -194,10 +186,7 @@ def truncate_log(path, last_iter):
             return False
     with open(path) as f:
         lines = [line for line in f if line.strip() and kept(line)]
-    tmp = temp_path(path)
-    with open(tmp, "w") as f:
-        f.writelines(lines)
-    os.replace(tmp, path)
+    write_atomic(path, "".join(lines).encode())
 
 
 def require_tensorboard():
