@@ -18,13 +18,14 @@ reaches the loss or the metrics as a number.
 import hashlib
 import math
 import os
+import shlex
 import warnings
 
 import numpy as np
 import torch
 
 from errors import ConfigError, DataError
-from geotiff import geo_window, make_geo, read_geotiff, read_header, write_geotiff
+from geotiff import read_geotiff, read_header
 
 BANDS = ("dem", "deepblue", "blue", "green", "red", "vre", "nir", "ndmvi", "ndvi", "ndwi")
 LR_FOLDERS = {2: "60m", 4: "120m", 8: "240m"}
@@ -79,10 +80,34 @@ def guidance_names(names, count, path):
                     f"give the {len(BANDS)} GrokLST bands {list(BANDS)}")
 
 
-def hole_mask(lr_lst, scale):
-    """Output pixels without data: True where the LR support pixel is NaN. lr_lst (..., h, w) tensor
-    -> bool (..., h*scale, w*scale); the rule for saved predictions, figures and whole scenes."""
-    return torch.isnan(lr_lst).repeat_interleave(scale, -2).repeat_interleave(scale, -1)
+def hole_mask(lr_lst, scale, hr_guidance=None):
+    """Output pixels without data, the one rule for saved predictions, figures and whole scenes: True where
+    the LR support pixel is NaN or, when hr_guidance is given, any guidance band is NaN there.
+    lr_lst (..., h, w), hr_guidance (..., C, h*scale, w*scale) or None -> bool (..., h*scale, w*scale);
+    torch tensors or numpy arrays (the result is of the same kind)."""
+    if torch.is_tensor(lr_lst):
+        holes = torch.isnan(lr_lst).repeat_interleave(scale, -2).repeat_interleave(scale, -1)
+        return holes if hr_guidance is None else holes | torch.isnan(hr_guidance).any(-3)
+    holes = np.isnan(lr_lst).repeat(scale, -2).repeat(scale, -1)
+    return holes if hr_guidance is None else holes | np.isnan(hr_guidance).any(-3)
+
+
+def read_scene_list(path):
+    """A scene list: one scene a line, `LST_PATH [GUIDANCE_PATH ...]`, paths relative to the list's folder
+    (`~` expanded), '#' starts a comment, quotes as in a shell (paths with spaces). The grammar of
+    prepare.py --scenes and predict.py --scenes. Returns [(lst_path, [guidance paths], 'LIST:line')]."""
+    base = os.path.dirname(os.path.abspath(path))
+    scenes = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            try:
+                words = shlex.split(line, comments=True)
+            except ValueError as e:
+                raise DataError(f"{path}:{n}: {e}") from None
+            if words:
+                paths = [os.path.join(base, os.path.expanduser(w)) for w in words]
+                scenes.append((paths[0], paths[1:], f"{path}:{n}"))
+    return scenes
 
 
 # --------------------------------------------------------------------------- rasters
@@ -290,10 +315,15 @@ class GrokLSTDataset(torch.utils.data.Dataset):
         if self.hr_crop is not None:
             item = self._crop(item, index)
         out = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in item.items()}  # copies memmaps
-        # numpy, not torch.isfinite: on a busy CPU torch's 2-thread kernel took 150 ms per 512x512 tile (bench.py --data-wait)
+        # numpy, not torch.isfinite: on a busy CPU torch's 2-thread kernel took 150 ms per 512x512 tile (speed.py --data-wait)
         out["mask"] = torch.from_numpy(np.isfinite(out["hr_lst"].numpy()))
         out["name"], out["index"] = self.names[index], index
         return out
+
+    def geo(self, index):
+        """Georeferencing of sample `index`'s HR grid (its HR LST header's geotiff `geo`; None for .mat)."""
+        path = self.paths[index]["hr_lst"]
+        return None if path.endswith(".mat") else read_header(path)["geo"]
 
     def check_files(self):
         """Every sample's headers, no pixels: one LST band, LR shape x scale == HR shape == guidance shape,
@@ -404,6 +434,20 @@ def _affine(stats, where):
     return 0.0, 1.0
 
 
+def dataset_bands(root, split):
+    """The guidance bands a dataset's files name (the header of the split's first guidance file); the
+    GrokLST bands for .mat files; none without a guidance folder."""
+    folder = os.path.join(root, "30m", "guidance")
+    names = read_split(root, split)
+    if not os.path.isdir(folder) or not names:
+        return []
+    path = find_raster(folder, names[0])
+    if path.endswith(".mat"):
+        return list(BANDS)
+    header = read_header(path)
+    return guidance_names(header["bands"], header["shape"][0], path)
+
+
 def compute_stats(root, split, bands=BANDS):
     """Mean / std / min / max of every LST resolution and guidance band over a split (float64,
     finite pixels only). Returns {'lst': {'30m': {...}, '60m': ...}, 'guidance': {band: {...}}}."""
@@ -440,55 +484,7 @@ def compute_stats(root, split, bands=BANDS):
     return out
 
 
-
-# --------------------------------------------------------------------------- demo data
-
-
-def _smooth_noise(rng, h, w, length):
-    """Gaussian random field (h, w), unit std, correlation length `length` pixels (FFT filter)."""
-    noise = rng.standard_normal((h, w))
-    fy = np.fft.fftfreq(h)[:, None]
-    fx = np.fft.rfftfreq(w)[None, :]
-    field = np.fft.irfft2(np.fft.rfft2(noise) * np.exp(-2 * (np.pi * length) ** 2 * (fx ** 2 + fy ** 2)), s=(h, w))
-    return (field - field.mean()) / (field.std() + 1e-12)
-
-
-def synth_scene(h, w, seed=0):
-    """A synthetic, physically plausible 30 m scene: guidance bands and LST.
-
-    Returns (lst (H, W) Kelvin, guidance (10, H, W) in BANDS order). Terrain is multi-scale
-    (DEM in metres, ~900-5000 m); land cover mixes vegetation, bare/built soil and water with
-    reflectances from end-members, and NDVI / NDWI / NDMVI computed from them. LST follows a
-    spatially varying lapse rate with elevation, is cooler over vegetation and water, warmer on
-    bare/built ground and on sun-facing slopes, plus 0.3 K noise (mean ~282 K, std ~10-15 K).
-    """
-    rng = np.random.default_rng(seed)
-    terrain = 0.6 * _smooth_noise(rng, h, w, 96) + 0.3 * _smooth_noise(rng, h, w, 24) + 0.1 * _smooth_noise(rng, h, w, 6)
-    dem = 2700.0 + 2100.0 * np.tanh(terrain / terrain.std() / 1.8)  # metres, ~900-4700
-    gy, gx = np.gradient(dem, 30.0)
-    illumination = np.clip((-gx * 0.6 + gy * 0.8) / 0.5, -1, 1)  # sun from the south-west, slope-weighted
-    wet = _smooth_noise(rng, h, w, 20) - 0.8 * terrain
-    water = (wet > 1.6).astype(np.float64)
-    veg = 1 / (1 + np.exp(-(1.5 * _smooth_noise(rng, h, w, 12) - 2.0 * ((dem - 2300) / 900) ** 2 + 1.0)))
-    veg *= 1 - water
-    built = np.clip(_smooth_noise(rng, h, w, 8) - 1.2, 0, 1) * (1 - water) * (1 - veg)
-    soil = np.clip(1 - veg - water - built, 0, 1)
-    #            deepblue blue  green red   vre   nir
-    end = {"veg": (0.05, 0.04, 0.09, 0.05, 0.22, 0.42), "soil": (0.17, 0.16, 0.18, 0.22, 0.26, 0.30),
-           "built": (0.20, 0.19, 0.20, 0.21, 0.22, 0.24), "water": (0.08, 0.07, 0.06, 0.04, 0.02, 0.01)}
-    frac = {"veg": veg, "soil": soil, "built": built, "water": water}
-    refl = [sum(frac[k] * end[k][i] for k in end) + 0.004 * rng.standard_normal((h, w)) for i in range(6)]
-    refl = [np.clip(r, 0.001, 1.0) for r in refl]
-    deepblue, blue, green, red, vre, nir = refl
-    ndvi = (nir - red) / (nir + red)
-    ndwi = (green - nir) / (green + nir)
-    nir_d, red_d = nir - nir.min(), red - red.min()  # NDMVI: NDVI relative to the darkest pixels
-    ndmvi = (nir_d - red_d) / (nir_d + red_d + 0.02)
-    lapse = -1.0e-2 + 2.0e-3 * _smooth_noise(rng, h, w, 64)   # K per metre, varies in space
-    lst = (283.0 + lapse * (dem - 2700.0) - 12.0 * veg * (1 + 0.3 * _smooth_noise(rng, h, w, 32))
-           - 12.0 * water + 10.0 * built + 7.0 * soil + 4.0 * illumination + 0.3 * rng.standard_normal((h, w)))
-    guidance = np.stack([dem, deepblue, blue, green, red, vre, nir, ndmvi, ndvi, ndwi]).astype(np.float32)
-    return lst.astype(np.float32), guidance
+# --------------------------------------------------------------------------- block means (Wald's protocol)
 
 
 def _blocks(a, s):
@@ -525,57 +521,3 @@ def block_mean_tensor(x, s, max_nan_fraction=0.0):
     total = torch.where(valid, blocks, torch.zeros((), dtype=x.dtype, device=x.device)).sum((-3, -1))
     out = total / n.clamp(min=1)
     return torch.where((n == 0) | (1 - n / (s * s) > max_nan_fraction), float("nan"), out)
-
-
-def write_sample(root, name, hr_lst, hr_guidance, bands, geo, scales=tuple(LR_FOLDERS), degrade=block_mean):
-    """One sample of the layout: HR LST (H, W) K and guidance (C, H, W) named `bands` under 30m/, and
-    LR LST `degrade(hr_lst, s)` under each scale's folder, with the LR grid's georeferencing
-    (pixel size x s, same corner). geo: the HR tile's georeferencing."""
-    write_geotiff(os.path.join(root, "30m", "lst", name + ".tif"), hr_lst, geo)
-    write_geotiff(os.path.join(root, "30m", "guidance", name + ".tif"), hr_guidance, geo, band_names=bands)
-    for s in scales:
-        write_geotiff(os.path.join(root, LR_FOLDERS[s], "lst", name + ".tif"), degrade(hr_lst, s),
-                      geo_window(geo, 0, 0, 1 / s))
-
-
-def make_layout(root, scales=tuple(LR_FOLDERS)):
-    """The folders of an empty dataset."""
-    for sub in ["30m/lst", "30m/guidance", "split"] + [f"{LR_FOLDERS[s]}/lst" for s in scales]:
-        os.makedirs(os.path.join(root, sub), exist_ok=True)
-
-
-def write_splits(root, splits):
-    """split/<name>.txt for {name: [sample names]}, sorted, plus trainval = train + val."""
-    splits = dict(splits, trainval=list(splits["train"]) + list(splits["val"]))
-    for split, names in splits.items():
-        with open(os.path.join(root, "split", f"{split}.txt"), "w") as f:
-            f.write("".join(f"{n}\n" for n in sorted(names)))
-
-
-def make_demo(root, n_tiles=48, size=128, seed=0):
-    """Write a small synthetic GrokLST-layout dataset (GeoTIFF): one synthetic scene cut into
-    n_tiles non-overlapping size x size tiles (30 m), LR LST at 60/120/240 m by block mean,
-    a few cloud holes (NaN) in some LST tiles, split 60/10/30 % into train/val/test."""
-    if size % 8:
-        raise DataError(f"tile size {size} must be a multiple of 8")
-    cols = int(math.ceil(math.sqrt(n_tiles * 4 / 3)))
-    rows = int(math.ceil(n_tiles / cols))
-    lst, gui = synth_scene(rows * size, cols * size, seed)
-    rng = np.random.default_rng(seed + 1)
-    make_layout(root)
-    names = []
-    for t in range(n_tiles):
-        r, c = divmod(t, cols)
-        name = f"tile_{t:03d}"
-        names.append(name)
-        hr = lst[r * size:(r + 1) * size, c * size:(c + 1) * size].copy()
-        if rng.random() < 0.15:  # a cloud: an elliptic NaN hole
-            yy, xx = np.mgrid[:size, :size]
-            cy, cx, ry, rx = rng.uniform(0, size, 2).tolist() + rng.uniform(4, size / 6, 2).tolist()
-            hr[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1] = np.nan
-        geo = make_geo(500000.0 + c * size * 30.0, 4300000.0 - r * size * 30.0, 30.0)
-        write_sample(root, name, hr, gui[:, r * size:(r + 1) * size, c * size:(c + 1) * size], BANDS, geo)
-    order = np.random.default_rng(seed + 2).permutation(n_tiles)
-    n_train, n_val = round(0.6 * n_tiles), round(0.1 * n_tiles)
-    cuts = {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
-    write_splits(root, {split: [names[i] for i in idx] for split, idx in cuts.items()})

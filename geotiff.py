@@ -358,9 +358,11 @@ def describe_grid(path, shape, geo):
 
 
 def check_grids(lst_path, lst_shape, lst_geo, gui_path, gui_shape, gui_geo, scale=1):
-    """DataError stating both grids unless the guidance grid is the LST grid refined by `scale`
-    (1: the same grid): pixel size / scale, same CRS, same extent within half an LST pixel,
-    shape x scale. Without georeferencing on either side only the shapes are checked (warning on stderr)."""
+    """The one co-registration rule: DataError stating both grids unless the guidance grid is the LST grid
+    refined by `scale` (1: the same grid): pixel size / scale (to 1e-4), same CRS, the same first and last
+    pixel corners (to 1e-3 of a guidance pixel), shape x scale. Without georeferencing on either side only
+    the shapes are checked (warning on stderr). Grids that are not aligned this way are a footprint
+    problem (footprint.py), not a reason to shift one raster."""
     def fail(reason):
         raise DataError(f"grids disagree: {reason} (scale {scale})\n  LST:      "
                         f"{describe_grid(lst_path, lst_shape, lst_geo)}\n  guidance: "
@@ -379,14 +381,17 @@ def check_grids(lst_path, lst_shape, lst_geo, gui_path, gui_shape, gui_geo, scal
         if crs_of(lst_geo) != crs_of(gui_geo):
             fail(f"different CRS (GeoKeys {crs_of(lst_geo)} vs {crs_of(gui_geo)})")
         (h, w), (gh, gw) = lst_shape, gui_shape
-        tol_x, tol_y = 0.5 * (abs(DX) + abs(RX)), 0.5 * (abs(RY) + abs(DY))
-        for (c, r), (gc, gr) in (((0, 0), (0, 0)), ((w, h), (gw, gh))):  # first and last corner
-            if (abs(X0 + c * DX + r * RX - (x0 + gc * dx + gr * rx)) > tol_x
-                    or abs(Y0 + c * RY + r * DY - (y0 + gc * ry + gr * dy)) > tol_y):
-                fail("extents differ by more than half an LST pixel")
+        tol_x, tol_y = 1e-3 * (abs(dx) + abs(rx)), 1e-3 * (abs(ry) + abs(dy))
+        if abs(X0 - x0) > tol_x or abs(Y0 - y0) > tol_y:
+            fail(f"extents differ: the first pixel corners are ({X0 - x0:.3f}, {Y0 - y0:.3f}) map units apart")
+        if tuple(gui_shape) == (h * scale, w * scale):
+            for (c, r), (gc, gr) in (((w, h), (gw, gh)),):  # the last corner: pixel sizes that drift over the scene
+                if (abs(X0 + c * DX + r * RX - (x0 + gc * dx + gr * rx)) > tol_x
+                        or abs(Y0 + c * RY + r * DY - (y0 + gc * ry + gr * dy)) > tol_y):
+                    fail("extents differ at the last pixel corner")
     if tuple(gui_shape) != (lst_shape[0] * scale, lst_shape[1] * scale):
-        fail(f"guidance shape {tuple(gui_shape)} is not LST shape x scale "
-             f"{(lst_shape[0] * scale, lst_shape[1] * scale)}")
+        fail(f"guidance shape {tuple(gui_shape)} is not LST shape x scale {(lst_shape[0] * scale, lst_shape[1] * scale)}"
+             if scale > 1 else f"guidance shape {tuple(gui_shape)} differs from the LST's {tuple(lst_shape)}")
 
 
 def same_grid(geo_a, geo_b, tol=1e-6):

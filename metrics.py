@@ -15,7 +15,8 @@ and BIAS; CC and RSD are dimensionless.
 CC of a constant image is 0 (the 1e-12 keeps it finite), as in the original code.
 
 A sixth metric, not in the paper and kept apart from METRICS (the paper's tables and the JSON
-"metrics" keep their five): CONS, the coarse-scale consistency ("energy conservation") error,
+"metrics" keep their five; the toolkit's tables show COLUMNS = METRICS + CONS): CONS, the
+coarse-scale consistency ("energy conservation") error,
 
     CONS = sqrt(mean over valid coarse pixels of (block_mean(pred) - lr_lst)^2)      Kelvin
 
@@ -28,7 +29,8 @@ import torch
 from data import block_mean_tensor
 
 METRICS = ("RMSE", "MAE", "BIAS", "CC", "RSD")
-CONSISTENCY = "CONS"
+CONS = "CONS"
+COLUMNS = METRICS + (CONS,)
 
 
 def image_metrics(pred, gt, mask=None):
@@ -78,24 +80,39 @@ def consistency_error(pred, lr_lst):
     return (d2.sum(1) / valid.sum(1)).sqrt()  # 0 / 0 = NaN without valid pixels
 
 
-def average(rows):
-    """Mean over images of per-image metric rows (N, 5); rows with NaN are skipped.
+def image_metrics_by_name(pred, gt, mask, lr_lst):
+    """Per-image rows keyed by metric name: [{RMSE, MAE, BIAS, CC, RSD, CONS}] (floats), one per image of
+    the batch; pred, gt (B, 1, H, W) K, mask as image_metrics, lr_lst (B, 1, h, w) K."""
+    paper = image_metrics(pred, gt, mask).tolist()
+    cons = consistency_error(pred, lr_lst).tolist()
+    return [dict(zip(METRICS, row), **{CONS: c}) for row, c in zip(paper, cons)]
 
-    Returns ({name: float}, number of images averaged).
+
+def average(rows):
+    """Mean over images of per-image rows keyed by metric name ({name: value}, e.g. image_metrics_by_name).
+
+    The paper's METRICS are averaged over the images where all of them are finite (an image without
+    valid pixels is skipped); any other metric (CONS) over the images where it is finite. Returns
+    {name: mean, ..., 'images': number of images the paper's metrics averaged}.
     """
-    rows = torch.as_tensor(rows, dtype=torch.float64).reshape(-1, len(METRICS))
-    keep = torch.isfinite(rows).all(1)
-    rows = rows[keep]
-    if len(rows) == 0:
-        return {k: float("nan") for k in METRICS}, 0
     # callers pass rows in dataset-index order, so 1 process and N ranks that gathered the
     # same rows reduce identically and print bit-identical numbers
-    return {k: float(v) for k, v in zip(METRICS, rows.mean(0))}, len(rows)
+    names = list(dict.fromkeys(list(METRICS) + [k for row in rows for k in row]))
+    table = torch.tensor([[row.get(k, float("nan")) for k in names] for row in rows], dtype=torch.float64)
+    table = table.reshape(len(rows), len(names))
+    paper = [names.index(k) for k in METRICS if k in names]
+    keep = torch.isfinite(table[:, paper]).all(1)
+    out = {}
+    for j, k in enumerate(names):
+        column = table[keep, j] if k in METRICS else table[torch.isfinite(table[:, j]), j]
+        out[k] = float(column.mean()) if len(column) else float("nan")
+    out["images"] = int(keep.sum())
+    return out
 
 
 def format_table(results, title="method", columns=METRICS):
     """Markdown table. results: {row name: {metric: value}} -> str; columns: the metrics shown
-    (e.g. METRICS + (CONSISTENCY,)); a row without one gets '-'."""
+    (e.g. COLUMNS); a row without one gets '-', a NaN value 'nan'."""
     lines = [f"| {title} | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, m in results.items():
         lines.append(f"| {name} | " + " | ".join(f"{m[k]:.4f}" if k in m else "-" for k in columns) + " |")

@@ -10,8 +10,6 @@
     [torchrun --standalone --nproc_per_node=N] python predict.py CFG --checkpoint best.pth \
         --scenes scenes.txt|landsat_dir --out-dir out/                    # many scenes -> out/<scene>.tif
 
-(`python groklst.py predict ...` is the same command.)
-
 Inputs. The LST is one band in Kelvin, or stored values with --lst-scale / --lst-offset (Kelvin =
 stored * scale + offset) and --nodata-in (the input fill value of a file without a GDAL_NODATA tag);
 these override the config's data.lst_scale / data.lst_offset / data.nodata, and the converted values
@@ -23,8 +21,8 @@ the config's data.guidance_bands; SISR models read none. NaN or the GDAL_NODATA 
 Grids must agree: guidance pixel = LST pixel / scale, same CRS (GeoKeys), same extent within
 half an LST pixel, guidance shape = LST shape x scale.
 
-Tiling. Tiles of `tile` x `tile` LR pixels (default 512 // scale, the training crop) step by
-tile - overlap; the last tile of a row/column ends flush with the scene, so every tile is
+Tiling. Tiles of `--lr-tile` x `--lr-tile` LR (input) pixels (default 512 // scale, the training crop:
+512 output pixels) step by lr_tile - lr_overlap; the last tile of a row/column ends flush with the scene, so every tile is
 full-size and scene borders see the same border as a whole-scene forward. A scene smaller than
 one tile is edge-padded (replicate) to a full tile. Each HR pixel of a tile has the separable
 weight w(y) w(x), where w is 1 inside the tile and falls linearly to `eps` (1e-6) at overlap/4
@@ -43,8 +41,8 @@ any guidance band is invalid are written as NaN (or --nodata). A hole changes va
 within the model's receptive field of it (bicubic: 2 LR pixels); tiles with no valid LR pixel
 are skipped.
 
-Memory. Host: the output is written as it is made, in 256-row bands (geotiff.write_geotiff_rows):
-tiles run in row-major order and only the bands a later tile still touches are kept, about
+Memory. Host: the output is written as it is made, in 256-row strips (geotiff.write_geotiff_rows):
+tiles run in row-major order and only the strips a later tile still touches are kept, about
 (tile*scale + 256) x W float32 (plus the PNG's 2000-px decimation with --png). The inputs are read
 whole: the LST (1/scale^2 of the output) and the guidance, 4 * bands bytes per HR pixel (read_geotiff
 decodes whole pages), which dominates for guided models. Device: one batch of tiles, batch * bands *
@@ -57,7 +55,7 @@ is also run in float32 (once per process) and auto falls back to float32 if the 
 >= 0.01 K RMSE. --amp none: float32; --amp bf16: bf16 whatever the device. Training is not affected.
 
 Many scenes. --scenes LIST (lines `LST_PATH [GUIDANCE_PATH ...]`, relative to LIST, '#' comments,
-shell quoting) or --scenes DIR (subfolders with lst.tif and guidance.tif, as `landsat` writes them)
+shell quoting) or --scenes DIR (subfolders with lst.tif and guidance.tif, as landsat.py writes them)
 write --out-dir/<scene>.tif, scene = LST file stem (its folder's name for lst.tif) or subfolder
 name. The model is loaded once per process; under torchrun scene i runs on rank i % world. Each
 scene prints a line (rank, scene, size, seconds, Mpx/s); a scene that fails prints `error: scene
@@ -66,7 +64,6 @@ any failed.
 """
 import argparse
 import os
-import shlex
 import sys
 import time
 import traceback
@@ -74,9 +71,10 @@ import traceback
 import numpy as np
 import torch
 
+import engine
 import figures
 import groklst
-from data import guidance_names, read_lst_geotiff
+from data import guidance_names, hole_mask, read_lst_geotiff, read_scene_list
 from errors import ConfigError, DataError, UserError, command
 from geotiff import (
     TIFF_EXTENSIONS,
@@ -116,7 +114,7 @@ def guidance_paths(paths=(), folder=None):
     return paths
 
 
-def read_guidance(paths, bands, lst_path, lst_shape, lst_geo, scale):
+def read_scene_guidance(paths, bands, lst_path, lst_shape, lst_geo, scale):
     """Guidance bands `bands` (config order) from GeoTIFF files -> float32 (C, H, W), no-data NaN.
     Each band is looked up by name in every file (case-insensitive); every file used must be on the
     LST grid refined by `scale` (check_grids)."""
@@ -174,62 +172,88 @@ def _window(a, r0, c0, size):
     return np.pad(w, pad, mode="edge") if any(p[1] for p in pad) else w
 
 
-ROW_BAND = 256  # output rows per emitted band: the GeoTIFF tile height of write_geotiff_rows
+ROW_STRIP = 256  # output rows per emitted strip: the GeoTIFF tile height of write_geotiff_rows
+
+
+class StripBlender:
+    """The weighted sum of overlapping tile predictions over an (H, W) output, kept only for the strips
+    of `strip` rows that a tile still to come may touch, and handed out normalised once none can.
+
+    Each output pixel is sum(w * pred) / sum(w) over the tiles that cover it, with the separable tile
+    weight w(y) w(x) (taper); sum(w) is then outer(row_sums, col_sums), so only sum(w * pred) is stored."""
+
+    def __init__(self, shape, row_sums, col_sums, strip=ROW_STRIP):
+        self.shape, self.row_sums, self.col_sums, self.strip = shape, row_sums, col_sums, strip
+        self.sums = {}  # strip index -> (rows, W) float32 sum of w * pred
+        self.emitted = 0  # strips handed out so far
+
+    def add(self, y0, x0, weighted):
+        """Add a tile's w * pred (th, tw) whose top-left output pixel is (y0, x0)."""
+        H, W = self.shape
+        th, tw = weighted.shape
+        for k in range(y0 // self.strip, (y0 + th - 1) // self.strip + 1):  # the strips this tile overlaps
+            top, bottom = k * self.strip, min((k + 1) * self.strip, H)
+            acc = self.sums.setdefault(k, np.zeros((bottom - top, W), np.float32))
+            a, b = max(top, y0), min(bottom, y0 + th)
+            acc[a - top:b - top, x0:x0 + tw] += weighted[a - y0:b - y0]
+
+    def finished(self, upto):
+        """Yield (y0, y1, blended rows) for every strip lying wholly above output row `upto`: tiles still to
+        come start at or below it (tiles run in row-major order), so nothing can be added to those strips."""
+        H, W = self.shape
+        while self.emitted * self.strip < H and min((self.emitted + 1) * self.strip, H) <= upto:
+            y0, y1 = self.emitted * self.strip, min((self.emitted + 1) * self.strip, H)
+            acc = self.sums.pop(self.emitted, None)
+            acc = np.zeros((y1 - y0, W), np.float32) if acc is None else acc  # no tile here: all no-data
+            self.emitted += 1
+            yield y0, y1, acc / np.outer(self.row_sums[y0:y1], self.col_sums)
 
 
 @torch.no_grad()
-def predict_rows(model, normalizer, lst, guidance=None, scale=8, tile=64, overlap=16, batch=4,
-                 device="cpu", amp="none", progress=False, band=ROW_BAND):
-    """Tiled, blended downscaling of a whole scene, yielded as finished output row bands.
+def predict_rows(model, normalizer, lst, guidance=None, scale=8, lr_tile=64, lr_overlap=16, batch=4,
+                 device="cpu", amp="none", progress=False, strip=ROW_STRIP):
+    """Tiled, blended downscaling of a whole scene, yielded as finished output row strips.
 
     lst (h, w) float32 Kelvin; guidance (C, h*scale, w*scale) physical units or None (SISR); NaN =
-    no data in both. tile, overlap: LR pixels. amp: see resolve_amp ('auto' and 'bf16' put the
-    model in channels_last). Yields (band, w*scale) float32 Kelvin arrays top to bottom (the last
-    may be shorter), NaN where the LR support pixel or any guidance band is invalid. Tiles run in
-    row-major order; the weighted sums are kept only for the output bands that a tile still to come
-    touches, so host memory is about one row of tiles (tile*scale + band rows x w*scale float32),
+    no data in both. lr_tile, lr_overlap: tile side and overlap in LR pixels. amp: see resolve_amp ('auto' and 'bf16' put the
+    model in channels_last). Yields (strip, w*scale) float32 Kelvin arrays top to bottom (the last
+    may be shorter), NaN where data.hole_mask says (the LR support pixel or any guidance band is
+    invalid). Tiles run in row-major order and StripBlender keeps only the strips a tile still to come
+    touches, so host memory is about one row of tiles (tile*scale + strip rows x w*scale float32),
     and device memory one batch of tiles.
     """
     h, w = lst.shape
+    tile, overlap = lr_tile, lr_overlap
     s, hr_tile = scale, tile * scale
     H, W = h * s, w * s
     multiple = getattr(model, "lr_multiple", 1)
-    if not (tile >= 1 and 0 <= overlap < tile and tile % multiple == 0 and batch >= 1 and band >= 1):
-        raise ConfigError(f"tile={tile}, overlap={overlap}, batch={batch}: need 0 <= overlap < tile, "
+    if not (tile >= 1 and 0 <= overlap < tile and tile % multiple == 0 and batch >= 1 and strip % s == 0):
+        raise ConfigError(f"tile={tile}, overlap={overlap}, batch={batch} (LR pixels): need 0 <= overlap < tile, "
                           f"tile a multiple of {multiple}, batch >= 1")
     verify = amp == "auto"  # auto's bf16 is checked against float32 once per model (bf16_check)
     amp, channels_last = resolve_amp(amp, device, model)
     rows, cols = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
     wt = taper(hr_tile, overlap * s)
-    wsum_y, wsum_x = np.zeros(H, np.float32), np.zeros(W, np.float32)
+    row_sums, col_sums = np.zeros(H, np.float32), np.zeros(W, np.float32)  # sum of the tiles' weights per row / column
     for r in rows:
-        wsum_y[r * s:(r + tile) * s] += wt[:min(tile, h - r) * s]
+        row_sums[r * s:(r + tile) * s] += wt[:min(tile, h - r) * s]
     for c in cols:
-        wsum_x[c * s:(c + tile) * s] += wt[:min(tile, w - c) * s]
+        col_sums[c * s:(c + tile) * s] += wt[:min(tile, w - c) * s]
+    blender = StripBlender((H, W), row_sums, col_sums, strip)
     w2d = np.outer(wt, wt)
     valid_lr = np.isfinite(lst)
-    tiles = [(r, c) for r in rows for c in cols if valid_lr[r:r + tile, c:c + tile].any()]
-    sums = {}  # output band index -> (rows, W) float32 sum of w * pred; sum of w is outer(wsum_y, wsum_x)
-    emitted = 0  # bands yielded so far
+    tiles = [(r, c) for r in rows for c in cols if valid_lr[r:r + tile, c:c + tile].any()]  # all-NaN tiles: skipped
     model.eval()
     start, total = time.time(), len(rows) * len(cols)
 
-    def finished(upto):  # every band that no tile from HR row `upto` on touches, normalised and masked
-        nonlocal emitted
-        while emitted * band < H and min((emitted + 1) * band, H) <= upto:
-            y0, y1 = emitted * band, min((emitted + 1) * band, H)
-            acc = sums.pop(emitted, None)
-            acc = np.zeros((y1 - y0, W), np.float32) if acc is None else acc
-            denom = np.outer(wsum_y[y0:y1], wsum_x)
-            invalid = ~np.repeat(valid_lr[np.arange(y0, y1) // s], s, 1)
-            if guidance is not None:
-                invalid |= np.isnan(guidance[:, y0:y1]).any(0)
-            emitted += 1
-            if progress and y1 == H:  # before the last band: its consumer need not ask for more
+    def masked(upto):  # the finished strips, no-data pixels set to NaN
+        for y0, y1, rows_out in blender.finished(upto):
+            holes = hole_mask(lst[y0 // s:y1 // s], s, None if guidance is None else guidance[:, y0:y1])
+            if progress and y1 == H:  # before the last strip: its consumer need not ask for more
                 seconds = time.time() - start
                 print(f"\r  tiles {total}/{total}  {H * W / 1e6:.1f} Mpx in {seconds:.1f} s "
                       f"({H * W / 1e6 / max(seconds, 1e-9):.3g} Mpx/s)", file=sys.stderr, flush=True)
-            yield np.where(invalid, np.float32(np.nan), acc / denom)
+            yield np.where(holes, np.float32(np.nan), rows_out)
 
     for b in range(0, len(tiles), batch):
         chunk = tiles[b:b + batch]
@@ -242,28 +266,24 @@ def predict_rows(model, normalizer, lst, guidance=None, scale=8, tile=64, overla
             g = None if g is None else g.contiguous(memory_format=torch.channels_last)
         if verify and amp == "bf16":
             amp = bf16_check(model, normalizer, x, g)
-        pred = groklst.downscale(model, normalizer, x, g, amp)[:, 0].float().cpu().numpy()
+        pred = engine.downscale(model, normalizer, x, g, amp)[:, 0].float().cpu().numpy()
         for (r, c), p in zip(chunk, pred):
-            th, tw = min(tile, h - r) * s, min(tile, w - c) * s
-            for k in range(r * s // band, (r * s + th - 1) // band + 1):  # the output bands this tile touches
-                y0, y1 = max(k * band, r * s), min((k + 1) * band, r * s + th)
-                acc = sums.setdefault(k, np.zeros((min((k + 1) * band, H) - k * band, W), np.float32))
-                acc[y0 - k * band:y1 - k * band, c * s:c * s + tw] += (w2d[y0 - r * s:y1 - r * s, :tw]
-                                                                        * p[y0 - r * s:y1 - r * s, :tw])
+            th, tw = min(tile, h - r) * s, min(tile, w - c) * s  # a padded tile (scene smaller than it) is cut back
+            blender.add(r * s, c * s, w2d[:th, :tw] * p[:th, :tw])
         if progress:
             done = b + len(chunk) + total - len(tiles)  # skipped (all no-data) tiles count as done
             rate = done / total * H * W / max(time.time() - start, 1e-9)
             print(f"\r  tiles {done}/{total}  {rate / 1e6:.3g} Mpx/s", end="", file=sys.stderr, flush=True)
         more = b + batch < len(tiles)
-        yield from finished(tiles[b + batch][0] * s if more else H)  # later tiles start at or below this row
-    yield from finished(H)  # a scene without any valid LR pixel
+        yield from masked(tiles[b + batch][0] * s if more else H)
+    yield from masked(H)  # a scene without any valid LR pixel
 
 
-def predict_array(model, normalizer, lst, guidance=None, scale=8, tile=64, overlap=16, batch=4,
+def predict_array(model, normalizer, lst, guidance=None, scale=8, lr_tile=64, lr_overlap=16, batch=4,
                   device="cpu", amp="none", progress=False):
     """predict_rows assembled in memory: (h*scale, w*scale) float32 Kelvin (for small scenes and tests)."""
-    bands = list(predict_rows(model, normalizer, lst, guidance, scale, tile, overlap, batch, device, amp, progress))
-    return np.concatenate(bands) if bands else np.zeros((0, lst.shape[1] * scale), np.float32)
+    strips = list(predict_rows(model, normalizer, lst, guidance, scale, lr_tile, lr_overlap, batch, device, amp, progress))
+    return np.concatenate(strips) if strips else np.zeros((0, lst.shape[1] * scale), np.float32)
 
 
 # --------------------------------------------------------------------------- precision
@@ -293,8 +313,8 @@ def bf16_check(model, normalizer, x, g):
     BF16_MAX_RMSE_K. Most models are ~1e-3 K apart, but not all (tests/test_predict.py)."""
     if not hasattr(model, "bf16_rmse_k"):  # on one tile: the float32 forward costs ~2.5 bf16 ones
         x, g = x[:1], None if g is None else g[:1]
-        a = groklst.downscale(model, normalizer, x, g, "bf16").float()
-        b = groklst.downscale(model, normalizer, x, g, "none").float()
+        a = engine.downscale(model, normalizer, x, g, "bf16").float()
+        b = engine.downscale(model, normalizer, x, g, "none").float()
         model.bf16_rmse_k = float(torch.sqrt(torch.mean((a - b) ** 2)))
         if model.bf16_rmse_k >= BF16_MAX_RMSE_K:
             print(f"note: --amp auto: bf16 differs from float32 by {model.bf16_rmse_k:.3f} K RMSE on the first tiles "
@@ -303,7 +323,7 @@ def bf16_check(model, normalizer, x, g):
 
 
 def resolve_amp(amp, device, model=None):
-    """--amp -> (autocast dtype name for groklst.downscale, channels_last). 'none': float32. 'bf16':
+    """--amp -> (autocast dtype name for engine.downscale, channels_last). 'none': float32. 'bf16':
     bf16 autocast with model and inputs in channels_last. 'auto': bf16 where the device computes it
     natively (CUDA with bf16, a CPU with AMX / AVX512-BF16) and the model has weights (parameter-free
     interpolation gains nothing), float32 elsewhere. Puts the model in channels_last when used."""
@@ -324,28 +344,29 @@ def resolve_amp(amp, device, model=None):
 # --------------------------------------------------------------------------- entry point
 
 
-_MODELS = {}  # (config, overrides, checkpoint, device) -> model: loaded once per process for many scenes
+_LOADED = {}  # (config, overrides, checkpoint, device) -> model: loaded once per process for many scenes
 
 
-def _model(config, overrides, cfg, checkpoint, device):
+def load_model_once(config, overrides, cfg, checkpoint, device):
+    """groklst.load_model, cached for the scenes of one process (one model at a time)."""
     key = (os.path.abspath(config), tuple(overrides), checkpoint and os.path.abspath(checkpoint), str(device))
-    if key not in _MODELS:
-        _MODELS.clear()
-        _MODELS[key] = groklst.load_model(cfg, checkpoint, device)
-    return _MODELS[key]
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = groklst.load_model(cfg, checkpoint, device)
+    return _LOADED[key]
 
 
-def predict(config, lst, out, guidance=(), guidance_dir=None, checkpoint=None, overrides=(), tile=None,
-            overlap=None, batch=4, device=None, amp="auto", nodata=None, png=False, progress=True,
+def predict(config, lst, out, guidance=(), guidance_dir=None, checkpoint=None, overrides=(), lr_tile=None,
+            lr_overlap=None, batch=4, device=None, amp="auto", nodata=None, png=False, progress=True,
             lst_scale=None, lst_offset=None, nodata_in=None, consistency=None):
-    """Downscale the GeoTIFF scene `lst` with the model of `config` and write `out`, row band by row band.
+    """Downscale the GeoTIFF scene `lst` with the model of `config` and write `out`, strip by strip.
 
     out: float32 Kelvin GeoTIFF, zlib, 256 x 256 tiles, pixel size / scale, same corner, CRS copied,
     GDAL_NODATA = nodata (default NaN); written atomically (nothing is left at `out` on failure).
-    tile / overlap in LR pixels (default 512 // scale and tile // 4). amp: see resolve_amp.
+    lr_tile / lr_overlap in LR pixels (default 512 // scale and lr_tile // 4). amp: see resolve_amp.
     lst_scale, lst_offset, nodata_in: how the LST is stored (override data.lst_scale / data.lst_offset /
     data.nodata; nodata_in is the input fill value, nodata the output's). png: also write
-    <out stem>.png (needs matplotlib). consistency: groklst.make_consistent's mode (default: the
+    <out stem>.png (needs matplotlib). consistency: engine.make_consistent's mode (default: the
     config's `consistency`), applied to the blended scene (consistent_rows).
     Returns {'out', 'shape': (H, W), 'seconds', 'mpx_per_s'}.
     """
@@ -370,15 +391,15 @@ def predict(config, lst, out, guidance=(), guidance_dir=None, checkpoint=None, o
     if bands:
         if not paths:
             raise DataError(f"model {cfg['model']['name']!r} is guided: give --guidance (bands {bands})")
-        gui = read_guidance(paths, bands, lst, array.shape, info["geo"], scale)
+        gui = read_scene_guidance(paths, bands, lst, array.shape, info["geo"], scale)
     elif paths:
         print(f"note: model {cfg['model']['name']!r} is single-image; guidance ignored", file=sys.stderr)
-    model = _model(config, overrides, cfg, checkpoint, device)
+    model = load_model_once(config, overrides, cfg, checkpoint, device)
     if hasattr(model, "fit_scene"):  # statistical sharpeners: one fit on the whole scene, applied to every tile
         model.fit_scene(array, gui)
     normalizer = groklst.build_normalizer(cfg)
-    tile = tile or max(1, 512 // scale)
-    overlap = tile // 4 if overlap is None else overlap
+    tile = lr_tile or max(1, 512 // scale)
+    overlap = tile // 4 if lr_overlap is None else lr_overlap
     shape = (array.shape[0] * scale, array.shape[1] * scale)
     if progress:
         print(f"{cfg['model']['name']} x{scale}: {array.shape[1]} x {array.shape[0]} -> {shape[1]} x {shape[0]} px, "
@@ -396,7 +417,7 @@ def predict(config, lst, out, guidance=(), guidance_dir=None, checkpoint=None, o
     look = []
     if png:
         rows = _keep_decimated(rows, step, look)
-    write_geotiff_rows(out, shape, rows, geo, nodata=float("nan") if nodata is None else float(nodata), tile=ROW_BAND)
+    write_geotiff_rows(out, shape, rows, geo, nodata=float("nan") if nodata is None else float(nodata), tile=ROW_STRIP)
     if png:
         figures.write_png(os.path.splitext(out)[0] + ".png", np.concatenate(look),
                           f"{os.path.basename(out)}: {cfg['model']['name']} x{scale}")
@@ -404,37 +425,37 @@ def predict(config, lst, out, guidance=(), guidance_dir=None, checkpoint=None, o
     return {"out": out, "shape": shape, "seconds": seconds, "mpx_per_s": shape[0] * shape[1] / 1e6 / max(seconds, 1e-9)}
 
 
-def consistent_rows(bands, lr_lst, scale, mode, halo=3):
-    """groklst.make_consistent on a stream of output row bands (each a multiple of `scale` rows, as
-    predict_rows yields them), equal to applying it to the whole blended scene: each band is
-    corrected inside a window with `halo` coarse rows of the neighbouring bands' (uncorrected)
+def consistent_rows(strips, lr_lst, scale, mode, halo=3):
+    """engine.make_consistent on a stream of output row strips (each a multiple of `scale` rows, as
+    predict_rows yields them), equal to applying it to the whole blended scene: each strip is
+    corrected inside a window with `halo` coarse rows of the neighbouring strips' (uncorrected)
     prediction above and below, which covers the bicubic residual's 4-tap support; the nearest
-    pass is per block. Host memory: two bands. lr_lst (h, w) K."""
+    pass is per block. Host memory: two strips. lr_lst (h, w) K."""
     if mode == "none":
-        yield from bands
+        yield from strips
         return
-    margin, top = halo * scale, 0
-    tail = None
-    bands = iter(bands)
-    current = next(bands, None)
+    margin, top = halo * scale, 0  # top: the first output row of `current`
+    tail = None  # the last `margin` rows of the previous strip, uncorrected
+    strips = iter(strips)
+    current = next(strips, None)
     while current is not None:
-        following = next(bands, None)
+        following = next(strips, None)
         parts = ([] if tail is None else [tail]) + [current] + ([] if following is None else [following[:margin]])
         window, start = np.concatenate(parts), top - (0 if tail is None else len(tail))
         lr = lr_lst[start // scale:(start + len(window)) // scale]
-        fixed = groklst.make_consistent(torch.from_numpy(window)[None, None], torch.from_numpy(lr)[None, None], mode)
+        fixed = engine.make_consistent(torch.from_numpy(window)[None, None], torch.from_numpy(lr)[None, None], mode)
         offset = top - start
         yield fixed[0, 0, offset:offset + len(current)].numpy()
         tail, top, current = current[-margin:], top + len(current), following
 
 
-def _keep_decimated(rows, step, look):
-    """Pass the row bands through, appending every `step`-th row and column of them to `look`."""
+def _keep_decimated(strips, step, look):
+    """Pass the row strips through, appending every `step`-th row and column of them to `look`."""
     y = 0
-    for band in rows:
-        look.append(band[(-y) % step::step, ::step])
-        y += band.shape[0]
-        yield band
+    for rows in strips:
+        look.append(rows[(-y) % step::step, ::step])
+        y += rows.shape[0]
+        yield rows
 
 
 # --------------------------------------------------------------------------- many scenes
@@ -447,10 +468,9 @@ def _scene_name(lst_path):
 
 
 def read_scenes(source):
-    """--scenes -> [(name, lst path, [guidance paths])]. A text file: one scene a line,
-    `LST_PATH [GUIDANCE_PATH ...]`, paths relative to the file's folder, '#' starts a comment, quotes
-    as in a shell. A folder: every subfolder with an lst.tif (a `landsat` output), with its
-    guidance.tif if there is one. Names must be unique (they name the outputs)."""
+    """--scenes -> [(name, lst path, [guidance paths])]. A text file: data.read_scene_list's grammar
+    (`LST_PATH [GUIDANCE_PATH ...]` a line). A folder: every subfolder with an lst.tif (a landsat.py
+    output), with its guidance.tif if there is one. Names must be unique (they name the outputs)."""
     scenes = []
     if os.path.isdir(source):
         for sub in sorted(os.listdir(source)):
@@ -459,18 +479,10 @@ def read_scenes(source):
                 gui = [os.path.join(folder, "guidance.tif")] if os.path.isfile(os.path.join(folder, "guidance.tif")) else []
                 scenes.append((sub, os.path.join(folder, "lst.tif"), gui, f"{folder}"))
     elif os.path.isfile(source):
-        base = os.path.dirname(os.path.abspath(source))
-        for n, line in enumerate(open(source), 1):
-            try:
-                words = shlex.split(line, comments=True)
-            except ValueError as e:
-                raise DataError(f"{source}:{n}: {e}") from None
-            if words:
-                paths = [os.path.join(base, os.path.expanduser(w)) for w in words]
-                scenes.append((_scene_name(paths[0]), paths[0], paths[1:], f"{source}:{n}"))
+        scenes = [(_scene_name(lst), lst, gui, where) for lst, gui, where in read_scene_list(source)]
     else:
         raise DataError(f"--scenes {source}: no such file or folder (a list of `LST [GUIDANCE ...]` lines, or a "
-                        f"folder of `landsat` outputs)")
+                        f"folder of landsat.py outputs)")
     if not scenes:
         raise DataError(f"--scenes {source}: no scenes (a list needs `LST [GUIDANCE ...]` lines; a folder, "
                         f"subfolders with lst.tif)")
@@ -489,14 +501,14 @@ def predict_scenes(config, scenes, out_dir, device=None, **kwargs):
     stderr and the others go on; at the end rank 0 prints the done / failed counts (after a gather)
     and raises a DataError naming the failed scenes if any (exit code 1; the other ranks exit 1
     quietly). kwargs: as predict. Returns [(scene, 'done' | 'failed')] of all ranks."""
-    rank, world, dist_device = groklst.setup_distributed()
+    rank, world, dist_device = engine.setup_distributed()
     try:
         device = torch.device(device) if device else dist_device
         if not os.path.isdir(out_dir):
             os.makedirs(out_dir, exist_ok=True)
         check_writable(os.path.join(out_dir, "scene.tif"))
         cfg = groklst.load_config(config, kwargs.get("overrides", ()))
-        _model(config, kwargs.get("overrides", ()), cfg, kwargs.get("checkpoint"), device)  # once, before any scene
+        load_model_once(config, kwargs.get("overrides", ()), cfg, kwargs.get("checkpoint"), device)  # before any scene
         status = []
         for i, (name, lst, gui) in enumerate(scenes):
             if i % world != rank:
@@ -516,9 +528,9 @@ def predict_scenes(config, scenes, out_dir, device=None, **kwargs):
             status.append((i, name, "done"))
             print(f"rank {rank}/{world} scene {name}: {r['shape'][1]} x {r['shape'][0]} px, {r['seconds']:.1f} s, "
                   f"{r['mpx_per_s']:.3g} Mpx/s -> {r['out']}", flush=True)
-        everything = sorted(s for part in groklst.gather(status) for s in part)
+        everything = sorted(s for part in engine.gather(status) for s in part)
     finally:
-        groklst.teardown_distributed()
+        engine.teardown_distributed()
     failed = [name for _, name, state in everything if state == "failed"]
     if rank == 0:
         print(f"scenes: {len(everything) - len(failed)} done, {len(failed)} failed, {world} process(es)", flush=True)
@@ -542,8 +554,9 @@ def main(argv=None):
                                                   "of `landsat` outputs (subfolders with lst.tif, guidance.tif)")
     p.add_argument("--out-dir", default=None, help="with --scenes: write <out-dir>/<scene>.tif")
     p.add_argument("--checkpoint", default=None, help="weights (not needed for bicubic / bilinear)")
-    p.add_argument("--tile", type=int, default=None, help="tile side in LR pixels (default 512 // scale)")
-    p.add_argument("--overlap", type=int, default=None, help="tile overlap in LR pixels (default tile // 4)")
+    p.add_argument("--lr-tile", type=int, default=None, help="tile side in LR (input) pixels (default 512 // scale)")
+    p.add_argument("--lr-overlap", type=int, default=None, help="tile overlap in LR pixels (default lr-tile // 4)")
+    p.add_argument("--tile", "--overlap", dest="old_tile", default=None, help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, default=4, help="tiles per forward")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--amp", default="auto", choices=["auto", "none", "bf16"],
@@ -556,13 +569,15 @@ def main(argv=None):
     p.add_argument("--lst-scale", type=float, default=None, help="LST = stored * scale + offset (overrides data.lst_scale)")
     p.add_argument("--lst-offset", type=float, default=None, help="(overrides data.lst_offset)")
     p.add_argument("--png", action="store_true", help="also write <out>.png with a colour bar (needs matplotlib)")
-    p.add_argument("--consistency", nargs="?", const="bicubic", default=None, choices=groklst.CONSISTENCY_MODES,
-                   help="block mean of the output = LR input (groklst.make_consistent); alone: bicubic; "
+    p.add_argument("--consistency", nargs="?", const="bicubic", default=None, choices=engine.CONSISTENCY_MODES,
+                   help="block mean of the output = LR input (engine.make_consistent); alone: bicubic; "
                         "default: the config's consistency (none)")
     args = p.parse_intermixed_args(argv)
+    if args.old_tile is not None:  # prepare.py's --tile is in HR pixels: predict's LR sizes say so in their names
+        raise ConfigError("predict.py: --tile / --overlap are now --lr-tile / --lr-overlap (LR, i.e. input, pixels)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    common = dict(checkpoint=args.checkpoint, overrides=args.overrides, tile=args.tile, overlap=args.overlap,
+    common = dict(checkpoint=args.checkpoint, overrides=args.overrides, lr_tile=args.lr_tile, lr_overlap=args.lr_overlap,
                   batch=args.batch, amp=args.amp, nodata=args.nodata, png=args.png, lst_scale=args.lst_scale,
                   lst_offset=args.lst_offset, nodata_in=args.nodata_in,
                   consistency=args.consistency)

@@ -5,8 +5,6 @@
         --out data/myregion --tile 512 --step 256 --scales 2 4 8 --split 0.6 0.1 0.3 --seed 0 --max-nodata 0.0
     python prepare.py --scenes scenes.txt --out data/myregion    # one "LST GUIDANCE" pair per line
 
-(`python groklst.py prepare ...` is the same command.)
-
 Input, per scene: an LST GeoTIFF (1 band, Kelvin; no-data as NaN or the GDAL_NODATA value) and a
 guidance GeoTIFF on the same pixel grid (C bands). Band names come from --band-names, else from
 the file's band descriptions, else the 10 GrokLST bands (data.BANDS) when it has 10 unnamed bands.
@@ -51,19 +49,10 @@ import sys
 import numpy as np
 import yaml
 
-from data import (
-    LR_FOLDERS,
-    block_mean,
-    block_nan_fraction,
-    compute_stats,
-    guidance_names,
-    make_layout,
-    read_lst_geotiff,
-    write_sample,
-    write_splits,
-)
+from data import LR_FOLDERS, block_mean, block_nan_fraction, compute_stats, guidance_names, read_lst_geotiff, read_scene_list
 from errors import DataError, command
-from geotiff import geo_transform, geo_window, read_geotiff, read_header, same_grid
+from geotiff import check_grids, geo_transform, geo_window, read_geotiff, read_header
+from layout import make_layout, write_sample, write_splits
 
 SPLITS = ("train", "val", "test")
 
@@ -168,13 +157,7 @@ def read_scene(lst_path, guidance_path, band_names=None):
     """
     lst, lst_info = read_lst_geotiff(lst_path)
     gui, gui_info = read_geotiff(guidance_path)
-    if gui.shape[1:] != lst.shape:
-        raise DataError(f"{guidance_path}: {gui.shape[1]} x {gui.shape[2]} pixels but {lst_path} has "
-                        f"{lst.shape[0]} x {lst.shape[1]}: LST and guidance must be co-registered on one grid")
-    if not same_grid(lst_info["geo"], gui_info["geo"]):
-        raise DataError(f"{guidance_path}: grid {geo_transform(gui_info['geo'])} differs from {lst_path}'s "
-                        f"{geo_transform(lst_info['geo'])} (corner x, dx, rx, corner y, ry, dy): resample onto one "
-                        f"grid first")
+    check_grids(lst_path, lst.shape, lst_info["geo"], guidance_path, gui.shape[1:], gui_info["geo"], scale=1)
     if band_names is not None:
         if len(band_names) != len(gui):
             raise DataError(f"{guidance_path}: {len(gui)} bands but {len(band_names)} band names {list(band_names)}")
@@ -184,28 +167,18 @@ def read_scene(lst_path, guidance_path, band_names=None):
     return lst, gui, names, lst_info["geo"] or gui_info["geo"]
 
 
-def read_scene_list(path):
-    """A scene list: one `LST_PATH GUIDANCE_PATH` pair per line ('#' starts a comment); relative
-    paths are relative to the list file. Returns [(lst_path, guidance_path)]."""
-    scenes, folder = [], os.path.dirname(path)
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            parts = line.split("#")[0].split()
-            if not parts:
-                continue
-            if len(parts) != 2:
-                raise DataError(f"{path}, line {n}: expected `LST_PATH GUIDANCE_PATH`, got {line.strip()!r}")
-            scenes.append(tuple(p if os.path.isabs(p) else os.path.join(folder, p) for p in parts))
-    return scenes
-
-
 def scenes_from_args(lst=(), guidance=(), scene_list=None):
     """--lst / --guidance (repeated, paired in order) plus --scenes LIST -> [(lst_path, guidance_path)]."""
     lst, guidance = list(lst or ()), list(guidance or ())
     if len(lst) != len(guidance):
         raise DataError(f"{len(lst)} --lst but {len(guidance)} --guidance: give one guidance file per "
                         f"LST scene, in the same order")
-    scenes = list(zip(lst, guidance)) + (read_scene_list(scene_list) if scene_list else [])
+    scenes = list(zip(lst, guidance))
+    for lst_path, guidance_paths, where in read_scene_list(scene_list) if scene_list else []:
+        if len(guidance_paths) != 1:  # the grammar of data.read_scene_list, with one guidance file per scene
+            raise DataError(f"{where}: expected `LST_PATH GUIDANCE_PATH` (one multi-band guidance file), got "
+                            f"{1 + len(guidance_paths)} paths")
+        scenes.append((lst_path, guidance_paths[0]))
     if not scenes:
         raise DataError("no scenes: give --lst LST.tif --guidance GUIDANCE.tif (repeatable) or --scenes LIST")
     return scenes
@@ -327,7 +300,7 @@ def prepare(scenes, out, band_names=None, tile=512, step=256, block=None, scales
         if split[SPLITS.index(k)] > 0 and not tiles[k]:
             warnings.append(f"split {k} has no tiles: use larger or more scenes, or a smaller --block")
     if not tiles["train"]:
-        _write_yaml(os.path.join(out, "prepare.yaml"), summary, "# groklst.py prepare: arguments and counts\n")
+        _write_yaml(os.path.join(out, "prepare.yaml"), summary, "# prepare.py: arguments and counts\n")
         raise DataError(f"{out}: no training tiles (of {sum(r['positions'] for r in report)} positions, "
                         f"{summary['skipped_nodata']} over --max-nodata {max_nodata}, "
                         f"{summary['dropped_straddling']} straddling splits)")
@@ -339,7 +312,7 @@ def prepare(scenes, out, band_names=None, tile=512, step=256, block=None, scales
         if not v["std"] > 0:
             warnings.append(f"band {band} is constant on the training split (std 0): z-score needs std > 0; "
                             f"edit its std in base_x*.yaml or drop the band")
-    _write_yaml(os.path.join(out, "prepare.yaml"), summary, "# groklst.py prepare: arguments and counts\n")
+    _write_yaml(os.path.join(out, "prepare.yaml"), summary, "# prepare.py: arguments and counts\n")
     return summary
 
 
@@ -362,7 +335,7 @@ def write_stats(out, stats, n_train):
     content = {"lst": {res: _lst_norm(v) for res, v in stats["lst"].items()},
                "guidance": {"method": "zscore", "stats": stats["guidance"]}}
     header = (f"# Training-split statistics of {out} ({n_train} tiles; pixels of overlapping tiles count once per\n"
-              f"# tile, as `python groklst.py stats {out} --split train`), written by `groklst.py prepare`.\n"
+              f"# tile, as `python groklst.py stats {out} --split train`), written by `prepare.py`.\n"
               f"# Shaped like a config's `norm:` section, with LST per resolution: for scale s use the LR\n"
               f"# resolution's entry as norm.lst (x2: 60m, x4: 120m, x8: 240m), as the original configs do,\n"
               f"# and `guidance:` as it is. base_x{{2,4,8}}.yaml in this folder already hold exactly that.\n"
@@ -379,7 +352,7 @@ def write_base_config(out, s, bands, stats):
                         "guidance": {"method": "zscore", "stats": stats["guidance"]}}}
     path = os.path.join(out, f"base_x{s}.yaml")
     ref = path if os.path.isabs(path) else os.path.relpath(path, "configs")  # `_base_` is relative to the config
-    header = (f"# {out} at x{s} ({res} LST -> 30m), written by `groklst.py prepare`: training-split statistics,\n"
+    header = (f"# {out} at x{s} ({res} LST -> 30m), written by `prepare.py`: training-split statistics,\n"
               f"# LST at the LR resolution ({res}) as in the original configs. data.root is relative to the\n"
               f"# directory train.py / test.py run in. Use it as the `_base_` of a model config\n"
               f"# (`_base_: {ref}` in configs/) or directly:\n"
@@ -410,7 +383,7 @@ def format_summary(summary):
 
 @command
 def main(argv=None):
-    """`python prepare.py ...` (and `python groklst.py prepare ...`); defaults are prepare()'s."""
+    """`python prepare.py ...`; defaults are prepare()'s."""
     default = {k: v.default for k, v in inspect.signature(prepare).parameters.items()}
     p = argparse.ArgumentParser(prog="prepare.py", description=__doc__.split("\n")[0])
     p.add_argument("--lst", action="append", default=[], help="LST scene GeoTIFF (K); repeat for several scenes")

@@ -11,9 +11,8 @@ Prints a markdown table and writes it as JSON next to the checkpoint (<ckpt>.<sp
 under the work dir for baselines. CONS (metrics.consistency_error) is the sixth column, kept out of
 the JSON's five "metrics" (its own keys "CONS", "per_image_CONS"). The config key `consistency`
 (none | nearest | bicubic, groklst.make_consistent) makes every prediction coarse-consistent.
---save-dir writes each prediction as a float32 GeoTIFF (K).
-
-    python test.py --models work_dirs [--split test] [--out table.md]   # Table IX of every trained run
+--save-dir writes each prediction as a float32 GeoTIFF (K), NaN where the LR input had no data,
+georeferenced like its HR tile. Table IX of many trained runs: `python zoo.py --table-only --root DIR`.
 
     python test.py CFG CKPT --figure fig.png [--figure-samples NAME1,NAME2] [--figure-models A,B,...]
                             [--figure-guidance dem]
@@ -29,18 +28,17 @@ scale and split always come from the command's CONFIG and --split.
 import argparse
 import json
 import os
-import sys
 
 import torch
 
+import engine
 import groklst
+from checkpoints import read_checkpoint
 from data import Normalizer, hole_mask
 from errors import ConfigError, DataError, command
 from figures import draw_figure, require_matplotlib
-from geotiff import check_writable, write_atomic
-from metrics import CONSISTENCY, METRICS, format_table
-
-COLUMNS = METRICS + (CONSISTENCY,)  # the paper's five and the coarse-consistency error
+from geotiff import check_writable, write_atomic, write_geotiff
+from metrics import COLUMNS, CONS, METRICS, format_table
 
 
 def figure_models(spec, cfg, checkpoint):
@@ -58,7 +56,7 @@ def figure_models(spec, cfg, checkpoint):
         if path:
             mcfg = groklst.load_config(path)
         else:
-            stored = groklst.read_checkpoint(ckpt)
+            stored = read_checkpoint(ckpt)
             mcfg = stored.get("config") if isinstance(stored, dict) else None
             if not isinstance(mcfg, dict):
                 raise ConfigError(f"--figure-models: {ckpt} holds no config (not written by train.py): "
@@ -95,7 +93,7 @@ def figure_rows(cfg, models, split, names=None, device="cpu", amp="none"):
             item = ds[ds.names.index(name)]
             lr = item["lr_lst"][None].to(device)
             gui = item["hr_guidance"][None].to(device) if "hr_guidance" in item else None
-            pred = groklst.downscale(model, normalizer, lr, gui, amp)
+            pred = engine.downscale(model, normalizer, lr, gui, amp)
             panels[label] = torch.where(hole_mask(lr, d["scale"]), float("nan"), pred)[0, 0].cpu().numpy()
         item = base[base.names.index(name)]
         rows.append((name, {"LR input": item["lr_lst"][0].numpy(), **panels, "ground truth": item["hr_lst"][0].numpy()}))
@@ -108,18 +106,14 @@ def write_text(path, text):
     write_atomic(path, text.encode())
 
 
-def table_of_runs(argv):
-    """`test.py --models WORK_DIRS`: Table IX (groklst.benchmark_table) of every run under a folder."""
-    q = argparse.ArgumentParser(description="benchmark table of every trained run under a folder")
-    q.add_argument("--models", required=True, help="folder of runs (work_dirs)")
-    q.add_argument("--split", default=None)
-    q.add_argument("--out", default=None, help="also write the markdown table here")
-    q.add_argument("overrides", nargs="*")
-    a = q.parse_args(argv)
-    table = groklst.benchmark_table(a.models, a.split, a.overrides)
-    print(table)
-    if a.out:
-        write_text(a.out, table + "\n")
+def prediction_writer(dataset, folder):
+    """on_prediction for engine.evaluate: each prediction as <folder>/<name>.tif, float32 Kelvin, NaN where
+    the LR input had no data (data.hole_mask), georeferenced like its HR tile (dataset.geo)."""
+    def write(index, item, pred):
+        scale = pred.shape[-1] // item["lr_lst"].shape[-1]
+        out = torch.where(hole_mask(item["lr_lst"], scale), float("nan"), pred)[0, 0].cpu().numpy()
+        write_geotiff(os.path.join(folder, item["name"] + ".tif"), out, dataset.geo(index))
+    return write
 
 
 def evaluate_split(args):
@@ -130,15 +124,16 @@ def evaluate_split(args):
     if args.save_dir:
         os.makedirs(args.save_dir, exist_ok=True)
         check_writable(os.path.join(args.save_dir, "prediction.tif"))
-    rank, world, device = groklst.setup_distributed()
+    rank, world, device = engine.setup_distributed()
     try:
         cfg = groklst.load_config(args.config, args.overrides)
         split = args.split or cfg["data"]["test_split"]
         dataset = groklst.build_dataset(cfg, split)
         model = groklst.load_model(cfg, args.checkpoint, device)
         normalizer = groklst.build_normalizer(cfg)
-        means, per_image = groklst.evaluate(model, normalizer, dataset, device, args.amp or cfg["train"]["amp"],
-                                            save_dir=args.save_dir, progress=True, consistency=cfg["consistency"])
+        save = prediction_writer(dataset, args.save_dir) if args.save_dir else None
+        means, per_image = engine.evaluate(model, normalizer, dataset, device, args.amp or cfg["train"]["amp"],
+                                           cfg["consistency"], on_prediction=save, progress=True)
         if rank == 0:
             name = f"{cfg['model']['name']} x{cfg['data']['scale']}"
             print(f"{cfg['name']} on {split} ({means['images']} of {len(dataset)} images with valid pixels)")
@@ -151,9 +146,9 @@ def evaluate_split(args):
                        else os.path.join(cfg["work_dir"], f"{split}.json"))
             write_text(out, json.dumps({"config": cfg["name"], "checkpoint": args.checkpoint, "split": split,
                                         "metrics": {k: means[k] for k in METRICS}, "images": means["images"],
-                                        "per_image": {n: dict(zip(METRICS, m)) for n, m in per_image},
-                                        "consistency": cfg["consistency"], CONSISTENCY: means[CONSISTENCY],
-                                        f"per_image_{CONSISTENCY}": {n: m[len(METRICS)] for n, m in per_image}},
+                                        "per_image": {n: {k: m[k] for k in METRICS} for n, m in per_image},
+                                        "consistency": cfg["consistency"], CONS: means[CONS],
+                                        f"per_image_{CONS}": {n: m[CONS] for n, m in per_image}},
                                        indent=1))
             print(f"metrics written to {out}")
             if args.figure:
@@ -167,17 +162,13 @@ def evaluate_split(args):
                                 for name, _ in rows}
                 draw_figure(args.figure, rows, models[0][0], guidance=guidance)
                 print(f"figure written to {args.figure}")
-        groklst.teardown_distributed(barrier=True)
+        engine.teardown_distributed(barrier=True)
     finally:
-        groklst.teardown_distributed()
-
+        engine.teardown_distributed()
 
 
 @command
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if "--models" in argv:  # python test.py --models WORK_DIRS [--split S] [--out F] [key=value ...]
-        return table_of_runs(argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("config")
     p.add_argument("checkpoint", nargs="?", default=None, help="a .pth of train.py or of the original toolkit")

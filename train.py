@@ -18,9 +18,7 @@ path, dropout), so an interrupted run (even kill -9) resumes to bit-identical we
 """
 import argparse
 import contextlib
-import errno
 import functools
-import io
 import json
 import math
 import os
@@ -30,18 +28,15 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-import yaml
 
+import engine
 import groklst
+from checkpoints import clean_state_dict, load_weights, read_checkpoint, write_checkpoint
 from errors import ConfigError, DataError, TrainingError, command
 from geotiff import write_atomic
-from metrics import format_table
+from metrics import COLUMNS, format_table
 
 RUN_FILES = ("last.pth", "best.pth", "log.jsonl")  # what a work dir holds of a run that --overwrite deletes
-# Config keys that cannot change the weights of iterations already done: a resumed run may change them.
-RESUME_FREE_KEYS = {"train.max_iters", "train.val_interval", "train.log_interval", "train.ckpt_interval",
-                    "train.tensorboard", "data.num_workers", "data.cache", "work_dir", "name"}
 
 
 # --------------------------------------------------------------------------- pure functions of the iteration
@@ -87,86 +82,56 @@ def batches(dataset, batch_size, seed, rank, world, start_micro, num_workers=0):
 # --------------------------------------------------------------------------- work dir, checkpoints, resume
 
 
-def check_work_dir(wd, args):
+def check_work_dir(work_dir, args):
     """Refuse to mix two runs in one work dir -> the old run's files that --overwrite is to delete."""
     overwrite = getattr(args, "overwrite", False)
     if args.resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: continue the run or delete it")
-    last = os.path.join(wd, "last.pth")
+    last = os.path.join(work_dir, "last.pth")
     if args.resume in ("auto", last) and not os.path.exists(last):
         raise ConfigError(f"--resume: {last} does not exist (nothing to resume)")
-    found = [f for f in RUN_FILES if os.path.exists(os.path.join(wd, f))]
+    found = [f for f in RUN_FILES if os.path.exists(os.path.join(work_dir, f))]
     if found and not args.resume and not overwrite:
-        raise ConfigError(f"{wd} already holds a run ({', '.join(found)}): continue it with --resume, choose "
+        raise ConfigError(f"{work_dir} already holds a run ({', '.join(found)}): continue it with --resume, choose "
                           f"another work_dir=..., or delete it and start over with --overwrite")
     return [] if args.resume else found
 
 
-def prepare_work_dir(wd, old_files, main_process):
+def prepare_work_dir(work_dir, old_files, main_process):
     """Create the work dir, delete the files of the run that --overwrite replaces, and the temp files of
     saves that an earlier crash cut short. Called once the data are checked: a failing start deletes nothing."""
     if not main_process:
         return
-    os.makedirs(wd, exist_ok=True)
+    os.makedirs(work_dir, exist_ok=True)
     for f in old_files + ["test_table.md"] * bool(old_files):
-        if os.path.exists(os.path.join(wd, f)):
-            os.remove(os.path.join(wd, f))
+        if os.path.exists(os.path.join(work_dir, f)):
+            os.remove(os.path.join(work_dir, f))
     if old_files:
-        print(f"--overwrite: deleted {', '.join(old_files)} of the previous run in {wd}")
-    for f in os.listdir(wd):
+        print(f"--overwrite: deleted {', '.join(old_files)} of the previous run in {work_dir}")
+    for f in os.listdir(work_dir):
         if any(f.startswith(name + ".tmp") for name in RUN_FILES):
-            os.remove(os.path.join(wd, f))
-
-
-def save_checkpoint(path, content):
-    """Atomic: serialise in memory, write a unique temp file, fsync, rename. A failed write (full disk)
-    removes the temp file and leaves any previous `path` as it was: a TrainingError says so."""
-    buffer = io.BytesIO()
-    torch.save(content, buffer)
-    try:
-        write_atomic(path, buffer.getbuffer())
-    except OSError as e:
-        kept = (f"the previous {os.path.basename(path)} is intact" if os.path.exists(path)
-                else "no checkpoint was written")
-        hint = "free some space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "fix the cause"
-        raise TrainingError(f"{path}: saving the checkpoint failed ({e.strerror or e}); {kept}; {hint} and "
-                            f"continue with --resume") from None
-
-
-def flatten(cfg, prefix=""):
-    """{'a': {'b': 1}} -> {'a.b': 1}; model arguments and band statistics included."""
-    out = {}
-    for k, v in cfg.items():
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+            os.remove(os.path.join(work_dir, f))
 
 
 def check_same_config(stored, cfg, path):
     """A resumed run must follow the trajectory it started: ConfigError listing every changed key
-    (keys that only affect what is logged, saved or how fast data arrives are free to change)."""
-    if stored is None:
-        return
-    old, new, default = flatten(stored), flatten(cfg), flatten(groklst.DEFAULTS)
-    changed = [k for k in sorted(set(old) | set(new)) if k not in RESUME_FREE_KEYS
-               and old.get(k, default.get(k)) != new.get(k, default.get(k))]
+    (the keys groklst.SCHEMA marks free to change on resume only affect what is logged, saved or how fast
+    data arrives)."""
+    changed = groklst.config_changes(stored, cfg) if stored is not None else []
     if changed:
-        diff = ", ".join(f"{k}: {old.get(k, default.get(k))!r} -> {new.get(k, default.get(k))!r}" for k in changed)
-        raise ConfigError(f"--resume: the config differs from the one {path} was trained with ({diff}); resume with "
-                          f"the same config, or start a new run (another work_dir, or --overwrite)")
+        raise ConfigError(f"--resume: the config differs from the one {path} was trained with ({', '.join(changed)}); "
+                          f"resume with the same config, or start a new run (another work_dir, or --overwrite)")
 
 
 def resume_from(path, cfg, model, optimizer, scaler, world):
     """Restore a checkpoint of train.py -> (iteration, best validation RMSE)."""
-    ckpt = groklst.read_checkpoint(path)
+    ckpt = read_checkpoint(path)
     missing = [k for k in ("model", "optimizer", "scaler", "iter", "best_rmse") if k not in ckpt]
     if missing:
         raise DataError(f"{path}: not a train.py checkpoint to resume (no {', '.join(missing)}); to start from its "
                         f"weights use --init {path}")
     check_same_config(ckpt.get("config"), cfg, path)
-    model.load_state_dict(groklst.clean_state_dict(ckpt["model"]))
+    model.load_state_dict(clean_state_dict(ckpt["model"]))
     optimizer.load_state_dict(ckpt["optimizer"])
     scaler.load_state_dict(ckpt["scaler"])
     if ckpt.get("world", world) != world:
@@ -198,10 +163,10 @@ def require_tensorboard():
     return SummaryWriter
 
 
-def log_record(wd, writer, record, line):
+def log_record(work_dir, writer, record, line):
     """The line on stdout, the record in log.jsonl and, with a SummaryWriter, its numbers in TensorBoard."""
     print(line, flush=True)
-    with open(os.path.join(wd, "log.jsonl"), "a") as f:
+    with open(os.path.join(work_dir, "log.jsonl"), "a") as f:
         f.write(json.dumps(record) + "\n")
     if writer is not None:
         group = "val" if "split" in record else "train"
@@ -214,40 +179,30 @@ def log_record(wd, writer, record, line):
 # --------------------------------------------------------------------------- one iteration, one log line, validation
 
 
-def pixel_loss(pred, target, mask, kind):
-    """Mean loss over valid pixels, float32, Kelvin."""
-    pred, target = pred.float()[mask], target.float()[mask]
-    if kind == "l1":
-        return (pred - target).abs().mean()
-    if kind == "smooth_l1":
-        return F.smooth_l1_loss(pred, target, beta=1.0)
-    if kind == "mse":
-        return F.mse_loss(pred, target)
-    raise ConfigError(f"train.loss={kind!r}: expected l1, smooth_l1 or mse")
-
-
-def train_step(model, optimizer, scaler, normalizer, stream, it, t, rank, world, device):
-    """One optimizer step over t['grad_accum'] micro-batches -> {'lr', 'loss' (sum over the micro-batches
+def train_step(model, optimizer, scaler, normalizer, stream, it, tcfg, rank, world, device):
+    """One optimizer step over tcfg['grad_accum'] micro-batches -> {'lr', 'loss' (sum over the micro-batches
     with valid pixels, K), 'batches' (those), 'skipped' (micro-batches without a valid pixel), 'grad_norm',
     'data_wait' (s)}. No step is taken when no process had a valid pixel."""
-    lr = learning_rate(it, t["lr"], t["warmup_iters"], t["restart_period"], t["eta_min"])
+    lr = learning_rate(it, tcfg["lr"], tcfg["warmup_iters"], tcfg["restart_period"], tcfg["eta_min"])
     for group in optimizer.param_groups:
         group["lr"] = lr
     out = {"lr": lr, "loss": 0.0, "batches": 0, "skipped": 0, "grad_norm": 0.0, "data_wait": 0.0}
-    for micro in range(t["grad_accum"]):
+    for micro in range(tcfg["grad_accum"]):
         t0 = time.time()
         batch = next(stream)
         out["data_wait"] += time.time() - t0
         batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         # Drop path and dropout draw from the global RNG; reseeding it from (seed, rank, iteration) makes
         # those draws a function of the iteration, so a resumed run repeats them without stored RNG states.
-        torch.manual_seed(stream_seed(t["seed"], rank, it, micro))
-        sync = micro == t["grad_accum"] - 1 or world == 1
+        torch.manual_seed(stream_seed(tcfg["seed"], rank, it, micro))
+        # DDP all-reduces gradients in backward; with accumulation only the last micro-batch needs to
+        sync = micro == tcfg["grad_accum"] - 1 or world == 1
         with contextlib.nullcontext() if sync else model.no_sync():
-            pred = groklst.downscale(model, normalizer, batch["lr_lst"], batch.get("hr_guidance"), t["amp"])
+            pred = engine.downscale(model, normalizer, batch["lr_lst"], batch.get("hr_guidance"), tcfg["amp"])
             if batch["mask"].any():
-                loss = pixel_loss(pred, batch["hr_lst"], batch["mask"], t["loss"])  # float32: bf16 has 2 K steps at 300 K
-                if not torch.isfinite(loss):
+                # in Kelvin and float32 whatever the autocast dtype: bf16 has 2 K steps at 300 K
+                loss = engine.pixel_loss(pred, batch["hr_lst"], batch["mask"], tcfg["loss"])
+                if not torch.isfinite(loss):  # stop before a NaN reaches the weights (and a checkpoint)
                     raise TrainingError(f"loss is {loss.item()} at iteration {it + 1}, samples {batch['name']}: "
                                         f"lower train.lr or set train.clip_grad")
                 out["loss"] += loss.item()
@@ -255,34 +210,37 @@ def train_step(model, optimizer, scaler, normalizer, stream, it, t, rank, world,
             else:  # crops inside clouds, no target pixel: a zero loss keeps DDP's all-reduce in step with the other ranks
                 loss = pred.sum() * 0.0
                 out["skipped"] += 1
-            scaler.scale(loss / t["grad_accum"]).backward()
+            # the mean over micro-batches, so accumulation gives the gradient of one batch grad_accum times larger;
+            # the scaler multiplies the loss for fp16 (its gradients would underflow) and is a no-op otherwise
+            scaler.scale(loss / tcfg["grad_accum"]).backward()
+    # every rank must take the same decision to step, or DDP's next all-reduce would hang
     valid = torch.tensor(out["batches"], device=device)
     if world > 1:
         torch.distributed.all_reduce(valid)
     if valid.item() == 0:
         optimizer.zero_grad(set_to_none=True)
         return out
-    scaler.unscale_(optimizer)  # the norm is logged (its largest value per log interval), and clipped if asked
-    out["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), t["clip_grad"] or float("inf")).item()
-    scaler.step(optimizer)
+    scaler.unscale_(optimizer)  # true gradients: the norm is logged (its largest value per log interval), and clipped if asked
+    out["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["clip_grad"] or float("inf")).item()
+    scaler.step(optimizer)  # skips the step when fp16 gradients overflowed
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return out
 
 
-def interval_record(acc, done, t, world, device):
+def interval_record(acc, done, tcfg, world, device):
     """The log record and line of the iterations since the last one; acc sums train_step's results
     over them (plus 'iters', 'start' time). Every rank takes part (the loss is averaged over ranks)."""
-    loss, n, skipped = (sum(x) for x in zip(*groklst.gather((acc["loss"], acc["batches"], acc["skipped"]))))
+    loss, n, skipped = (sum(x) for x in zip(*engine.gather((acc["loss"], acc["batches"], acc["skipped"]))))
     loss_avg = loss / n if n else None
     elapsed = time.time() - acc["start"]
     speed = acc["iters"] / elapsed
-    eta = (t["max_iters"] - done) / speed
-    mem = groklst.peak_memory_mb(device)
+    eta = (tcfg["max_iters"] - done) / speed
+    mem = engine.peak_memory_mb(device)
     record = {"iter": done, "loss": loss_avg, "lr": acc["lr"], "grad_norm_max": acc["grad_norm_max"],
               "it_per_s": speed, "data_wait": acc["data_wait"] / elapsed, "skipped_batches": skipped,
               "peak_mem_mb": mem}
-    line = (f"iter {done}/{t['max_iters']} | loss {'-' if loss_avg is None else f'{loss_avg:.4f}'} K | lr {acc['lr']:.2e} "
+    line = (f"iter {done}/{tcfg['max_iters']} | loss {'-' if loss_avg is None else f'{loss_avg:.4f}'} K | lr {acc['lr']:.2e} "
             f"| grad norm <= {acc['grad_norm_max']:.3g} | {speed:.2f} it/s (data {100 * acc['data_wait'] / elapsed:.0f}%) "
             f"| eta {time.strftime('%H:%M:%S', time.gmtime(eta))} | peak mem {mem:.0f} MB"
             + (f" | skipped {skipped} batches without valid pixels" if skipped else ""))
@@ -302,11 +260,11 @@ def add_step(acc, step):
     acc["lr"] = step["lr"]
 
 
-def validate(model, normalizer, val_set, split, device, amp, done, best_rmse):
-    """Validation metrics -> (record, line, improved). Runs on every rank: evaluate shards the images
-    over the ranks and gathers their metrics, so every rank gets the same numbers (and the same
-    decision to save best.pth)."""
-    means, _ = groklst.evaluate(model, normalizer, val_set, device, amp)
+def validate(model, normalizer, val_set, split, device, amp, consistency, done, best_rmse):
+    """Validation metrics -> (record, line, improved). Runs on every rank: engine.evaluate shards the images
+    over the ranks and gathers their metrics, so every rank gets the same numbers (and the same decision to
+    save best.pth). The config's `consistency` applies, as in test.py: best.pth is chosen on what is reported."""
+    means, _ = engine.evaluate(model, normalizer, val_set, device, amp, consistency)
     improved = means["RMSE"] < best_rmse  # NaN (no valid pixel in the split) never improves
     line = (f"val ({split}) iter {done}: " + " ".join(f"{k} {v:.4f}" for k, v in means.items() if k != "images")
             + (" *best*" if improved else ""))
@@ -319,90 +277,100 @@ def validate(model, normalizer, val_set, split, device, amp, done, best_rmse):
 def build_datasets(cfg):
     """Training and validation sets (None: data.val_split is null, no validation), after checking every
     file the splits list (train, val, test) from its header: a bad file fails the run now, not hours in."""
-    d = cfg["data"]
-    train_set = groklst.build_dataset(cfg, d["train_split"], train=True)
-    val_set = None if d["val_split"] is None else groklst.build_dataset(cfg, d["val_split"])
+    dcfg = cfg["data"]
+    train_set = groklst.build_dataset(cfg, dcfg["train_split"], train=True)
+    val_set = None if dcfg["val_split"] is None else groklst.build_dataset(cfg, dcfg["val_split"])
     if val_set is not None and len(val_set) == 0:
-        split_file = os.path.join(d["root"], "split", f"{d['val_split']}.txt")
+        split_file = os.path.join(dcfg["root"], "split", f"{dcfg['val_split']}.txt")
         raise DataError(f"{split_file}: the validation split lists no samples; best.pth is chosen on it. List "
                         f"samples there, or train without validation with data.val_split=null (last.pth is then used)")
-    test_set = groklst.build_dataset(cfg, d["test_split"])
+    test_set = groklst.build_dataset(cfg, dcfg["test_split"])
     for dataset in (train_set, val_set, test_set):
         if dataset is not None:
             dataset.check_files()
     return train_set, val_set
 
 
+def seed_everything(seed, rank):
+    """The same initial weights on every rank (torch seeded alike); Python's and numpy's streams differ per
+    rank. Later torch draws are reseeded per iteration (train_step)."""
+    random.seed(seed + rank)
+    np.random.seed(seed + rank)
+    torch.manual_seed(seed)
+
+
 def train(cfg, args, rank, world, device):
     """Build -> resume (or init) -> loop -> save. Returns (normalizer, model) with the last weights."""
-    t, d, wd = cfg["train"], cfg["data"], cfg["work_dir"]
+    tcfg, dcfg, work_dir = cfg["train"], cfg["data"], cfg["work_dir"]
     main_process = rank == 0
-    summary_writer = require_tensorboard() if t["tensorboard"] else None
-    old_files = check_work_dir(wd, args)
+    summary_writer = require_tensorboard() if tcfg["tensorboard"] else None
+    old_files = check_work_dir(work_dir, args)
 
-    # build: the same initial weights on every rank (seeded alike); later draws are reseeded per iteration
-    random.seed(t["seed"] + rank), np.random.seed(t["seed"] + rank), torch.manual_seed(t["seed"])
-    if t["deterministic"]:
+    # build
+    seed_everything(tcfg["seed"], rank)
+    if tcfg["deterministic"]:
         torch.backends.cudnn.benchmark = False
         torch.use_deterministic_algorithms(True, warn_only=True)
     train_set, val_set = build_datasets(cfg)
-    prepare_work_dir(wd, old_files, main_process)
-    writer = summary_writer(wd) if summary_writer and main_process else None
-    log = functools.partial(log_record, wd, writer) if main_process else lambda record, line: None
+    prepare_work_dir(work_dir, old_files, main_process)
+    writer = summary_writer(work_dir) if summary_writer and main_process else None
+    log = functools.partial(log_record, work_dir, writer) if main_process else lambda record, line: None
     normalizer = groklst.build_normalizer(cfg)
     model = raw_model = groklst.build_model(cfg).to(device)
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = groklst.num_parameters(model)
     if n_params == 0:
         raise ConfigError(f"model {cfg['model']['name']!r} has no parameters to train; use test.py")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t["lr"], betas=tuple(t["betas"]), weight_decay=t["weight_decay"])
-    scaler = torch.amp.GradScaler(device.type, enabled=t["amp"] == "fp16")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], betas=tuple(tcfg["betas"]),
+                                  weight_decay=tcfg["weight_decay"])
+    scaler = torch.amp.GradScaler(device.type, enabled=tcfg["amp"] == "fp16")
 
     # resume: the iteration alone fixes the learning rate, the sample order, the crops and the model's draws
     start_iter, best_rmse = 0, math.inf
-    resume = os.path.join(wd, "last.pth") if args.resume == "auto" else args.resume
+    resume = os.path.join(work_dir, "last.pth") if args.resume == "auto" else args.resume
     if resume:
         start_iter, best_rmse = resume_from(resume, cfg, raw_model, optimizer, scaler, world)
         if main_process:
-            truncate_log(os.path.join(wd, "log.jsonl"), start_iter)
+            truncate_log(os.path.join(work_dir, "log.jsonl"), start_iter)
             print(f"resumed from {resume} at iteration {start_iter}")
     elif args.init:
-        groklst.load_weights(raw_model, args.init)
+        load_weights(raw_model, args.init)
         if main_process:
             print(f"initialised weights from {args.init}")
-    if t["compile"]:
-        model = groklst.compile_model(model, device)
+    if tcfg["compile"]:
+        model = engine.compile_model(model, device)
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=bool(raw_model.unused_parameters))
     if main_process:
-        with open(os.path.join(wd, "config.yaml"), "w") as f:
-            yaml.safe_dump(cfg, f, sort_keys=False)
-        print(f"{cfg['model']['name']} x{d['scale']}: {n_params:,} parameters, {len(train_set)} training and "
+        groklst.write_config(cfg, os.path.join(work_dir, "config.yaml"))
+        print(f"{cfg['model']['name']} x{dcfg['scale']}: {n_params:,} parameters, {len(train_set)} training and "
               f"{'no' if val_set is None else len(val_set)} validation samples, {world} process(es) x batch "
-              f"{t['batch_size']} x accumulation {t['grad_accum']}, device {device}")
+              f"{tcfg['batch_size']} x accumulation {tcfg['grad_accum']}, device {device}")
 
     def save(name, it):
-        if main_process:
-            save_checkpoint(os.path.join(wd, name), dict(
-                model=groklst.clean_state_dict(raw_model.state_dict()), optimizer=optimizer.state_dict(),
+        if main_process:  # one writer; the weights without DDP's `module.` or compile's `_orig_mod.` prefixes
+            write_checkpoint(os.path.join(work_dir, name), dict(
+                model=clean_state_dict(raw_model.state_dict()), optimizer=optimizer.state_dict(),
                 scaler=scaler.state_dict(), iter=it, best_rmse=best_rmse, world=world, config=cfg,
-                model_name=cfg["model"]["name"], torch_version=str(torch.__version__)))
+                model_name=cfg["model"]["name"], torch_version=str(torch.__version__)),
+                hint="continue with --resume")
 
     # loop
-    ckpt_interval = t["ckpt_interval"] or t["val_interval"]
-    stream = batches(train_set, t["batch_size"], t["seed"], rank, world, start_iter * t["grad_accum"], d["num_workers"])
+    ckpt_interval = tcfg["ckpt_interval"] or tcfg["val_interval"]
+    stream = batches(train_set, tcfg["batch_size"], tcfg["seed"], rank, world, start_iter * tcfg["grad_accum"],
+                     dcfg["num_workers"])
     model.train()
     acc = new_interval()
-    for it in range(start_iter, t["max_iters"]):
-        add_step(acc, train_step(model, optimizer, scaler, normalizer, stream, it, t, rank, world, device))
-        done, last = it + 1, it + 1 == t["max_iters"]
-        if done % t["log_interval"] == 0 or last:
-            log(*interval_record(acc, done, t, world, device))
+    for it in range(start_iter, tcfg["max_iters"]):
+        add_step(acc, train_step(model, optimizer, scaler, normalizer, stream, it, tcfg, rank, world, device))
+        done, last = it + 1, it + 1 == tcfg["max_iters"]
+        if done % tcfg["log_interval"] == 0 or last:
+            log(*interval_record(acc, done, tcfg, world, device))
             acc = new_interval()
-        if val_set is not None and (done % t["val_interval"] == 0 or last):
-            record, line, improved = validate(raw_model, normalizer, val_set, d["val_split"], device, t["amp"],
-                                              done, best_rmse)
+        if val_set is not None and (done % tcfg["val_interval"] == 0 or last):
+            record, line, improved = validate(raw_model, normalizer, val_set, dcfg["val_split"], device, tcfg["amp"],
+                                              cfg["consistency"], done, best_rmse)
             log(record, line)
             if improved:
                 best_rmse = record["RMSE"]
@@ -416,17 +384,22 @@ def train(cfg, args, rank, world, device):
 
 def final_test(cfg, normalizer, model, device):
     """The test split with the weights the run selected (best.pth; last.pth, the model as trained, when
-    there was no validation or it never improved) and with bicubic: the table a user wants at the end."""
-    d = cfg["data"]
-    test_set = groklst.build_dataset(cfg, d["test_split"])
+    there was no validation or it never improved) and with bicubic, both with the config's `consistency`
+    as test.py applies it: the table a user wants at the end."""
+    dcfg = cfg["data"]
+    test_set = groklst.build_dataset(cfg, dcfg["test_split"])
     best = os.path.join(cfg["work_dir"], "best.pth")
     used = "last.pth"
-    if d["val_split"] is not None and os.path.exists(best):
-        groklst.load_weights(model, best)
+    if dcfg["val_split"] is not None and os.path.exists(best):
+        load_weights(model, best)
         used = "best.pth"
-    rows = {f"{cfg['model']['name']} ({used})": groklst.evaluate(model, normalizer, test_set, device, cfg["train"]["amp"])[0]}
-    bicubic = groklst.create_model("bicubic", scale=d["scale"]).to(device)
-    rows["bicubic"] = groklst.evaluate(bicubic, normalizer, test_set, device)[0]
+    consistency = cfg["consistency"]
+    suffix = f", consistency {consistency}" if consistency != "none" else ""
+    rows = {f"{cfg['model']['name']} ({used}{suffix})":
+            engine.evaluate(model, normalizer, test_set, device, cfg["train"]["amp"], consistency)[0]}
+    bicubic = groklst.create_model("bicubic", scale=dcfg["scale"]).to(device)
+    rows[f"bicubic{' (' + suffix[2:] + ')' if suffix else ''}"] = engine.evaluate(
+        bicubic, normalizer, test_set, device, consistency=consistency)[0]
     return rows
 
 
@@ -442,20 +415,19 @@ def main(argv=None):
                    help="delete the checkpoints and log of a previous run in the work dir, then start afresh")
     p.add_argument("--no-test", action="store_true", help="skip the final test-split evaluation")
     args = p.parse_intermixed_args(argv)  # key=value overrides may follow options
-    rank, world, device = groklst.setup_distributed()
+    rank, world, device = engine.setup_distributed()
     try:
         cfg = groklst.load_config(args.config, args.overrides)
         normalizer, model = train(cfg, args, rank, world, device)
         if not args.no_test:
             rows = final_test(cfg, normalizer, model, device)
             if rank == 0:
-                table = format_table(rows, f"{cfg['data']['test_split']} x{cfg['data']['scale']}")
+                table = format_table(rows, f"{cfg['data']['test_split']} x{cfg['data']['scale']}", COLUMNS)
                 print(table)
-                with open(os.path.join(cfg["work_dir"], "test_table.md"), "w") as f:
-                    f.write(table + "\n")
-        groklst.teardown_distributed(barrier=True)
+                write_atomic(os.path.join(cfg["work_dir"], "test_table.md"), (table + "\n").encode())
+        engine.teardown_distributed(barrier=True)
     finally:
-        groklst.teardown_distributed()
+        engine.teardown_distributed()
 
 
 if __name__ == "__main__":

@@ -1,29 +1,51 @@
+"""Shared test fixtures. The repository root comes from the `root` fixture (and `config` builds a path
+under configs/); scripts run through the `run_script` fixture; `tiny_config` writes a quick CPU config."""
+import glob
 import os
 import subprocess
 import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)  # the toolkit is a folder of modules, not an installed package
+
+
+@pytest.fixture(scope="session")
+def root():
+    """The repository root (scripts run with it as the working directory)."""
+    return _ROOT
+
+
+@pytest.fixture(scope="session")
+def config():
+    """config(name) -> the path of configs/<name>.yaml."""
+    return lambda name: os.path.join(_ROOT, "configs", name + ".yaml")
+
+
+def pytest_generate_tests(metafunc):
+    """`config_path` parametrizes a test over every file of configs/."""
+    if "config_path" in metafunc.fixturenames:
+        paths = sorted(glob.glob(os.path.join(_ROOT, "configs", "*.yaml")))
+        metafunc.parametrize("config_path", paths, ids=[os.path.basename(p) for p in paths])
 
 
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory):
     """A small demo dataset (GeoTIFF, GrokLST layout): 16 tiles of 64 x 64 at 30 m."""
-    from data import make_demo
-    root = str(tmp_path_factory.mktemp("demo"))
-    make_demo(root, n_tiles=16, size=64, seed=3)
-    return root
+    from layout import make_demo
+    folder = str(tmp_path_factory.mktemp("demo"))
+    make_demo(folder, n_tiles=16, size=64, seed=3)
+    return folder
 
 
-def tiny_config(tmp_path, root, model, **train):
-    """A config file for a few quick CPU iterations on `root` (x4, 32-pixel crops): the demo base with
+def _tiny_config(tmp_path, data_root, model, **train):
+    """A config file for a few quick CPU iterations on `data_root` (x4, 32-pixel crops): the demo base with
     `model` ({name: ..., args}) and train keys overridden."""
     import yaml
-    cfg = yaml.safe_load(open(os.path.join(ROOT, "configs", "_base_", "demo_x8.yaml")))
+    cfg = yaml.safe_load(open(os.path.join(_ROOT, "configs", "_base_", "demo_x8.yaml")))
     cfg["model"] = dict(model)
-    cfg["data"].update(root=str(root), hr_crop=32, scale=4)
+    cfg["data"].update(root=str(data_root), hr_crop=32, scale=4)
     cfg["train"].update(dict(dict(max_iters=8, batch_size=2, val_interval=100, log_interval=1, lr=1.0e-3,
                                   restart_period=8), **train))
     path = tmp_path / f"tiny_{cfg['model']['name']}.yaml"
@@ -31,7 +53,19 @@ def tiny_config(tmp_path, root, model, **train):
     return str(path)
 
 
-def run_script(args, **kw):
+@pytest.fixture(scope="session")
+def tiny_config():
+    """tiny_config(tmp_path, data_root, model, **train) -> path of a quick CPU training config."""
+    return _tiny_config
+
+
+def _run_script(args, **kw):
     """`python ARGS` in the repository root, one thread, output captured."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable] + args, cwd=ROOT, capture_output=True, text=True, env=env, **kw)
+    return subprocess.run([sys.executable] + args, cwd=_ROOT, capture_output=True, text=True, env=env, **kw)
+
+
+@pytest.fixture(scope="session")
+def run_script():
+    """run_script([script, args...], **subprocess kwargs) -> CompletedProcess, in the repository root."""
+    return _run_script

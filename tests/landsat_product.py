@@ -5,7 +5,7 @@
 A folder with the MTL (real group and key names; text or XML) and uint16 band GeoTIFFs (SR_B1..SR_B7 +
 ST_B10 + QA_PIXEL + QA_RADSAT for C2 L2; B1..B7 + B10 + QA_PIXEL/BQA for L1) with realistic DN and QA bits set
 at known places (QA_PLACES, BQA_PLACES, FILL_BLOCK, ST_ZERO, RADSAT_*). By default the surface is a smooth
-pattern; --synth takes reflectance and LST from data.synth_scene (multi-scale terrain and land cover), shifted
+pattern; --synth takes reflectance and LST from layout.synth_scene (multi-scale terrain and land cover), shifted
 to a summer-like 290-320 K, for a demo with structure worth downscaling.
 """
 import argparse
@@ -17,8 +17,8 @@ import numpy as np
 import tifffile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import data  # noqa: E402
 import geotiff  # noqa: E402
+import layout  # noqa: E402
 
 X0, Y0, PX, EPSG = 399960.0, 5700000.0, 30.0, 32633
 H, W = 48, 40
@@ -108,12 +108,12 @@ def mtl_xml(groups, root):
 
 
 def surface(h, w, synth=False, seed=0):
-    """({band 1..7: reflectance (H, W)}, LST (H, W) K): a smooth pattern, or data.synth_scene's scene."""
+    """({band 1..7: reflectance (H, W)}, LST (H, W) K): a smooth pattern, or layout.synth_scene's scene."""
     rng = np.random.default_rng(seed)
     if synth:
-        lst, gui = data.synth_scene(h, w, seed=seed)
-        b = {n: gui[data.BANDS.index(n)] for n in ("deepblue", "blue", "green", "red", "nir")}
-        ndvi = gui[data.BANDS.index("ndvi")]
+        lst, gui = layout.synth_scene(h, w, seed=seed)
+        b = {n: gui[layout.BANDS.index(n)] for n in ("deepblue", "blue", "green", "red", "nir")}
+        ndvi = gui[layout.BANDS.index("ndvi")]
         refl = {1: b["deepblue"], 2: b["blue"], 3: b["green"], 4: b["red"], 5: b["nir"],
                 6: np.clip(0.25 - 0.12 * ndvi + 0.3 * (b["red"] - 0.1), 0.005, 1),  # SWIR: drier where less green
                 7: np.clip(0.18 - 0.12 * ndvi + 0.3 * (b["red"] - 0.1), 0.005, 1)}
@@ -176,7 +176,7 @@ def main(argv=None):
     p.add_argument("--level", choices=["L2", "L1"], default="L2")
     p.add_argument("--collection", type=int, choices=[2, 1], default=2)
     p.add_argument("--size", type=int, default=H, help="scene side in 30 m pixels")
-    p.add_argument("--synth", action="store_true", help="data.synth_scene's surface instead of the smooth pattern")
+    p.add_argument("--synth", action="store_true", help="layout.synth_scene's surface instead of the smooth pattern")
     p.add_argument("--xml", action="store_true", help="MTL as XML")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)

@@ -1,27 +1,25 @@
+import ast
 import glob
 import os
 import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
 
 import groklst
+from checkpoints import clean_state_dict
 from groklst import ConfigError, load_config
 
-CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
 
-
-@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
-def test_every_config_loads(path):
-    cfg = load_config(path)
+def test_every_config_loads(config_path):
+    cfg = load_config(config_path)
     if cfg["model"]["name"] in groklst.MODELS:
         assert cfg["data"]["scale"] in groklst.MODELS[cfg["model"]["name"]].scales
         groklst.build_normalizer(cfg)  # stats exist for every band the model reads
 
 
-def test_overrides_are_typed():
-    cfg = load_config(os.path.join(ROOT, "configs/mocolsk_x8.yaml"),
+def test_overrides_are_typed(config):
+    cfg = load_config(config("mocolsk_x8"),
                       ["train.lr=3e-4", "train.max_iters=20", "model.num_feats=16", "data.hr_crop=64", "train.compile=true"])
     assert cfg["train"]["lr"] == 3e-4 and isinstance(cfg["train"]["lr"], float)
     assert cfg["train"]["max_iters"] == 20 and cfg["model"]["num_feats"] == 16 and cfg["data"]["hr_crop"] == 64
@@ -38,9 +36,9 @@ def test_overrides_are_typed():
     ("data.scale=3", r"supports scales \[2, 4, 8\], not data.scale=3"),
     ("train", r"expected key.sub=value"),
 ])
-def test_override_errors(override, message):
+def test_override_errors(override, message, config):
     with pytest.raises(ConfigError, match=message):
-        load_config(os.path.join(ROOT, "configs/mocolsk_x8.yaml"), [override])
+        load_config(config("mocolsk_x8"), [override])
 
 
 def test_base_chain_limited_to_one(tmp_path):
@@ -70,29 +68,29 @@ def test_registry():
 
 def test_clean_state_dict():
     keys = ["generator.module.lst_stem.weight", "module.a.b", "_orig_mod.c", "generator.d", "x.module.y"]
-    assert list(groklst.clean_state_dict(dict.fromkeys(keys)).keys()) == ["lst_stem.weight", "a.b", "c", "d", "x.y"]
+    assert list(clean_state_dict(dict.fromkeys(keys)).keys()) == ["lst_stem.weight", "a.b", "c", "d", "x.y"]
 
 
 @pytest.mark.slow
-def test_cli_list():
-    out = subprocess.run([sys.executable, "groklst.py", "list"], cwd=ROOT, capture_output=True, text=True, check=True)
+def test_cli_list(root):
+    out = subprocess.run([sys.executable, "groklst.py", "list"], cwd=root, capture_output=True, text=True, check=True)
     line = next(l for l in out.stdout.splitlines() if l.startswith("mocolsk "))
     assert "x2 20,011,833" in line and "x4 25,430,841" in line and "x8 40,913,721" in line and "gisr" in line
 
 
 @pytest.mark.slow
-def test_model_table_is_current():
+def test_model_table_is_current(root):
     """docs/models.md holds the model table exactly as `groklst.py list --markdown` prints it."""
-    out = subprocess.run([sys.executable, "groklst.py", "list", "--markdown"], cwd=ROOT, capture_output=True,
+    out = subprocess.run([sys.executable, "groklst.py", "list", "--markdown"], cwd=root, capture_output=True,
                          text=True, check=True).stdout.strip()
-    assert out in open(os.path.join(ROOT, "docs", "models.md")).read(), \
+    assert out in open(os.path.join(root, "docs", "models.md")).read(), \
         "regenerate the table in docs/models.md with: python groklst.py list --markdown"
 
 
-def test_demo_config_matches_demo_data(demo_root):
+def test_demo_config_matches_demo_data(demo_root, config):
     """configs/demo_*.yaml carry the demo's statistics; the generator must not drift from them."""
     from data import compute_stats
-    cfg = load_config(os.path.join(ROOT, "configs", "demo_mocolsk_x8.yaml"))
+    cfg = load_config(config("demo_mocolsk_x8"))
     stats = compute_stats(demo_root, "trainval")
     assert abs(stats["lst"]["240m"]["mean"] - cfg["norm"]["lst"]["mean"]) < 3.0
     assert 0.6 < stats["lst"]["240m"]["std"] / cfg["norm"]["lst"]["std"] < 1.5
@@ -101,42 +99,96 @@ def test_demo_config_matches_demo_data(demo_root):
         assert abs(got["mean"] - s["mean"]) < 0.5 * s["std"] and 0.5 < got["std"] / s["std"] < 2, band
 
 
-SCRIPTS = ["train", "test", "predict", "prepare", "bench", "landsat", "benchmark"]
+def modules(root):
+    """(library, scripts): the top-level modules of the repository. A script runs a `main` under
+    `if __name__ == "__main__"` and no other module imports it; every other module is library (groklst.py
+    has a command line of its own, but the scripts import it)."""
+    paths = sorted(glob.glob(os.path.join(root, "*.py")))
+    names = [os.path.basename(p)[:-3] for p in paths]
+    imported = {m for p in paths for m in imports_of(p, names) if m != os.path.basename(p)[:-3]}
+    library, scripts = [], []
+    for path, name in zip(paths, names):
+        tree = ast.parse(open(path).read())
+        runs_main = any(isinstance(n, ast.If) and "__main__" in ast.unparse(n.test) for n in tree.body)
+        (scripts if runs_main and name not in imported else library).append(name)
+    return library, scripts
+
+
+def imports_of(path, names):
+    """{module it imports (top-level or inside functions) that is one of `names`: line}."""
+    out = {}
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            for name in found:
+                if name.split(".")[0] in names:
+                    out[name.split(".")[0]] = node.lineno
+    return out
+
+
+def test_library_and_scripts_are_told_apart(root):
+    library, scripts = modules(root)
+    assert {"groklst", "data", "geotiff", "engine", "checkpoints", "errors", "metrics"} <= set(library)
+    assert {"train", "test", "predict", "prepare", "landsat", "speed", "zoo"} <= set(scripts)
+    assert "groklst" not in scripts  # it has a main, but it is the library's registry: its CLI is only its own
+    assert not set(library) & set(scripts)
+
+
+def test_library_never_imports_scripts(root):
+    """Dependencies flow one way: no library module (every top-level module that is not a script, and every
+    model file) imports a script, statically or inside a function, and nothing is imported by name at
+    run time (importlib, a sys.modules alias)."""
+    library, scripts = modules(root)
+    for path in [os.path.join(root, m + ".py") for m in library] + glob.glob(os.path.join(root, "models", "*.py")):
+        found = imports_of(path, scripts)
+        assert not found, f"{path} imports the script(s) {found}"
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, ast.Call) and ast.unparse(node.func).endswith("import_module"):
+                arg = node.args[0]
+                assert isinstance(arg, ast.Constant) and arg.value.split(".")[0] not in library + scripts, \
+                    f"{path}:{node.lineno} imports a module named at run time"
+            if isinstance(node, ast.Assign):
+                assert not any(ast.unparse(t).startswith("sys.modules[") for t in node.targets), \
+                    f"{path}:{node.lineno} aliases a module in sys.modules"
+
+
+def test_no_import_cycle_between_library_modules(root):
+    library, _ = modules(root)
+    graph = {m: set(imports_of(os.path.join(root, m + ".py"), library)) - {m} for m in library}
+    done, active = set(), []
+
+    def visit(m):
+        assert m not in active, "import cycle: " + " -> ".join(active[active.index(m):] + [m])
+        if m in done:
+            return
+        active.append(m)
+        for n in graph[m]:
+            visit(n)
+        active.pop()
+        done.add(m)
+
+    for m in library:
+        visit(m)
 
 
 @pytest.mark.slow
-def test_every_module_imports_and_every_command_has_help():
+def test_every_module_imports_and_every_command_has_help(root):
     """Each module imports on its own (no cycles hidden by lazy imports), each script and each
     groklst.py subcommand answers --help."""
-    for module in ["errors", "geotiff", "data", "metrics", "figures", "sharpeners", "groklst"] + SCRIPTS:
-        r = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
-    commands = [[f"{s}.py"] for s in SCRIPTS] + [["groklst.py", c] for c in
-                                                 ("list", "stats", "make-demo", "convert-checkpoint", "plot-log", *groklst.SCRIPTS)]
+    library, scripts = modules(root)
+    for module in library + scripts:
+        r = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=root, capture_output=True, text=True)
+        assert r.returncode == 0, (module, r.stderr)
+    commands = [[f"{s}.py"] for s in scripts] + [["groklst.py", c] for c in
+                                                  ("list", "stats", "make-demo", "convert-checkpoint", "plot-log")]
     for cmd in commands:
-        r = subprocess.run([sys.executable, *cmd, "--help"], cwd=ROOT, capture_output=True, text=True)
+        r = subprocess.run([sys.executable, *cmd, "--help"], cwd=root, capture_output=True, text=True)
         assert r.returncode == 0 and "usage:" in r.stdout, (cmd, r.stderr)
 
 
-def test_groklst_runs_once_as_script():
-    """`python groklst.py predict` runs groklst.py once: the scripts it hands over to import the
-    running module, not a second copy (two MODELS dicts, two ConfigError classes)."""
-    r = subprocess.run([sys.executable, "-X", "importtime", "groklst.py", "predict", "--help"], cwd=ROOT,
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    imported = [line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if "|" in line]
-    assert "figures" in imported, "predict.py (which imports figures) was not run"
-    assert "groklst" not in imported
-
-
-def test_library_never_imports_scripts():
-    """Dependencies flow one way: library modules import no entry script (groklst.main's dispatch aside)."""
-    import ast
-    library = ["errors.py", "geotiff.py", "data.py", "metrics.py", "figures.py", "sharpeners.py", "groklst.py"] + \
-        glob.glob(os.path.join("models", "*.py"))
-    for path in library:
-        tree = ast.parse(open(os.path.join(ROOT, path)).read())
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
-                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-                assert not set(n.split(".")[0] for n in names) & set(SCRIPTS), f"{path}:{node.lineno} imports a script"
+@pytest.mark.parametrize("old, script", [("predict", "predict.py"), ("bench", "speed.py"), ("benchmark", "zoo.py")])
+def test_groklst_no_longer_runs_other_scripts(old, script):
+    """`groklst.py predict ...` (an old spelling) ends in one line naming the script to run, and runs nothing."""
+    with pytest.raises(SystemExit) as e:
+        groklst.main([old, "--help"])
+    assert str(e.value).startswith("error: ") and f"python {script} --help" in str(e.value)

@@ -7,6 +7,7 @@ import torch
 
 import data
 import geotiff
+import layout
 from data import BANDS, DataError, GrokLSTDataset, Normalizer
 
 
@@ -36,12 +37,12 @@ def test_band_subset_in_any_order(demo_root):
 
 
 def test_demo_is_deterministic_and_plausible(tmp_path):
-    data.make_demo(str(tmp_path / "a"), n_tiles=4, size=32, seed=7)
-    data.make_demo(str(tmp_path / "b"), n_tiles=4, size=32, seed=7)
+    layout.make_demo(str(tmp_path / "a"), n_tiles=4, size=32, seed=7)
+    layout.make_demo(str(tmp_path / "b"), n_tiles=4, size=32, seed=7)
     a, _ = geotiff.read_geotiff(str(tmp_path / "a/30m/lst/tile_001.tif"))
     b, _ = geotiff.read_geotiff(str(tmp_path / "b/30m/lst/tile_001.tif"))
     assert np.array_equal(a, b, equal_nan=True)
-    lst, gui = data.synth_scene(256, 256, seed=1)
+    lst, gui = layout.synth_scene(256, 256, seed=1)
     assert 270 < lst.mean() < 295 and 6 < lst.std() < 20
     dem, red, nir, ndvi = gui[0], gui[4], gui[6], gui[8]
     assert 500 < dem.min() and dem.max() < 5500
@@ -61,7 +62,7 @@ def test_mat_files(tmp_path):
     root = tmp_path / "mat"
     for sub in ("30m/lst", "30m/guidance", "120m/lst", "split"):
         (root / sub).mkdir(parents=True)
-    lst, gui = data.synth_scene(32, 32, seed=2)
+    lst, gui = layout.synth_scene(32, 32, seed=2)
     scipy_io.savemat(root / "30m/lst/0001.mat", {"data": lst})
     scipy_io.savemat(root / "120m/lst/0001.mat", {"data": data.block_mean(lst, 4)})
     scipy_io.savemat(root / "30m/guidance/0001.mat", {b: g for b, g in zip(BANDS, gui)})

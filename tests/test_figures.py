@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT
 
 import figures
 import groklst
@@ -17,9 +16,9 @@ needs_mpl = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
                                reason="matplotlib not installed (pip install matplotlib)")
 
 
-def load_script(name, path):
+def load_script(root, name, path):
     """A script as a module (test.py would clash with the standard library's `test` package)."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(root, path))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -50,9 +49,9 @@ def demo_cfg(demo_root, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(demo_root, demo_cfg):
+def tiny_run(demo_root, demo_cfg, root):
     """A 3-iteration run of a small SRCNN on the demo data: a work dir with log.jsonl and best.pth."""
-    train = load_script("groklst_train_script", "train.py")
+    train = load_script(root, "groklst_train_script", "train.py")
     work_dir = demo_cfg["tmp"] / "tiny_srcnn"
     train.main(["configs/demo_bicubic_x8.yaml", demo_cfg["root"], "model.name=srcnn", "data.hr_crop=32",
                 "train.max_iters=3", "train.log_interval=1", "train.val_interval=2", "train.batch_size=2",
@@ -62,8 +61,8 @@ def tiny_run(demo_root, demo_cfg):
 
 @pytest.mark.slow
 @needs_mpl
-def test_test_figure_panel_with_guidance(demo_root, demo_cfg, tiny_run):
-    test_script = load_script("groklst_test_script", "test.py")
+def test_test_figure_panel_with_guidance(demo_root, demo_cfg, tiny_run, root):
+    test_script = load_script(root, "groklst_test_script", "test.py")
     png = demo_cfg["tmp"] / "panel.png"
     names = groklst.build_dataset(groklst.load_config("configs/demo_bicubic_x8.yaml", [demo_cfg["root"]]), "test").names
     test_script.main(["configs/demo_bicubic_x8.yaml", demo_cfg["root"], "--out", str(demo_cfg["tmp"] / "m.json"),
@@ -78,9 +77,9 @@ def test_test_figure_panel_with_guidance(demo_root, demo_cfg, tiny_run):
 
 @pytest.mark.slow
 @needs_mpl
-def test_figure_guidance_adds_a_column(demo_root, demo_cfg, tmp_path):
+def test_figure_guidance_adds_a_column(demo_root, demo_cfg, tmp_path, root):
     """Without --figure-guidance the panel has one column fewer (narrower)."""
-    test_script = load_script("groklst_test_script", "test.py")
+    test_script = load_script(root, "groklst_test_script", "test.py")
     a, b = tmp_path / "a.png", tmp_path / "b.png"
     for png, extra in ((a, []), (b, ["--figure-guidance", "ndvi"])):
         test_script.main(["configs/demo_bicubic_x8.yaml", demo_cfg["root"], "--out", str(tmp_path / "m.json"),
@@ -113,9 +112,9 @@ def test_plot_log_errors(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @needs_mpl
-def test_tutorial_figures(demo_root, demo_cfg, tmp_path):
+def test_tutorial_figures(demo_root, demo_cfg, tmp_path, root):
     """docs/make_figures.py's figures (Wald's protocol, normalisation histograms, error panel) and scene."""
-    make = load_script("groklst_make_figures", os.path.join("docs", "make_figures.py"))
+    make = load_script(root, "groklst_make_figures", os.path.join("docs", "make_figures.py"))
     wald = tmp_path / "wald.png"
     make.main(["wald", demo_root, "tile_000", str(wald)])
     check_png(wald, width=(1200, 1550), height=(260, 340))
@@ -123,7 +122,7 @@ def test_tutorial_figures(demo_root, demo_cfg, tmp_path):
     make.main(["histograms", "configs/demo_mocolsk_x8.yaml", str(hist), f"data.root={demo_root}"])
     # histograms are mostly white, so a lower variance threshold
     check_png(hist, width=(900, 1020), height=(640, 740), min_std=0.04)
-    test_script = load_script("groklst_test_script", "test.py")
+    test_script = load_script(root, "groklst_test_script", "test.py")
     pred_dir = tmp_path / "pred"
     test_script.main(["configs/demo_bicubic_x8.yaml", demo_cfg["root"], "--out", str(tmp_path / "m.json"),
                       "--save-dir", str(pred_dir)])

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import tifffile
 import yaml
-from conftest import ROOT
 from landsat_product import (
     BQA_PLACES,
     EPSG,
@@ -30,7 +29,7 @@ from landsat_product import (
 import geotiff
 import landsat
 
-FIXTURE = os.path.join(ROOT, "tests", "data", "landsat8_l1")
+FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "landsat8_l1")  # beside this file
 FIXTURE_ID = "LC08_L1TP_195025_20130707_20170503_01_T1"
 
 
@@ -292,11 +291,10 @@ def test_lzw_band_needs_imagecodecs(tmp_path, capsys):
 
 
 def test_landsat_output_prepares_a_dataset(tmp_path, capsys):
-    import groklst
     import prepare
     folder = str(tmp_path / "p")
     write_product(folder, h=64, w=64)
-    groklst.main(["landsat", folder, "--out", str(tmp_path / "scene")])
+    landsat.main([folder, "--out", str(tmp_path / "scene")])
     assert "wrote" in capsys.readouterr().out
     prepare.main(["--lst", str(tmp_path / "scene" / "lst.tif"), "--guidance", str(tmp_path / "scene" / "guidance.tif"),
                   "--out", str(tmp_path / "data"), "--tile", "16", "--step", "16", "--scales", "2", "4",

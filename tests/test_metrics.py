@@ -2,7 +2,11 @@ import math
 
 import torch
 
-from metrics import METRICS, average, format_table, image_metrics
+from metrics import CONS, METRICS, average, format_table, image_metrics, image_metrics_by_name
+
+
+def rows(tensor):
+    return [dict(zip(METRICS, r)) for r in tensor.tolist()]
 
 
 def t(values):
@@ -47,15 +51,15 @@ def test_constant_image_cc_is_zero_and_finite():
 def test_average_is_per_image_not_pooled():
     a = image_metrics(t([1.0, 1.0]), t([0.0, 0.0]))  # RMSE 1
     b = image_metrics(t([3.0, 3.0, 3.0, 3.0]), t([0.0, 0.0, 0.0, 0.0]))  # RMSE 3
-    means, n = average(torch.cat([a, b]))
-    assert n == 2 and math.isclose(means["RMSE"], 2.0)  # pooled would be sqrt(38/6)
+    means = average(rows(torch.cat([a, b])))
+    assert means["images"] == 2 and math.isclose(means["RMSE"], 2.0)  # pooled would be sqrt(38/6)
 
 
 def test_empty_image_is_skipped():
-    rows = image_metrics(torch.full((2, 1, 2, 2), 280.0), torch.tensor([float("nan")] * 4 + [281.0] * 4).view(2, 1, 2, 2))
-    assert torch.isnan(rows[0]).all() and torch.isfinite(rows[1]).all()
-    means, n = average(rows)
-    assert n == 1 and math.isclose(means["RMSE"], 1.0)
+    per_image = image_metrics(torch.full((2, 1, 2, 2), 280.0), torch.tensor([float("nan")] * 4 + [281.0] * 4).view(2, 1, 2, 2))
+    assert torch.isnan(per_image[0]).all() and torch.isfinite(per_image[1]).all()
+    means = average(rows(per_image))
+    assert means["images"] == 1 and math.isclose(means["RMSE"], 1.0)
 
 
 def test_batch_equals_single_images():
@@ -69,3 +73,16 @@ def test_batch_equals_single_images():
 def test_table():
     table = format_table({"bicubic": dict(zip(METRICS, [1.0, 0.5, 0.0, 0.9, 0.1]))})
     assert "| bicubic | 1.0000 | 0.5000 | 0.0000 | 0.9000 | 0.1000 |" in table
+
+
+def test_rows_keyed_by_name_and_cons_averaged_apart():
+    """Rows carry names, not positions: CONS is averaged over the images where it is finite, the paper's
+    five over the images where all five are."""
+    gt = 280 + torch.arange(32.0).view(2, 1, 4, 4)
+    pred = gt + 1.0
+    lr = torch.stack([gt[0, :, ::2, ::2], torch.full((1, 2, 2), float("nan"))])  # image 2: no valid coarse pixel
+    by_name = image_metrics_by_name(pred, gt, None, lr)
+    assert set(by_name[0]) == set(METRICS) | {CONS} and math.isnan(by_name[1][CONS])
+    means = average(by_name)
+    assert means["images"] == 2 and math.isclose(means["RMSE"], 1.0)
+    assert math.isclose(means[CONS], by_name[0][CONS])

@@ -9,13 +9,14 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT
 
+import engine
 import groklst
+from checkpoints import load_weights
 from models.mocolsk import RCAB, MoCoLSK, MoCoLSKCS, MoCoLSKNet, OneLargeKernel, pool_tokens
 
 REFERENCE = {2: 20011833, 4: 25430841, 8: 40913721}
-TREE = os.path.join(ROOT, "..", "shared", "reference", "mocolsk_param_tree.txt")
+TREE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "reference", "mocolsk_param_tree.txt")
 
 
 def count(module):
@@ -207,8 +208,8 @@ def test_ablation_switches(kw):
     assert [n for n, p in net.named_parameters() if p.grad is None] == []
 
 
-def test_ablation_via_config_override(tmp_path):
-    cfg = groklst.load_config(os.path.join(ROOT, "configs/mocolsk_x8.yaml"),
+def test_ablation_via_config_override(tmp_path, config):
+    cfg = groklst.load_config(config("mocolsk_x8"),
                               ["model.stages=[C,S,C,C]", "model.pooling=avg", "model.mlp_type=b"])
     net = groklst.build_model(cfg)
     assert isinstance(net.bridges[0].dlsk, MoCoLSKCS) and isinstance(net.bridges[1].dlsk, MoCoLSK)
@@ -284,7 +285,7 @@ def test_torch_compile_backward_through_conv_attention():
 
 @pytest.mark.slow
 def test_compiled_bf16_gradients_on_cpu():
-    """groklst.compile_model (train.py, bench): bf16 gradients of a compiled MoCoLSK module equal
+    """engine.compile_model (train.py, speed.py): bf16 gradients of a compiled MoCoLSK module equal
     eager ones. With inductor's channels_last layout on CPU, oneDNN's weight gradient of the 7x7
     dilation-3 depthwise conv was wrong (relative error ~1, NaN) and bf16 + compile training diverged."""
     torch.manual_seed(0)
@@ -297,34 +298,34 @@ def test_compiled_bf16_gradients_on_cpu():
 
     eager = torch.autograd.grad(loss(module), list(module.parameters()))
     require_compile()
-    compiled = torch.autograd.grad(loss(groklst.compile_model(module, "cpu")), list(module.parameters()))
+    compiled = torch.autograd.grad(loss(engine.compile_model(module, "cpu")), list(module.parameters()))
     for (name, _), a, b in zip(module.named_parameters(), eager, compiled):
         # bf16 rounding moves the hyper-network's gradients by up to ~7 %; the oneDNN defect gave ~90 %
         assert (a - b).norm() / a.norm() < 0.2, name
 
 
-def test_file_runs_when_copied_alone(tmp_path):
-    shutil.copy(os.path.join(ROOT, "models", "mocolsk.py"), tmp_path)
+def test_file_runs_when_copied_alone(tmp_path, root):
+    shutil.copy(os.path.join(root, "models", "mocolsk.py"), tmp_path)
     code = ("import sys; sys.path = [p for p in sys.path if p not in ('', %r)]; sys.path.insert(0, %r); "
             "import torch, mocolsk; n = mocolsk.MoCoLSKNet(scale=2, num_feats=8, reduction=4, num_stages=1); "
-            "print(tuple(n(torch.randn(1, 1, 4, 4), torch.randn(1, 10, 8, 8)).shape))") % (ROOT, str(tmp_path))
+            "print(tuple(n(torch.randn(1, 1, 4, 4), torch.randn(1, 10, 8, 8)).shape))") % (root, str(tmp_path))
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "(1, 1, 8, 8)"
 
 
-def test_convert_original_checkpoint(tmp_path):
+def test_convert_original_checkpoint(tmp_path, root):
     torch.manual_seed(0)
     net = MoCoLSKNet(scale=8)
     state = {"generator.module." + k: v for k, v in net.state_dict().items()}
     torch.save({"meta": {"epoch": 0}, "state_dict": state}, tmp_path / "orig.pth")
     subprocess.run([sys.executable, "groklst.py", "convert-checkpoint", str(tmp_path / "orig.pth"),
-                    str(tmp_path / "ours.pth"), "--config", "configs/mocolsk_x8.yaml"], cwd=ROOT, check=True)
+                    str(tmp_path / "ours.pth"), "--config", "configs/mocolsk_x8.yaml"], cwd=root, check=True)
     ckpt = torch.load(tmp_path / "ours.pth", weights_only=True)
     fresh = MoCoLSKNet(scale=8)
     fresh.load_state_dict(ckpt["model"])
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), net.state_dict().values()))
     # load_weights reads the original file directly as well
     other = MoCoLSKNet(scale=8)
-    groklst.load_weights(other, str(tmp_path / "orig.pth"))
+    load_weights(other, str(tmp_path / "orig.pth"))
     assert torch.equal(other.lst_stem.weight, net.lst_stem.weight)

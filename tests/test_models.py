@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT
 
 import groklst
 
@@ -91,10 +90,10 @@ FILES = sorted({sys.modules[c.__module__].__file__ for c in groklst.MODELS.value
 
 @pytest.mark.slow  # a subprocess per file (~1.3 s each); tests/test_mocolsk.py copies MoCoLSK-Net alone in the quick loop
 @pytest.mark.parametrize("path", FILES, ids=os.path.basename)
-def test_model_file_imports_alone(path, tmp_path):
+def test_model_file_imports_alone(path, tmp_path, root):
     shutil.copy(path, tmp_path)
     module = os.path.splitext(os.path.basename(path))[0]
-    code = f"import sys; sys.path = [p for p in sys.path if p not in ('', {ROOT!r})]; import {module}"
+    code = f"import sys; sys.path = [p for p in sys.path if p not in ('', {root!r})]; import {module}"
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=str(tmp_path)))
     assert out.returncode == 0, out.stderr[-2000:]

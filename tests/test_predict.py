@@ -1,4 +1,4 @@
-"""Scene prediction (scene.py, `groklst.py predict`): tiling and blending, seams, no-data, grid checks,
+"""Scene prediction (predict.py): tiling and blending, seams, no-data, grid checks,
 georeferencing of the output, guidance files by band name."""
 import os
 
@@ -6,15 +6,14 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from conftest import ROOT
 
 import data
+import engine
 import geotiff
 import groklst
+import layout
 import predict
 
-CFG = {name: os.path.join(ROOT, "configs", name + ".yaml") for name in ("mocolsk_x8", "bicubic_x8", "bicubic_x4",
-                                                                           "bilinear_x4", "edsr_x8")}
 # a tiny MoCoLSK-Net guided by three bands, in another order than the files store them
 TINY = ["model.num_feats=4", "model.reduction=4", "model.num_stages=1", "model.n_resblocks=1",
         "data.guidance_bands=[nir,dem,red]"]
@@ -37,9 +36,9 @@ def write_guidance(path, gui, bands, geo):
     return str(path)
 
 
-def tiny_checkpoint(path, config=CFG["mocolsk_x8"], overrides=TINY):
+def tiny_checkpoint(path, config_path, overrides=TINY):
     torch.manual_seed(0)
-    model = groklst.build_model(groklst.load_config(config, overrides))
+    model = groklst.build_model(groklst.load_config(config_path, overrides))
     torch.save({"model": model.state_dict()}, str(path))
     return str(path)
 
@@ -65,12 +64,12 @@ def test_tiles_and_taper():
 
 
 @pytest.fixture(scope="module")
-def big(tmp_path_factory):
+def big(tmp_path_factory, config):
     """A 1504 x 1504 HR (30 m) synthetic scene, x8: LR LST 188 x 188 at 240 m with a cloud and a
     no-data corner (stored as the nodata value -9999), guidance with four named bands (red, dem,
     nir, ndvi) and NaN patches in red (used by the model) and ndvi (not used)."""
     d = tmp_path_factory.mktemp("scene")
-    hr, gui = data.synth_scene(1504, 1504, seed=0)
+    hr, gui = layout.synth_scene(1504, 1504, seed=0)
     lr = data.block_mean(hr, 8)
     yy, xx = np.mgrid[:188, :188]
     lr[((yy - 70) / 9) ** 2 + ((xx - 120) / 14) ** 2 < 1] = np.nan   # a cloud
@@ -80,20 +79,20 @@ def big(tmp_path_factory):
     g[0, 900:940, 200:260] = np.nan
     g[3, 300:340, 1000:1100] = np.nan
     lst_geo = geotiff.make_geo(X0, Y0, 240.0)
-    return {"hr": hr, "lr": lr, "gui": g, "lst_geo": lst_geo, "ckpt": tiny_checkpoint(d / "tiny.pth"),
+    return {"hr": hr, "lr": lr, "gui": g, "lst_geo": lst_geo, "ckpt": tiny_checkpoint(d / "tiny.pth", config("mocolsk_x8")),
             "lst": write_lst(d / "lst_240m.tif", lr, lst_geo, nodata=-9999.0),
             "guidance": write_guidance(d / "bands_30m.tif", g, bands, geotiff.make_geo(X0, Y0, 30.0))}
 
 
 @pytest.mark.slow
-def test_scene_1504_tiled_georeferenced_no_seams(big, tmp_path):
+def test_scene_1504_tiled_georeferenced_no_seams(big, tmp_path, config):
     """Done criterion of issue 7: a 1504 x 1504 scene with holes, tiled with a small model and with
     bicubic; georeferencing, nodata and seams checked."""
     out_model, out_bicubic = str(tmp_path / "model_30m.tif"), str(tmp_path / "bicubic_30m.tif")
-    common = ["--lst", big["lst"], "--guidance", big["guidance"], "--tile", "56", "--overlap", "12"]
-    groklst.main(["predict", CFG["mocolsk_x8"], *TINY, "--checkpoint", big["ckpt"], "--out", out_model,
+    common = ["--lst", big["lst"], "--guidance", big["guidance"], "--lr-tile", "56", "--lr-overlap", "12"]
+    predict.main([config("mocolsk_x8"), *TINY, "--checkpoint", big["ckpt"], "--out", out_model,
                   "--batch", "4", "--amp", "none", *common])
-    groklst.main(["predict", CFG["bicubic_x8"], "--out", out_bicubic, "--nodata", "-9999", *common])
+    predict.main([config("bicubic_x8"), "--out", out_bicubic, "--nodata", "-9999", *common])
 
     keys = big["lst_geo"][geotiff.TAG_GEOKEYS][2]
     outputs = {}
@@ -119,52 +118,52 @@ def test_scene_1504_tiled_georeferenced_no_seams(big, tmp_path):
 
     # seams: tiled vs one whole-scene forward, on valid pixels
     valid = ~expected
-    cfg = groklst.load_config(CFG["mocolsk_x8"], TINY)
+    cfg = groklst.load_config(config("mocolsk_x8"), TINY)
     model = groklst.load_model(cfg, big["ckpt"], "cpu")
     with torch.no_grad():
-        whole = groklst.downscale(model, groklst.build_normalizer(cfg), torch.from_numpy(lr)[None, None],
+        whole = engine.downscale(model, groklst.build_normalizer(cfg), torch.from_numpy(lr)[None, None],
                                   torch.from_numpy(gui)[None])[0, 0].numpy()
     model_error = np.sqrt(np.mean((whole - big["hr"])[valid] ** 2))
     diff = np.abs(model_out - whole)[valid]
     assert diff.max() < SEAM_MODEL_MAX * model_error, (diff.max(), model_error)
     assert np.sqrt(np.mean(diff ** 2)) < SEAM_MODEL_RMS * model_error
 
-    cfg = groklst.load_config(CFG["bicubic_x8"])
+    cfg = groklst.load_config(config("bicubic_x8"))
     with torch.no_grad():
-        whole = groklst.downscale(groklst.build_model(cfg), groklst.build_normalizer(cfg),
+        whole = engine.downscale(groklst.build_model(cfg), groklst.build_normalizer(cfg),
                                   torch.from_numpy(lr)[None, None])[0, 0].numpy()
     valid = ~hr_mask(lr, 8)
     assert np.abs(bicubic_raw - whole)[valid].max() < SEAM_BICUBIC_K
 
 
 @pytest.mark.parametrize("name", ["bicubic_x4", "bilinear_x4"])
-def test_constant_scene_gives_constant_output(name):
-    cfg = groklst.load_config(CFG[name])
+def test_constant_scene_gives_constant_output(name, config):
+    cfg = groklst.load_config(config(name))
     model, normalizer = groklst.build_model(cfg), groklst.build_normalizer(cfg)
     for shape in [(37, 45), (9, 30)]:  # several tiles with a flush last one; smaller than a tile (padded)
-        out = predict.predict_array(model, normalizer, np.full(shape, 300.0, np.float32), None, 4, tile=16, overlap=6,
+        out = predict.predict_array(model, normalizer, np.full(shape, 300.0, np.float32), None, 4, lr_tile=16, lr_overlap=6,
                                   batch=3)
         assert out.shape == (shape[0] * 4, shape[1] * 4)
         np.testing.assert_allclose(out, 300.0, atol=1e-4)
 
 
-def test_nodata_masks_and_stays_local(tmp_path, capsys):
+def test_nodata_masks_and_stays_local(tmp_path, capsys, config):
     """Holes are written as the nodata value and change valid pixels only within bicubic's support
     (2 LR pixels); elsewhere the output equals that of the scene without holes."""
-    hr, _ = data.synth_scene(160, 160, seed=2)
+    hr, _ = layout.synth_scene(160, 160, seed=2)
     lr = data.block_mean(hr, 4)
     holes = lr.copy()
     holes[10:14, 20:23] = np.nan
     holes[30:, 35:] = np.nan
     out = str(tmp_path / "out.tif")
     lst = write_lst(tmp_path / "lst.tif", holes, geotiff.make_geo(X0, Y0, 120.0))
-    groklst.main(["predict", CFG["bicubic_x4"], "--lst", lst, "--out", out, "--tile", "16", "--overlap", "4",
+    predict.main([config("bicubic_x4"), "--lst", lst, "--out", out, "--lr-tile", "16", "--lr-overlap", "4",
                   "--nodata", "-9999", "--amp", "bf16"])
     assert "amp bf16" in capsys.readouterr().err  # explicit bf16 is honoured (bicubic stays float32 under autocast)
     raw = tifffile.imread(out)
     assert raw.dtype == np.float32
     assert np.array_equal(raw == -9999.0, hr_mask(holes, 4))
-    cfg = groklst.load_config(CFG["bicubic_x4"])
+    cfg = groklst.load_config(config("bicubic_x4"))
     clean = predict.predict_array(groklst.build_model(cfg), groklst.build_normalizer(cfg), lr, None, 4, 16, 4)
     near = np.isnan(holes)
     for _ in range(2):  # dilate by 2 LR pixels (8-connected)
@@ -177,7 +176,7 @@ def test_nodata_masks_and_stays_local(tmp_path, capsys):
     assert np.abs(raw[ring] - clean[ring]).max() > 0.01  # the fill is felt next to a hole, as documented
 
 
-def test_model_transformation_and_geo_params_round_trip(tmp_path):
+def test_model_transformation_and_geo_params_round_trip(tmp_path, config):
     """ModelTransformation input with GeoDoubleParams / GeoAsciiParams: every tag value in the output;
     PixelIsPoint origins move to the HR pixel centre."""
     citation = "WGS 84 / UTM zone 50N|"
@@ -189,10 +188,10 @@ def test_model_transformation_and_geo_params_round_trip(tmp_path):
                 geotiff.TAG_GEOKEYS: ("H", len(keys), keys), geotiff.TAG_GEO_DOUBLES: ("d", 1, (6378137.0,)),
                 geotiff.TAG_GEO_ASCII: ("s", 0, citation)}
 
-    hr, gui = data.synth_scene(80, 96, seed=4)
+    hr, gui = layout.synth_scene(80, 96, seed=4)
     lst = write_lst(tmp_path / "lst.tif", data.block_mean(hr, 4), geo(120.0))
     out = str(tmp_path / "out.tif")
-    groklst.main(["predict", CFG["bicubic_x4"], "--lst", lst, "--out", out, "--tile", "8", "--overlap", "2"])
+    predict.main([config("bicubic_x4"), "--lst", lst, "--out", out, "--lr-tile", "8", "--lr-overlap", "2"])
     with tifffile.TiffFile(out) as tif:
         tags = {code: tif.pages[0].tags[code].value for code in geotiff.GEO_TAGS + (geotiff.TAG_GDAL_NODATA,)
                 if code in tif.pages[0].tags}
@@ -208,9 +207,9 @@ def test_model_transformation_and_geo_params_round_trip(tmp_path):
     assert geotiff.geo_window(geotiff.make_geo(X0, Y0, 240.0), 0, 0, 8)[geotiff.TAG_PIXEL_SCALE][2] == (30.0, 30.0, 0.0)
 
 
-def test_guidance_as_single_band_files_or_folder(tmp_path):
+def test_guidance_as_single_band_files_or_folder(tmp_path, config):
     """One file per band, named by stem (any case, any order, extra files ignored) = one multi-band file."""
-    hr, gui = data.synth_scene(128, 128, seed=5)
+    hr, gui = layout.synth_scene(128, 128, seed=5)
     lr, hr_geo = data.block_mean(hr, 8), geotiff.make_geo(X0, Y0, 30.0)
     lst = write_lst(tmp_path / "lst.tif", lr, geotiff.make_geo(X0, Y0, 240.0))
     multi = write_guidance(tmp_path / "bands.tif", gui[[4, 0, 6]], ["red", "dem", "nir"], hr_geo)
@@ -218,8 +217,8 @@ def test_guidance_as_single_band_files_or_folder(tmp_path):
     folder.mkdir()
     files = [write_guidance(folder / f"{stem}.tif", gui[data.BANDS.index(stem.lower())], None, hr_geo)
              for stem in ("nir", "DEM", "red", "ndvi")]
-    ckpt = tiny_checkpoint(tmp_path / "tiny.pth")
-    run = dict(config=CFG["mocolsk_x8"], lst=lst, checkpoint=ckpt, overrides=TINY, tile=16, overlap=4, progress=False)
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pth", config("mocolsk_x8"))
+    run = dict(config=config("mocolsk_x8"), lst=lst, checkpoint=ckpt, overrides=TINY, lr_tile=16, lr_overlap=4, progress=False)
 
     def written(name, **kw):
         predict.predict(out=str(tmp_path / name), **run, **kw)
@@ -231,12 +230,12 @@ def test_guidance_as_single_band_files_or_folder(tmp_path):
     assert np.isfinite(a).all() and np.array_equal(a, b) and np.array_equal(a, c)
     # a single-image model reads no guidance; its output does not depend on it
     edsr = ["model.mid_channels=8", "model.num_blocks=1"]
-    run.update(config=CFG["edsr_x8"], overrides=edsr, checkpoint=tiny_checkpoint(tmp_path / "edsr.pth",
-                                                                                   CFG["edsr_x8"], edsr))
+    run.update(config=config("edsr_x8"), overrides=edsr, checkpoint=tiny_checkpoint(tmp_path / "edsr.pth",
+                                                                                   config("edsr_x8"), edsr))
     assert np.array_equal(written("d.tif", guidance=[multi]), written("e.tif"))
 
 
-def test_grid_and_input_errors(tmp_path):
+def test_grid_and_input_errors(tmp_path, config):
     def check(match, lst_geo, gui_geo, gui_shape=(160, 192)):
         with pytest.raises(data.DataError, match=match) as e:
             geotiff.check_grids("lst.tif", (20, 24), lst_geo, "gui.tif", gui_shape, gui_geo, 8)
@@ -247,21 +246,24 @@ def test_grid_and_input_errors(tmp_path):
     check("different CRS", lr_geo, geotiff.make_geo(X0, Y0, 30.0, epsg=32648))
     check("extents differ", lr_geo, geotiff.make_geo(X0 + 150.0, Y0, 30.0))
     check("shape", lr_geo, geotiff.make_geo(X0, Y0, 30.0), (160, 189))  # within half a pixel, yet not x8
-    geotiff.check_grids("lst.tif", (20, 24), lr_geo, "gui.tif", (160, 192), geotiff.make_geo(X0 + 90.0, Y0, 30.0), 8)
+    # a shift of 3 guidance pixels (90 m, under half an LR pixel) is no longer taken for the same grid: a shifted
+    # footprint is a footprint problem, not a co-registration to round away
+    check("extents differ", lr_geo, geotiff.make_geo(X0 + 90.0, Y0, 30.0))
+    geotiff.check_grids("lst.tif", (20, 24), lr_geo, "gui.tif", (160, 192), geotiff.make_geo(X0 + 0.01, Y0, 30.0), 8)
 
-    hr, gui = data.synth_scene(64, 64, seed=6)
+    hr, gui = layout.synth_scene(64, 64, seed=6)
     lst = write_lst(tmp_path / "lst.tif", data.block_mean(hr, 8), geotiff.make_geo(X0, Y0, 240.0))
     named = write_guidance(tmp_path / "named.tif", gui[:2], ["dem", "red"], geotiff.make_geo(X0, Y0, 30.0))
     unnamed = write_guidance(tmp_path / "unnamed.tif", gui[:3], None, geotiff.make_geo(X0, Y0, 30.0))
     shifted = write_guidance(tmp_path / "nir.tif", gui[6], None, geotiff.make_geo(X0 + 240.0, Y0, 30.0))
     out = ["--out", str(tmp_path / "out.tif")]
-    cases = [("is guided: give --guidance", [CFG["mocolsk_x8"], *TINY, "--lst", lst]),
-             ("no guidance band 'nir'", [CFG["mocolsk_x8"], *TINY, "--lst", lst, "--guidance", named]),
-             ("3 unnamed bands", [CFG["mocolsk_x8"], *TINY, "--lst", lst, "--guidance", unnamed]),
-             ("extents differ", [CFG["mocolsk_x8"], *TINY, "--lst", lst, "--guidance", named, shifted]),
-             ("predict --checkpoint PATH", [CFG["mocolsk_x8"], "data.guidance_bands=[dem,red]", "--lst", lst,
+    cases = [("is guided: give --guidance", [config("mocolsk_x8"), *TINY, "--lst", lst]),
+             ("no guidance band 'nir'", [config("mocolsk_x8"), *TINY, "--lst", lst, "--guidance", named]),
+             ("3 unnamed bands", [config("mocolsk_x8"), *TINY, "--lst", lst, "--guidance", unnamed]),
+             ("extents differ", [config("mocolsk_x8"), *TINY, "--lst", lst, "--guidance", named, shifted]),
+             ("predict --checkpoint PATH", [config("mocolsk_x8"), "data.guidance_bands=[dem,red]", "--lst", lst,
                                     "--guidance", named]),
-             ("expected 1", [CFG["bicubic_x8"], "--lst", named])]
+             ("expected 1", [config("bicubic_x8"), "--lst", named])]
     try:
         import imagecodecs  # noqa: F401
     except ImportError:  # an LZW file (tifffile decodes LZW only with imagecodecs): patch the Compression tag
@@ -270,23 +272,23 @@ def test_grid_and_input_errors(tmp_path):
             tag, order = tif.pages[0].tags[259], tif.byteorder
         raw[tag.valueoffset:tag.valueoffset + 2] = (5).to_bytes(2, "little" if order == "<" else "big")
         (tmp_path / "lzw.tif").write_bytes(raw)
-        cases.append(("needs the 'imagecodecs' package", [CFG["bicubic_x8"], "--lst", str(tmp_path / "lzw.tif")]))
+        cases.append(("needs the 'imagecodecs' package", [config("bicubic_x8"), "--lst", str(tmp_path / "lzw.tif")]))
     for match, argv in cases:
         with pytest.raises(SystemExit, match=match):
-            groklst.main(["predict", *argv, *out])
+            predict.main([*argv, *out])
     assert not os.path.exists(tmp_path / "out.tif")
 
 
-def test_png_quick_look(tmp_path):
-    hr, _ = data.synth_scene(64, 64, seed=7)
+def test_png_quick_look(tmp_path, config):
+    hr, _ = layout.synth_scene(64, 64, seed=7)
     lst = write_lst(tmp_path / "lst.tif", data.block_mean(hr, 4), geotiff.make_geo(X0, Y0, 120.0))
-    argv = ["predict", CFG["bicubic_x4"], "--lst", lst, "--out", str(tmp_path / "out.tif"), "--png"]
+    argv = [config("bicubic_x4"), "--lst", lst, "--out", str(tmp_path / "out.tif"), "--png"]
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         with pytest.raises(SystemExit, match="pip install matplotlib"):
-            groklst.main(argv)
+            predict.main(argv)
         assert not os.path.exists(tmp_path / "out.tif")  # checked before the work
         return
-    groklst.main(argv)
+    predict.main(argv)
     assert (tmp_path / "out.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,4 @@
-"""groklst.py prepare (prepare.py) and test.py --figure, on a synthetic georeferenced scene."""
+"""prepare.py and test.py --figure, on a synthetic georeferenced scene."""
 import importlib.util
 import json
 import os
@@ -8,11 +8,11 @@ import sys
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT
 
 import data
 import geotiff
 import groklst
+import layout
 import prepare
 from data import BANDS, DataError, GrokLSTDataset
 
@@ -21,7 +21,7 @@ TILE, STEP, MAX_NODATA, LR_MAX_NODATA = 128, 64, 0.05, 0.25
 
 
 def write_scene(folder, name, h, w, seed, bands=BANDS):
-    lst, gui = data.synth_scene(h, w, seed=seed)
+    lst, gui = layout.synth_scene(h, w, seed=seed)
     geo = geotiff.make_geo(X0, Y0, PX)
     order = [BANDS.index(b) for b in bands]
     geotiff.write_geotiff(os.path.join(folder, name + ".tif"), lst, geo)
@@ -34,7 +34,7 @@ def prepared(tmp_path_factory):
     """A 640 x 640 scene at 30 m with no-data: a 60 x 60 cloud in LST, a 60 x 60 hole in one guidance
     band, and sparse NaN under two 240 m pixels of tile (384, 384), cut with tile 128 step 64."""
     folder = str(tmp_path_factory.mktemp("prepare"))
-    lst, gui = data.synth_scene(640, 640, seed=5)
+    lst, gui = layout.synth_scene(640, 640, seed=5)
     lst[200:260, 200:260] = np.nan                       # cloud: tiles over 5 % no-data are skipped
     gui[0, 520:580, 40:100] = np.nan                     # guidance no-data counts too
     holes = np.zeros((8, 8), bool)
@@ -52,9 +52,9 @@ def prepared(tmp_path_factory):
     return {"out": out, "lst": lst, "gui": gui, "summary": summary, "splits": splits}
 
 
-def load_test_script():
+def load_test_script(root):
     """test.py as a module (a plain `import test` may find the standard library's test package)."""
-    spec = importlib.util.spec_from_file_location("groklst_test_script", os.path.join(ROOT, "test.py"))
+    spec = importlib.util.spec_from_file_location("groklst_test_script", os.path.join(root, "test.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -181,8 +181,8 @@ def trained(prepared, tmp_path_factory):
     return os.path.join(work_dir, "best.pth")
 
 
-def test_dataset_and_configs_use_it(prepared, trained, tmp_path):
-    test_script = load_test_script()
+def test_dataset_and_configs_use_it(prepared, trained, tmp_path, root):
+    test_script = load_test_script(root)
     out = prepared["out"]
     item = GrokLSTDataset(out, "train", 8, BANDS)[0]
     assert item["lr_lst"].shape == (1, 16, 16) and item["hr_guidance"].shape == (10, TILE, TILE)
@@ -200,9 +200,9 @@ def test_dataset_and_configs_use_it(prepared, trained, tmp_path):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="matplotlib not installed")
-def test_figure(prepared, trained, tmp_path):
-    test_script = load_test_script()
-    png, spec = tmp_path / "fig.png", f"{trained},{os.path.join(ROOT, 'configs', 'bilinear_x4.yaml')}"
+def test_figure(prepared, trained, tmp_path, config, root):
+    test_script = load_test_script(root)
+    png, spec = tmp_path / "fig.png", f"{trained},{config('bilinear_x4')}"
     names = prepared["splits"]["test"][:2]
     test_script.main([os.path.join(prepared["out"], "base_x4.yaml"), "model.name=bicubic", "--out",
                       str(tmp_path / "m.json"), "--figure", str(png), "--figure-samples", ",".join(names),
@@ -214,8 +214,8 @@ def test_figure(prepared, trained, tmp_path):
     assert list(rows[0][1]) == ["LR input", "bicubic", "srcnn", "bilinear", "ground truth"]
 
 
-def test_figure_without_matplotlib(prepared, monkeypatch, tmp_path):
-    test_script = load_test_script()
+def test_figure_without_matplotlib(prepared, monkeypatch, tmp_path, root):
+    test_script = load_test_script(root)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     with pytest.raises(SystemExit, match="pip install matplotlib"):
         test_script.main([os.path.join(prepared["out"], "base_x4.yaml"), "model.name=bicubic",
@@ -241,7 +241,7 @@ def test_cli_two_scenes(tmp_path, capsys):
     lst_b, gui_b = write_scene(str(tmp_path), "b", 192, 256, seed=2, bands=shuffled)
     (tmp_path / "list.txt").write_text("# lst guidance\nb.tif b_gui.tif\n")
     out = str(tmp_path / "out")
-    groklst.main(["prepare", "--lst", str(tmp_path / "a.tif"), "--guidance", str(tmp_path / "a_gui.tif"),
+    prepare.main(["--lst", str(tmp_path / "a.tif"), "--guidance", str(tmp_path / "a_gui.tif"),
                   "--scenes", str(tmp_path / "list.txt"), "--out", out, "--tile", "64", "--step", "32",
                   "--block", "128", "--scales", "4", "--degradation", "gaussian", "--seed", "1"])
     printed = capsys.readouterr().out
@@ -258,7 +258,7 @@ def test_cli_two_scenes(tmp_path, capsys):
     lr = geotiff.read_geotiff(os.path.join(out, "120m/lst", name + ".tif"))[0][0]
     assert np.allclose(lr, prepare.gaussian_decimate(lst_b[r:r + 64, c:c + 64], 4), atol=1e-4)
     with pytest.raises(SystemExit, match="already holds a dataset"):
-        groklst.main(["prepare", "--lst", str(tmp_path / "a.tif"), "--guidance", str(tmp_path / "a_gui.tif"),
+        prepare.main(["--lst", str(tmp_path / "a.tif"), "--guidance", str(tmp_path / "a_gui.tif"),
                       "--out", out, "--tile", "64", "--step", "32"])
 
 
@@ -276,7 +276,7 @@ def test_argument_errors(tmp_path, kwargs, message):
 
 
 def test_scene_errors(tmp_path):
-    lst, gui = data.synth_scene(64, 64, seed=4)
+    lst, gui = layout.synth_scene(64, 64, seed=4)
     geotiff.write_geotiff(str(tmp_path / "l.tif"), lst, geotiff.make_geo(X0, Y0, PX))
     geotiff.write_geotiff(str(tmp_path / "g3.tif"), gui[:3], geotiff.make_geo(X0, Y0, PX))  # unnamed, not 10 bands
     geotiff.write_geotiff(str(tmp_path / "gs.tif"), gui[:, :32], geotiff.make_geo(X0, Y0, PX), band_names=BANDS)
@@ -284,9 +284,9 @@ def test_scene_errors(tmp_path):
     with pytest.raises(DataError, match="3 unnamed bands; name them .*--band-names"):
         prepare.read_scene(str(tmp_path / "l.tif"), str(tmp_path / "g3.tif"))
     assert prepare.read_scene(str(tmp_path / "l.tif"), str(tmp_path / "g3.tif"), ["b", "g", "r"])[2] == ["b", "g", "r"]
-    with pytest.raises(DataError, match="must be co-registered"):
+    with pytest.raises(DataError, match=r"guidance shape \(32, 64\) differs from the LST's \(64, 64\)"):
         prepare.read_scene(str(tmp_path / "l.tif"), str(tmp_path / "gs.tif"))
-    with pytest.raises(DataError, match="resample onto one grid"):
+    with pytest.raises(DataError, match="(?s)extents differ.*resample both onto one grid"):
         prepare.read_scene(str(tmp_path / "l.tif"), str(tmp_path / "gm.tif"))
     with pytest.raises(DataError, match="1 --lst but 0 --guidance"):
         prepare.scenes_from_args(["l.tif"], [])

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import ROOT
 
 import groklst
+from checkpoints import Unloaded, fit_state_dict, load_weights, read_checkpoint
 from errors import ConfigError, DataError
 
 TINY_MOCOLSK = {"name": "mocolsk", "num_feats": 8, "reduction": 4, "num_stages": 1, "n_resblocks": 1, "mlp_hidden": 8}
@@ -26,8 +26,10 @@ TINY = {  # original-layout families: their state dicts hold buffers ours derive
 }
 
 
-def cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+@pytest.fixture(scope="session")
+def cli(root):
+    """cli(script, *args): the command run as a user runs it, in the repository root."""
+    return lambda *args: subprocess.run([sys.executable, *args], cwd=root, capture_output=True, text=True, timeout=300)
 
 
 def assert_user_error(r, *names):
@@ -49,12 +51,16 @@ def main_error(main, *argv):
     return message
 
 
-def write_config(path, model, scale=8, root="data/demo", **data):
-    cfg = {"_base_": os.path.join(ROOT, "configs", "_base_", "demo_x8.yaml"), "model": model,
-           "data": {"root": root, "scale": scale, **data}}
-    with open(path, "w") as f:
-        yaml.safe_dump(cfg, f)
-    return str(path)
+@pytest.fixture(scope="session")
+def write_config(root):
+    """write_config(path, model, scale=8, data_root='data/demo', **data keys): a config on the demo base."""
+    def write(path, model, scale=8, data_root="data/demo", **data):
+        cfg = {"_base_": os.path.join(root, "configs", "_base_", "demo_x8.yaml"), "model": model,
+               "data": {"root": data_root, "scale": scale, **data}}
+        with open(path, "w") as f:
+            yaml.safe_dump(cfg, f)
+        return str(path)
+    return write
 
 
 class Payload:
@@ -71,7 +77,7 @@ class Payload:
 
 
 @pytest.mark.parametrize("form", ["zip", "raw_pickle", "legacy"])
-def test_malicious_checkpoint_runs_nothing(tmp_path, form):
+def test_malicious_checkpoint_runs_nothing(tmp_path, form, cli):
     marker, src, dst = tmp_path / "MARKER", tmp_path / f"evil_{form}.pth", tmp_path / "out.pth"
     obj = {"state_dict": {"generator.conv.weight": Payload(marker)}, "meta": {"x": Payload(marker)}}
     if form == "raw_pickle":
@@ -84,7 +90,7 @@ def test_malicious_checkpoint_runs_nothing(tmp_path, form):
     assert_user_error(r, src)
     assert not dst.exists()
     with pytest.raises(DataError, match="no model weights|not a checkpoint"):  # the library path as well
-        groklst.load_weights(torch.nn.Conv2d(1, 1, 1), str(src))
+        load_weights(torch.nn.Conv2d(1, 1, 1), str(src))
     assert not marker.exists()
 
 
@@ -98,11 +104,11 @@ def test_payload_beside_weights_is_inert(tmp_path, zip_format):
                src, _use_new_zipfile_serialization=zip_format)
     with pytest.raises(pickle.UnpicklingError):
         torch.load(src, weights_only=True)  # so the restricted unpickler is what reads it
-    ckpt = groklst.read_checkpoint(str(src))
+    ckpt = read_checkpoint(str(src))
     hook = ckpt["meta"]["hook"]
-    assert isinstance(hook, groklst.Unloaded) and hook.qualname.endswith(".system") and "touch" in hook.args[0]
+    assert isinstance(hook, Unloaded) and hook.qualname.endswith(".system") and "touch" in hook.args[0]
     other = torch.nn.Conv2d(1, 2, 3)
-    groklst.load_weights(other, str(src))
+    load_weights(other, str(src))
     assert torch.equal(other.weight, net.weight) and not marker.exists()
 
 
@@ -110,10 +116,10 @@ def test_torchscript_archive_refused(tmp_path):
     src = tmp_path / "scripted.pth"
     torch.jit.save(torch.jit.script(torch.nn.Conv2d(1, 1, 1)), str(src))
     with pytest.raises(DataError, match="not a checkpoint"):
-        groklst.read_checkpoint(str(src))
+        read_checkpoint(str(src))
 
 
-def test_mmagic_checkpoint_converts(tmp_path):
+def test_mmagic_checkpoint_converts(tmp_path, cli, write_config):
     """An original checkpoint: `state_dict` with generator. keys, and meta/message_hub holding objects of
     mmengine (absent here; a fake module exists only while saving) and numpy."""
     fake = tmp_path / "fake"
@@ -173,7 +179,7 @@ def original_layout(net, side=32):
 
 
 @pytest.mark.parametrize("family", sorted(TINY))
-def test_convert_original_layout(tmp_path, family):
+def test_convert_original_layout(tmp_path, family, cli, write_config):
     cfg_path = write_config(tmp_path / f"{family}.yaml", TINY[family], scale=2)
     cfg = groklst.load_config(cfg_path)
     torch.manual_seed(0)
@@ -189,7 +195,7 @@ def test_convert_original_layout(tmp_path, family):
     fresh.load_state_dict(torch.load(tmp_path / "ours.pth", weights_only=True)["model"])
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), net.state_dict().values()))
     other = groklst.build_model(cfg)
-    groklst.load_weights(other, str(tmp_path / "orig.pth"), cfg)  # test.py/predict read the original directly too
+    load_weights(other, str(tmp_path / "orig.pth"))  # test.py/predict read the original directly too
 
     # a derived buffer with other values than ours is refused, nothing written
     for key in (masks[0], next(k for k in state if k.endswith("relative_position_index"))):
@@ -201,7 +207,7 @@ def test_convert_original_layout(tmp_path, family):
         assert not (tmp_path / "bad_out.pth").exists()
 
 
-def test_convert_reports_what_does_not_fit(tmp_path):
+def test_convert_reports_what_does_not_fit(tmp_path, cli, write_config):
     cfg_path = write_config(tmp_path / "tiny.yaml", TINY_MOCOLSK)
     state = groklst.build_model(groklst.load_config(cfg_path)).state_dict()
     first, second = list(state)[:2]
@@ -220,19 +226,19 @@ def test_convert_reports_what_does_not_fit(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, demo_root):
+def tiny_run(tmp_path_factory, demo_root, write_config):
     """A config of a tiny MoCoLSK on the demo data and a train.py-style checkpoint of it (config stored)."""
     tmp = tmp_path_factory.mktemp("run")
-    cfg_path = write_config(tmp / "tiny.yaml", TINY_MOCOLSK, root=demo_root)
+    cfg_path = write_config(tmp / "tiny.yaml", TINY_MOCOLSK, data_root=demo_root)
     cfg = groklst.load_config(cfg_path)
     ckpt = tmp / "best.pth"
     torch.save({"model": groklst.build_model(cfg).state_dict(), "iter": 1, "config": cfg}, ckpt)
     return tmp, cfg_path, str(ckpt)
 
 
-def test_checkpoint_of_another_config_names_the_keys(tiny_run):
+def test_checkpoint_of_another_config_names_the_keys(tiny_run, cli, write_config):
     tmp, cfg_path, ckpt = tiny_run
-    wider = write_config(tmp / "wider.yaml", dict(TINY_MOCOLSK, num_feats=16), root=groklst.load_config(cfg_path)["data"]["root"])
+    wider = write_config(tmp / "wider.yaml", dict(TINY_MOCOLSK, num_feats=16), data_root=groklst.load_config(cfg_path)["data"]["root"])
     r = cli("test.py", wider, ckpt, "--out", str(tmp / "wider.json"))
     assert_user_error(r, ckpt, "size mismatches", "model.num_feats=8 (here 16)")
     assert not (tmp / "wider.json").exists()
@@ -241,12 +247,12 @@ def test_checkpoint_of_another_config_names_the_keys(tiny_run):
                              (["data.scale=4", "data.hr_crop=32"], "data.scale=8 (here 4)")]:
         cfg = groklst.load_config(cfg_path, overrides)
         with pytest.raises(DataError, match="does not fit") as e:
-            groklst.load_weights(groklst.build_model(cfg), ckpt, cfg)
+            groklst.load_model(cfg, ckpt, "cpu")
         assert named in str(e.value) and "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("damage", ["empty", "truncated", "text"])
-def test_damaged_checkpoint_is_one_line(tiny_run, damage):
+def test_damaged_checkpoint_is_one_line(tiny_run, damage, cli):
     tmp, cfg_path, ckpt = tiny_run
     bad = tmp / f"{damage}.pth"
     content = open(ckpt, "rb").read()
@@ -262,7 +268,7 @@ def test_missing_checkpoint(tiny_run):
         groklst.load_model(groklst.load_config(cfg_path), str(tmp / "nothing.pth"), "cpu")
 
 
-def test_model_name_override_drops_the_other_models_keys(tiny_run):
+def test_model_name_override_drops_the_other_models_keys(tiny_run, cli):
     """`test.py CFG model.name=bicubic` on a config with MoCoLSK arguments evaluates bicubic."""
     tmp, cfg_path, _ = tiny_run
     r = cli("test.py", cfg_path, "model.name=bicubic", "--out", str(tmp / "bicubic.json"))
@@ -312,14 +318,14 @@ def test_model_name_override_drops_the_other_models_keys(tiny_run):
     ("model.name=42", "model.name=42: expected a model name"),
     ("model.lk_kernels=[[5", "the value is not valid YAML"),
 ])
-def test_config_rules(override, message):
+def test_config_rules(override, message, config):
     with pytest.raises(ConfigError) as e:
-        groklst.load_config(os.path.join(ROOT, "configs", "mocolsk_x8.yaml"), [override])
+        groklst.load_config(config("mocolsk_x8"), [override])
     assert message in str(e.value)
 
 
 @pytest.mark.slow
-def test_config_rules_through_the_command_line(tiny_run):
+def test_config_rules_through_the_command_line(tiny_run, cli, write_config):
     tmp, cfg_path, ckpt = tiny_run
     assert_user_error(cli("test.py", cfg_path, ckpt, "train.amp=bf61"), "train.amp='bf61'", "none | bf16 | fp16")
     ng = write_config(tmp / "ngswin.yaml", dict(TINY["ngswin"], embed_dim=8), scale=2)
@@ -336,8 +342,9 @@ def test_unknown_model_argument_is_a_config_error():
 # --------------------------------------------------------------------------- papercuts
 
 
-def test_stats_defaults_to_the_bands_the_files_name(tmp_path):
-    from data import make_geo, make_layout, synth_scene, write_sample, write_splits
+def test_stats_defaults_to_the_bands_the_files_name(tmp_path, cli):
+    from geotiff import make_geo
+    from layout import make_layout, synth_scene, write_sample, write_splits
     make_layout(str(tmp_path))
     lst, gui = synth_scene(32, 32, seed=1)
     write_sample(str(tmp_path), "a", lst, gui[[0, 4, 6]], ["dem", "red", "nir"], make_geo(500000.0, 4300000.0, 30.0))
@@ -349,22 +356,22 @@ def test_stats_defaults_to_the_bands_the_files_name(tmp_path):
     assert stats["red"]["mean"] == pytest.approx(float(gui[4].mean()), rel=1e-3)
 
 
-def test_base_configs_reference_existing_files():
-    for name in os.listdir(os.path.join(ROOT, "configs", "_base_")):
-        text = open(os.path.join(ROOT, "configs", "_base_", name)).read()
+def test_base_configs_reference_existing_files(root):
+    for name in os.listdir(os.path.join(root, "configs", "_base_")):
+        text = open(os.path.join(root, "configs", "_base_", name)).read()
         for word in text.split():
             word = word.strip("`'\"(),.;:")
             if word.startswith("configs/") and word.endswith(".yaml"):
-                assert glob.glob(os.path.join(ROOT, word)), (name, word)
+                assert glob.glob(os.path.join(root, word)), (name, word)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(n for n in groklst.MODELS if groklst.MODELS[n].__module__.startswith("models.")))
-def test_every_model_takes_its_original_layout(name):
+def test_every_model_takes_its_original_layout(name, root):
     """Every registered model at its paper settings accepts its own state dict plus every buffer it
     derives (what an original checkpoint may hold): convert-checkpoint and load_weights work for all."""
-    path = sorted(glob.glob(os.path.join(ROOT, "configs", f"{name}_x*.yaml")))[0]
+    path = sorted(glob.glob(os.path.join(root, "configs", f"{name}_x*.yaml")))[0]
     net = groklst.build_model(groklst.load_config(path))
     state = dict(net.state_dict(), **dict(net.named_buffers()))
-    kept = groklst.fit_state_dict(net, state, path)
+    kept = fit_state_dict(net, state, path)
     assert list(kept) == list(net.state_dict())

@@ -15,23 +15,29 @@ import pytest
 import tifffile
 import torch
 import yaml
-from conftest import run_script, tiny_config
 
 import data
 import geotiff
+import layout
 import prepare
 import train
-from errors import TrainingError
+from checkpoints import write_checkpoint
+from errors import DataError
 
 SRCNN = {"name": "srcnn"}
 TINY_MOCOLSK = {"name": "mocolsk", "num_feats": 8, "reduction": 4, "num_stages": 1, "n_resblocks": 1}
 
 
-def write_config(tmp_path, root, model=SRCNN, **train_keys):
-    return tiny_config(tmp_path, root, model, **dict(dict(max_iters=2), **train_keys))
+@pytest.fixture
+def write_config(tiny_config):
+    """write_config(tmp_path, data_root, model=SRCNN, **train keys): a 2-iteration config."""
+    return lambda tmp_path, data_root, model=SRCNN, **train_keys: tiny_config(
+        tmp_path, data_root, model, **dict(dict(max_iters=2), **train_keys))
 
 
-run = run_script
+@pytest.fixture
+def run(run_script):
+    return run_script
 
 
 def fails(out, *needles):
@@ -74,7 +80,7 @@ def first(root, split):
 
 
 @pytest.mark.slow
-def test_work_dir_of_another_run_is_refused_then_overwritten(tmp_path, demo_root):
+def test_work_dir_of_another_run_is_refused_then_overwritten(tmp_path, demo_root, run, write_config):
     cfg = write_config(tmp_path, demo_root, max_iters=4, val_interval=4)
     wd = tmp_path / "run"
     succeeds(run(["train.py", cfg, f"work_dir={wd}", "--no-test"]))
@@ -90,7 +96,7 @@ def test_work_dir_of_another_run_is_refused_then_overwritten(tmp_path, demo_root
 
 
 @pytest.mark.slow
-def test_resume_drops_later_log_records_and_refuses_a_changed_config(tmp_path, demo_root):
+def test_resume_drops_later_log_records_and_refuses_a_changed_config(tmp_path, demo_root, run, write_config):
     cfg = write_config(tmp_path, demo_root, max_iters=2)
     wd = tmp_path / "run"
     succeeds(run(["train.py", cfg, f"work_dir={wd}", "--no-test"]))
@@ -114,7 +120,7 @@ def test_resume_drops_later_log_records_and_refuses_a_changed_config(tmp_path, d
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cut", ["empty", "half", "weights only"])
-def test_unusable_checkpoint_is_one_error_line(tmp_path, demo_root, cut):
+def test_unusable_checkpoint_is_one_error_line(tmp_path, demo_root, cut, run, write_config):
     cfg = write_config(tmp_path, demo_root)
     wd = tmp_path / "run"
     wd.mkdir()
@@ -137,7 +143,7 @@ def _file_size_limit(limit):
 
 
 @pytest.mark.slow
-def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, demo_root):
+def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, demo_root, run, write_config):
     cfg = write_config(tmp_path, demo_root, max_iters=2, val_interval=2)
     wd = tmp_path / "run"
     succeeds(run(["train.py", cfg, f"work_dir={wd}", "--no-test"]))
@@ -153,15 +159,16 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, demo_root):
 
 def test_full_disk_during_save_names_the_file(tmp_path, monkeypatch):
     path = str(tmp_path / "last.pth")
-    train.save_checkpoint(path, {"iter": 1})
+    write_checkpoint(path, {"iter": 1})
 
     def full(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(TrainingError) as e:
-        train.save_checkpoint(path, {"iter": 2})
+    with pytest.raises(DataError) as e:
+        write_checkpoint(path, {"iter": 2}, hint="continue with --resume")
     message = str(e.value)
     assert path in message and "No space left on device" in message and "previous last.pth is intact" in message
+    assert "free some space and continue with --resume" in message
     assert torch.load(path, weights_only=True) == {"iter": 1} and os.listdir(tmp_path) == ["last.pth"]
 
 
@@ -171,7 +178,7 @@ def test_full_disk_during_save_names_the_file(tmp_path, monkeypatch):
 def _cloudy_dataset(folder):
     """prepare.py --max-nodata 1.0 on a 256 x 256 scene whose left 160 columns are a cloud: whole tiles
     without a valid LST pixel are kept."""
-    lst, gui = data.synth_scene(256, 256, seed=2)
+    lst, gui = layout.synth_scene(256, 256, seed=2)
     lst[:, :160] = np.nan
     geo = geotiff.make_geo(500000.0, 4300000.0, 30.0)
     geotiff.write_geotiff(os.path.join(folder, "cloudy.tif"), lst, geo)
@@ -183,7 +190,7 @@ def _cloudy_dataset(folder):
 
 
 @pytest.mark.slow
-def test_dataset_of_max_nodata_1_trains_and_skips_empty_batches(tmp_path):
+def test_dataset_of_max_nodata_1_trains_and_skips_empty_batches(tmp_path, run):
     out = _cloudy_dataset(str(tmp_path))
     wd = tmp_path / "run"
     res = succeeds(run(["train.py", os.path.join(out, "base_x4.yaml"), "model.name=srcnn", "data.hr_crop=16",
@@ -218,7 +225,7 @@ def test_crops_are_drawn_inside_valid_pixels(tmp_path, demo_root, monkeypatch):
 
 
 @pytest.mark.slow
-def test_empty_validation_split_is_an_error_and_null_trains_without(tmp_path, demo_root):
+def test_empty_validation_split_is_an_error_and_null_trains_without(tmp_path, demo_root, run, write_config):
     root = copy_demo(demo_root, tmp_path)
     (root / "split" / "val.txt").write_text("")
     cfg = write_config(tmp_path, root)
@@ -232,14 +239,14 @@ def test_empty_validation_split_is_an_error_and_null_trains_without(tmp_path, de
 
 
 @pytest.mark.slow
-def test_final_table_names_best_pth_when_validated(tmp_path, demo_root):
+def test_final_table_names_best_pth_when_validated(tmp_path, demo_root, run, write_config):
     cfg = write_config(tmp_path, demo_root, val_interval=1)
     out = succeeds(run(["train.py", cfg, f"work_dir={tmp_path / 'run'}"]))
     assert "srcnn (best.pth)" in out.stdout and (tmp_path / "run" / "best.pth").exists()
 
 
 @pytest.mark.slow
-def test_every_split_file_is_checked_before_the_first_iteration(tmp_path, demo_root):
+def test_every_split_file_is_checked_before_the_first_iteration(tmp_path, demo_root, run, write_config):
     root = copy_demo(demo_root, tmp_path)
     cfg = write_config(tmp_path, root, model=TINY_MOCOLSK)
     name = first(root, "test")  # even the test split, even with --no-test
@@ -263,7 +270,7 @@ def _write_guidance_named(path, gui, names):
 
 
 @pytest.mark.slow
-def test_guidance_band_names_partial_is_an_error_upper_case_works(tmp_path, demo_root):
+def test_guidance_band_names_partial_is_an_error_upper_case_works(tmp_path, demo_root, run, write_config):
     root = copy_demo(demo_root, tmp_path)
     name = first(root, "val")
     path = root / "30m" / "guidance" / f"{name}.tif"
@@ -279,7 +286,7 @@ def test_guidance_band_names_partial_is_an_error_upper_case_works(tmp_path, demo
 
 
 @pytest.mark.slow
-def test_lst_storage_errors_name_file_value_and_key(tmp_path, demo_root):
+def test_lst_storage_errors_name_file_value_and_key(tmp_path, demo_root, run, write_config):
     root = copy_demo(demo_root, tmp_path)
     cfg = write_config(tmp_path, root)
     bicubic = ["test.py", cfg, "model.name=bicubic", "--out", str(tmp_path / "m.json")]
@@ -310,7 +317,7 @@ def test_lst_storage_errors_name_file_value_and_key(tmp_path, demo_root):
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None,
                     reason="tensorboard is installed: the error case cannot happen")
-def test_tensorboard_without_the_package_is_one_error_line(tmp_path, demo_root):
+def test_tensorboard_without_the_package_is_one_error_line(tmp_path, demo_root, run, write_config):
     cfg = write_config(tmp_path, demo_root)
     fails(run(["train.py", cfg, f"work_dir={tmp_path / 'a'}", "train.tensorboard=true"]),
           "train.tensorboard needs tensorboard: pip install tensorboard")
@@ -318,7 +325,7 @@ def test_tensorboard_without_the_package_is_one_error_line(tmp_path, demo_root):
 
 
 @pytest.mark.slow
-def test_tensorboard_events_get_loss_lr_and_val_metrics(tmp_path, demo_root, monkeypatch):
+def test_tensorboard_events_get_loss_lr_and_val_metrics(tmp_path, demo_root, monkeypatch, write_config):
     """The wiring, with a stand-in SummaryWriter (the real one needs the tensorboard package)."""
     scalars = []
 

@@ -1,21 +1,20 @@
 """Statistical sharpeners (sharpeners.py: tsharp, linreg, rf), coarse-scale consistency
-(groklst.make_consistent, config `consistency`, predict.py --consistency) and the CONS metric."""
-import os
+(engine.make_consistent, config `consistency`, predict.py --consistency) and the CONS metric."""
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
 
 import data
+import engine
 import geotiff
 import groklst
+import layout
 import predict
 import sharpeners
 from errors import ConfigError
-from metrics import CONSISTENCY, METRICS, consistency_error
+from metrics import CONS, METRICS, consistency_error
 
-BICUBIC_X4 = os.path.join(ROOT, "configs", "bicubic_x4.yaml")
 X0, Y0 = 500000.0, 4300000.0
 
 
@@ -25,7 +24,7 @@ def nearest(a, s):
 
 def smooth_field(rng, shape, length=6.0):
     """A smooth random field (unit std) on `shape`: correlated guidance, unlike white noise."""
-    field = data._smooth_noise(rng, shape[0], shape[1], length)
+    field = layout._smooth_noise(rng, shape[0], shape[1], length)
     return field / field.std()
 
 
@@ -59,14 +58,14 @@ def test_tsharp_recovers_linear_fv_relation():
     assert np.abs(out[0, 0].double().numpy() - hr).max() < 1e-4  # float32 output near 300 K
 
 
-def test_tsharp_needs_ndvi():
+def test_tsharp_needs_ndvi(config):
     with pytest.raises(ConfigError, match="'tsharp' needs band 'ndvi' in data.guidance_bands"):
-        groklst.load_model(groklst.load_config(BICUBIC_X4, ["model.name=tsharp", "data.guidance_bands=[dem,red]"]),
+        groklst.load_model(groklst.load_config(config("bicubic_x4"), ["model.name=tsharp", "data.guidance_bands=[dem,red]"]),
                            None, "cpu")
-    cfg = groklst.load_config(BICUBIC_X4, ["model.name=tsharp", "data.guidance_bands=[red,ndvi]"])
+    cfg = groklst.load_config(config("bicubic_x4"), ["model.name=tsharp", "data.guidance_bands=[red,ndvi]"])
     assert groklst.build_model(cfg).ndvi == 1
     with pytest.raises(ConfigError, match="derived"):
-        groklst.load_config(BICUBIC_X4, ["model.name=tsharp", "model.guidance_bands=[ndvi]"])
+        groklst.load_config(config("bicubic_x4"), ["model.name=tsharp", "model.guidance_bands=[ndvi]"])
 
 
 def linear_scene(h=16, w=12, s=4, seed=1, holes=True):
@@ -126,12 +125,12 @@ def test_rf_without_sklearn(monkeypatch):
         model(torch.full((1, 1, 2, 2), 290.0), torch.rand(1, 1, 8, 8))
 
 
-def test_sharpeners_registered_parameter_free():
+def test_sharpeners_registered_parameter_free(config):
     for name in ("tsharp", "linreg", "rf"):
         cls = groklst.MODELS[name]
         assert cls.kind == "gisr" and cls.scales == (2, 4, 8) and cls.physical_units
         assert groklst.count_parameters(name, 8) == 0
-        model = groklst.load_model(groklst.load_config(BICUBIC_X4, [f"model.name={name}"]), None, "cpu")
+        model = groklst.load_model(groklst.load_config(config("bicubic_x4"), [f"model.name={name}"]), None, "cpu")
         assert not any(True for _ in model.parameters())
 
 
@@ -140,7 +139,7 @@ def test_sharpeners_registered_parameter_free():
 
 def holey_inputs(seed=0, s=4):
     """A 20 x 24 LR tile (x4) with a NaN hole, guidance with NaN pixels, all 10 bands."""
-    hr, gui = data.synth_scene(20 * s, 24 * s, seed=seed)
+    hr, gui = layout.synth_scene(20 * s, 24 * s, seed=seed)
     lr = data.block_mean(hr, s)
     lr[5:9, 3:7] = np.nan
     lr[0, 23] = np.nan
@@ -148,22 +147,22 @@ def holey_inputs(seed=0, s=4):
     return torch.from_numpy(lr)[None, None], torch.from_numpy(gui)[None]
 
 
-def consistency_models():
+def consistency_models(config):
     torch.manual_seed(0)  # the network is built (randomly initialised) in the test
-    return {"bicubic": groklst.load_config(BICUBIC_X4), "dgf (random init)": groklst.load_config(BICUBIC_X4, ["model.name=dgf"]),
-            "tsharp": groklst.load_config(BICUBIC_X4, ["model.name=tsharp"])}
+    return {"bicubic": groklst.load_config(config("bicubic_x4")), "dgf (random init)": groklst.load_config(config("bicubic_x4"), ["model.name=dgf"]),
+            "tsharp": groklst.load_config(config("bicubic_x4"), ["model.name=tsharp"])}
 
 
 @pytest.mark.parametrize("mode", ["nearest", "bicubic"])
-def test_consistency_makes_block_mean_equal_lr(mode):
+def test_consistency_makes_block_mean_equal_lr(mode, config):
     lr, gui = holey_inputs()
-    for label, cfg in consistency_models().items():
+    for label, cfg in consistency_models(config).items():
         model = groklst.build_model(cfg).eval()  # random init for the network: consistency must not care
         normalizer = groklst.build_normalizer(cfg)
         g = gui if cfg["model"]["name"] != "bicubic" else None
         with torch.no_grad():
-            raw = groklst.downscale(model, normalizer, lr, g)
-            out = groklst.downscale(model, normalizer, lr, g, consistency=mode)
+            raw = engine.downscale(model, normalizer, lr, g)
+            out = engine.downscale(model, normalizer, lr, g, consistency=mode)
         coarse = data.block_mean(out[0, 0].numpy(), 4, max_nan_fraction=1.0)
         valid = np.isfinite(lr[0, 0].numpy())
         err = np.abs(coarse - lr[0, 0].numpy())[valid].max()
@@ -175,11 +174,11 @@ def test_consistency_makes_block_mean_equal_lr(mode):
         assert torch.equal(out[holes], raw[holes])  # coarse pixels without data: no correction
 
 
-def test_consistency_mode_checked():
-    with pytest.raises(ConfigError, match="consistency='linear': expected one of none, nearest, bicubic"):
-        groklst.load_config(BICUBIC_X4, ["consistency=linear"])
-    assert groklst.load_config(BICUBIC_X4)["consistency"] == "none"
-    assert groklst.load_config(BICUBIC_X4, ["consistency=bicubic"])["consistency"] == "bicubic"
+def test_consistency_mode_checked(config):
+    with pytest.raises(ConfigError, match="consistency='linear': must be one of none [|] nearest [|] bicubic"):
+        groklst.load_config(config("bicubic_x4"), ["consistency=linear"])
+    assert groklst.load_config(config("bicubic_x4"))["consistency"] == "none"
+    assert groklst.load_config(config("bicubic_x4"), ["consistency=bicubic"])["consistency"] == "bicubic"
 
 
 def test_consistency_nan_fine_pixels_and_smoothness():
@@ -188,7 +187,7 @@ def test_consistency_nan_fine_pixels_and_smoothness():
     lr = torch.tensor([[290.0, 300.0], [295.0, 310.0]]).double()[None, None]
     pred = torch.full((1, 1, 8, 8), 300.0, dtype=torch.float64)
     pred[0, 0, 0, :3] = float("nan")
-    out = {m: groklst.make_consistent(pred, lr, m) for m in ("nearest", "bicubic")}
+    out = {m: engine.make_consistent(pred, lr, m) for m in ("nearest", "bicubic")}
     for o in out.values():
         np.testing.assert_allclose(data.block_mean(o[0, 0].numpy(), 4, 1.0), lr[0, 0].numpy(), atol=1e-9)
         assert torch.isnan(o[0, 0, 0, :3]).all()
@@ -214,22 +213,22 @@ def test_consistency_error_metric():
     assert both[0].item() == pytest.approx(np.sqrt(np.mean(d ** 2))) and torch.isnan(both[1])
 
 
-def test_evaluate_reports_cons_beside_five(demo_root):
-    cfg = groklst.load_config(os.path.join(ROOT, "configs", "demo_tsharp_x8.yaml"), [f"data.root={demo_root}"])
+def test_evaluate_reports_cons_beside_five(demo_root, config):
+    cfg = groklst.load_config(config("demo_tsharp_x8"), [f"data.root={demo_root}"])
     ds = groklst.build_dataset(cfg, "test")
     model = groklst.load_model(cfg, None, "cpu")
-    means, rows = groklst.evaluate(model, groklst.build_normalizer(cfg), ds, "cpu")
-    assert set(METRICS) | {CONSISTENCY, "images"} == set(means) and len(rows[0][1]) == len(METRICS) + 1
-    assert means[CONSISTENCY] > 1e-3  # TsHARP's fv is nonlinear in NDVI: its residual is not exact
-    means_on, _ = groklst.evaluate(model, groklst.build_normalizer(cfg), ds, "cpu", consistency="nearest")
-    assert means_on[CONSISTENCY] < 1e-4
+    means, rows = engine.evaluate(model, groklst.build_normalizer(cfg), ds, "cpu")
+    assert set(METRICS) | {CONS, "images"} == set(means) and set(rows[0][1]) == set(METRICS) | {CONS}
+    assert means[CONS] > 1e-3  # TsHARP's fv is nonlinear in NDVI: its residual is not exact
+    means_on, _ = engine.evaluate(model, groklst.build_normalizer(cfg), ds, "cpu", consistency="nearest")
+    assert means_on[CONS] < 1e-4
 
 
 # --------------------------------------------------------------------------- predict.py
 
 
 def write_scene(d, h=40, w=36, s=4, seed=3):
-    hr, gui = data.synth_scene(h * s, w * s, seed=seed)
+    hr, gui = layout.synth_scene(h * s, w * s, seed=seed)
     lr = data.block_mean(hr, s)
     lr[10:14, 20:25] = np.nan
     lst = str(d / "lst.tif")
@@ -239,13 +238,13 @@ def write_scene(d, h=40, w=36, s=4, seed=3):
     return lr, gui, lst, guidance
 
 
-def test_predict_fits_tsharp_once_on_the_whole_scene(tmp_path, monkeypatch):
+def test_predict_fits_tsharp_once_on_the_whole_scene(tmp_path, monkeypatch, config):
     lr, gui, lst, guidance = write_scene(tmp_path)
     fits = []
     real_fit = sharpeners.Sharpener.fit
     monkeypatch.setattr(sharpeners.Sharpener, "fit", lambda self, *a: fits.append(real_fit(self, *a)) or fits[-1])
-    predict.predict(BICUBIC_X4, lst, str(tmp_path / "out.tif"), guidance=[guidance], overrides=["model.name=tsharp"],
-                    tile=12, overlap=4, progress=False)
+    predict.predict(config("bicubic_x4"), lst, str(tmp_path / "out.tif"), guidance=[guidance], overrides=["model.name=tsharp"],
+                    lr_tile=12, lr_overlap=4, progress=False)
     out = geotiff.read_geotiff(str(tmp_path / "out.tif"))[0][0]
     assert len(fits) == 1  # once, before tiling: 16 tiles refit nothing
     whole = sharpeners.TsHARP(scale=4)
@@ -260,11 +259,11 @@ def test_predict_fits_tsharp_once_on_the_whole_scene(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["bicubic", "tsharp"])
-def test_predict_consistency_flag(tmp_path, name):
+def test_predict_consistency_flag(tmp_path, name, config):
     lr, gui, lst, guidance = write_scene(tmp_path)
     out_path = str(tmp_path / "out.tif")
-    predict.main([BICUBIC_X4, f"model.name={name}", "--lst", lst, "--guidance", guidance, "--out", out_path,
-                  "--tile", "12", "--overlap", "4", "--consistency"])
+    predict.main([config("bicubic_x4"), f"model.name={name}", "--lst", lst, "--guidance", guidance, "--out", out_path,
+                  "--lr-tile", "12", "--lr-overlap", "4", "--consistency"])
     out = geotiff.read_geotiff(out_path)[0][0]
     coarse = data.block_mean(out, 4, max_nan_fraction=1.0)
     valid = np.isfinite(lr)
@@ -279,7 +278,7 @@ def test_consistency_on_a_row_stream_equals_the_whole_scene(mode):
     lr = (290 + 5 * rng.standard_normal((100, 30))).astype(np.float32)
     lr[40:44, 3:9] = np.nan
     pred = np.repeat(np.repeat(lr, 8, 0), 8, 1) + rng.standard_normal((800, 240)).astype(np.float32)
-    whole = groklst.make_consistent(torch.from_numpy(pred)[None, None], torch.from_numpy(lr)[None, None], mode)[0, 0]
+    whole = engine.make_consistent(torch.from_numpy(pred)[None, None], torch.from_numpy(lr)[None, None], mode)[0, 0]
     bands = [pred[y:y + 256] for y in range(0, 800, 256)]
     streamed = np.concatenate(list(predict.consistent_rows(iter(bands), lr, 8, mode)))
     assert streamed.shape == pred.shape

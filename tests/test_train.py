@@ -3,7 +3,6 @@ import json
 
 import pytest
 import torch
-from conftest import ROOT, run_script, tiny_config
 
 TINY = {"name": "mocolsk", "num_feats": 8, "reduction": 4, "num_stages": 1, "n_resblocks": 1}
 # a model that draws random numbers while training (drop path on every sample's residuals)
@@ -11,11 +10,14 @@ TINY_SWINIR = {"name": "swinir", "img_size": 8, "window_size": 4, "depths": [2, 
                "embed_dim": 12, "num_feat": 8, "drop_path_rate": 0.5}
 
 
-def write_config(tmp_path, demo_root, model=TINY, **train):
-    return tiny_config(tmp_path, demo_root, model, **train)
+@pytest.fixture
+def write_config(tiny_config):
+    return lambda tmp_path, demo_root, model=TINY, **train: tiny_config(tmp_path, demo_root, model, **train)
 
 
-run = run_script
+@pytest.fixture
+def run(run_script):
+    return run_script
 
 
 def weights(path):
@@ -24,21 +26,21 @@ def weights(path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", [TINY, pytest.param(TINY_SWINIR, marks=pytest.mark.slow)], ids=["mocolsk", "swinir"])
-def test_kill_and_resume_gives_identical_weights(tmp_path, demo_root, model):
+def test_kill_and_resume_gives_identical_weights(tmp_path, demo_root, model, run, write_config, root):
     """Killed in iteration 5, resumed from iteration 4: mid-epoch (5 batches of 2 of the 10 training
     tiles per epoch), through the next epoch's first loader, to every weight bit for bit."""
     cfg = write_config(tmp_path, demo_root, model=model, ckpt_interval=2)
     full = run(["train.py", cfg, f"work_dir={tmp_path / 'full'}", "--no-test"])
     assert full.returncode == 0, full.stderr
     # same run, killed with SIGKILL in the middle of iteration 5 (after the checkpoint of iteration 4)
-    killer = ("import os, signal, sys; sys.path.insert(0, %r); import groklst, train\n"
-              "calls, real = [0], groklst.downscale\n"
+    killer = ("import os, signal, sys; sys.path.insert(0, %r); import engine, train\n"
+              "calls, real = [0], engine.downscale\n"
               "def dying(*a, **k):\n"
               "    calls[0] += 1\n"
               "    if calls[0] == 5: os.kill(os.getpid(), signal.SIGKILL)\n"
               "    return real(*a, **k)\n"
-              "groklst.downscale = dying\n"
-              "train.main(sys.argv[1:])\n") % ROOT
+              "engine.downscale = dying\n"
+              "train.main(sys.argv[1:])\n") % root
     killed = run(["-c", killer, cfg, f"work_dir={tmp_path / 'cut'}", "--no-test"])
     assert killed.returncode == -9
     ckpt = torch.load(tmp_path / "cut" / "last.pth", map_location="cpu", weights_only=True)
@@ -55,7 +57,7 @@ def test_kill_and_resume_gives_identical_weights(tmp_path, demo_root, model):
     assert all(0 < r["grad_norm_max"] < float("inf") and 0 <= r["data_wait"] < 1 for r in log if "loss" in r)
 
 
-def test_resume_without_checkpoint_is_an_error(tmp_path, demo_root):
+def test_resume_without_checkpoint_is_an_error(tmp_path, demo_root, run, write_config):
     cfg = write_config(tmp_path, demo_root)
     out = run(["train.py", cfg, f"work_dir={tmp_path / 'none'}", "--resume"])
     assert out.returncode != 0 and "nothing to resume" in out.stderr
@@ -64,10 +66,10 @@ def test_resume_without_checkpoint_is_an_error(tmp_path, demo_root):
 DDP_SCRIPT = """
 import json, os, sys, argparse
 sys.path.insert(0, {root!r})
-import torch, groklst, train
+import torch, engine, groklst, train
 from data import GrokLSTDataset
 torch.set_num_threads(1)
-rank, world, device = groklst.setup_distributed()
+rank, world, device = engine.setup_distributed()
 try:
     cfg = groklst.load_config(sys.argv[1], sys.argv[2:])
     if world > 1:
@@ -77,20 +79,20 @@ try:
         normalizer, model = groklst.build_normalizer(cfg), groklst.build_model(cfg)
         model.load_state_dict(torch.load(os.path.join(cfg["work_dir"], "rank0.pt")))
     val = GrokLSTDataset(cfg["data"]["root"], "test", cfg["data"]["scale"], groklst.guidance_bands(cfg))
-    means, rows = groklst.evaluate(model, normalizer, val, device)
+    means, rows = engine.evaluate(model, normalizer, val, device)
     if rank == 0:
         json.dump({{"means": means, "rows": rows}}, open(os.path.join(cfg["work_dir"], f"eval{{world}}.json"), "w"))
-    groklst.teardown_distributed(barrier=True)
+    engine.teardown_distributed(barrier=True)
 finally:
-    groklst.teardown_distributed()
+    engine.teardown_distributed()
 """
 
 
 @pytest.mark.slow
-def test_ddp_two_processes(tmp_path, demo_root):
+def test_ddp_two_processes(tmp_path, demo_root, run, write_config, root):
     cfg = write_config(tmp_path, demo_root, max_iters=4)
     script = tmp_path / "ddp.py"
-    script.write_text(DDP_SCRIPT.format(root=ROOT))
+    script.write_text(DDP_SCRIPT.format(root=root))
     wd = tmp_path / "ddp"
     out = run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), cfg, f"work_dir={wd}"],
               timeout=600)
@@ -105,7 +107,7 @@ def test_ddp_two_processes(tmp_path, demo_root):
 
 
 @pytest.mark.slow
-def test_errors(tmp_path, demo_root):
+def test_errors(tmp_path, demo_root, run, write_config):
     cfg = write_config(tmp_path, demo_root)
     out = run(["train.py", cfg, "model.name=mocolks"])
     assert out.returncode != 0 and "Did you mean 'mocolsk'" in out.stderr
@@ -130,7 +132,7 @@ def test_learning_rate_schedule():
 
 
 @pytest.mark.slow
-def test_guided_model_beats_bicubic_on_demo(tmp_path, demo_root):
+def test_guided_model_beats_bicubic_on_demo(tmp_path, demo_root, run, write_config):
     """The demo is a fair teaching set: a small guided model learns what bicubic cannot."""
     cfg = write_config(tmp_path, demo_root, max_iters=150, batch_size=4, val_interval=150, log_interval=50,
                        restart_period=150, lr=2.0e-3)
@@ -146,13 +148,13 @@ def test_guided_model_beats_bicubic_on_demo(tmp_path, demo_root):
 
 
 @pytest.mark.slow
-def test_benchmark_table_of_work_dirs(tmp_path, demo_root):
+def test_table_ix_of_work_dirs(tmp_path, demo_root, run, write_config):
     runs = tmp_path / "runs"
     for name, model, extra in [("mocolsk_x4", TINY, []), ("srcnn_x8", {"name": "srcnn"}, ["data.scale=8", "data.hr_crop=64"])]:
         cfg = write_config(tmp_path, demo_root, model=model, max_iters=2, val_interval=2)
         out = run(["train.py", cfg, f"work_dir={runs / name}", "--no-test"] + extra)
         assert out.returncode == 0, out.stderr[-2000:]
-    out = run(["test.py", "--models", str(runs), "--out", str(tmp_path / "table.md")])
+    out = run(["zoo.py", "--table-only", "--root", str(runs), "--out", str(tmp_path / "table.md")])
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.strip().splitlines()
     assert lines[0].startswith("| method | x4 RMSE | x4 MAE") and "x8 RSD |" in lines[0]

@@ -34,8 +34,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
-import bench  # noqa: E402  (count_macs: the one way MACs are counted)
+import engine  # noqa: E402
 import groklst  # noqa: E402
+import speed  # noqa: E402  (count_macs: the one way MACs are counted)
 
 STUBBED = ("mmagic", "mmengine", "mmcv")
 
@@ -187,7 +188,7 @@ def peak_alone(build, kind, scale, hr, batch, amp, device):
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     step()
-    peak = groklst.peak_memory_mb(device)
+    peak = engine.peak_memory_mb(device)
     del model, step
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -221,7 +222,7 @@ def next_most_expensive(scale, hr, count=3, exclude=("mocolsk",)):
     """The `count` registered models with the most forward GMACs at (scale, hr), besides `exclude`."""
     names = [n for n in groklst.list_models() if scale in groklst.MODELS[n].scales and n not in exclude
              and groklst.count_parameters(n, scale) > 0 and n != "msg"]  # msg: another name of dmsg
-    return sorted(names, key=lambda n: -bench.count_macs(n, scale, hr, 1))[:count]
+    return sorted(names, key=lambda n: -speed.count_macs(n, scale, hr, 1))[:count]
 
 
 def main(argv=None):
@@ -257,13 +258,13 @@ def main(argv=None):
             except Exception as e:  # reported, and ours is still timed
                 print(f"| {name} | original: not built ({type(e).__name__}: {e}) | | | | | | | |", flush=True)
         if not args.no_compile:
-            builders["ours compiled"] = lambda n=name: groklst.compile_model(groklst.create_model(n, scale=args.scale),
+            builders["ours compiled"] = lambda n=name: engine.compile_model(groklst.create_model(n, scale=args.scale),
                                                                              device)
         eager = {k: v for k, v in builders.items() if k != "ours compiled"}
         batch = 1
         while batch * 2 <= args.max_batch and fits(eager, cls.kind, args.scale, args.hr, batch * 2, device):
             batch *= 2
-        gmacs = bench.count_macs(name, args.scale, args.hr, 1)
+        gmacs = speed.count_macs(name, args.scale, args.hr, 1)
         for b in sorted({1, batch}):
             for amp in args.amp.split(","):
                 results = measure(builders, cls.kind, args.scale, args.hr, b, amp, device, args.steps, args.warmup,

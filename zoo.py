@@ -1,9 +1,10 @@
-"""Train and evaluate many configs as one resumable queue, then write the paper's Table IX.
+"""The model zoo as one resumable queue: train and evaluate many configs, then write the paper's Table IX.
 
-    python benchmark.py --configs 'configs/*_x8.yaml' --root work_dirs/bench --out table.md
-    python benchmark.py --models mocolsk,srcnn,bicubic --scales 2,4,8 --devices cuda:0,cuda:1
-    python benchmark.py --models srcnn,mocolsk --scales 8 --jobs 2 train.max_iters=200 data.root=data/demo
-    python benchmark.py --models srcnn,mocolsk --scales 8 'mocolsk:model.num_feats=16'   # one model only
+    python zoo.py --configs 'configs/*_x8.yaml' --root work_dirs/zoo --out table.md
+    python zoo.py --models mocolsk,srcnn,bicubic --scales 2,4,8 --devices cuda:0,cuda:1
+    python zoo.py --models srcnn,mocolsk --scales 8 --jobs 2 train.max_iters=200 data.root=data/demo
+    python zoo.py --models srcnn,mocolsk --scales 8 'mocolsk:model.num_feats=16'   # one model only
+    python zoo.py --table-only --root work_dirs/zoo [--split test]                  # the table of every run there
 
 Each config is one `python train.py CFG work_dir=ROOT/<config stem> OVERRIDES` subprocess, its
 output in ROOT/<run>/train.out. Runs go one per GPU at a time (--devices, via CUDA_VISIBLE_DEVICES)
@@ -12,7 +13,7 @@ a run whose last.pth reached train.max_iters is skipped, one with an earlier las
 (--resume), any other starts afresh. Parameter-free models (bicubic, bilinear) are not trained, only
 evaluated. Overrides apply to every run; `MODEL:key=value` only to the runs of that model. A failed
 run is reported with the last line of its output and the queue goes on; the exit code is 1 if any
-run failed. At the end every finished run is evaluated (groklst.benchmark_table) into --out.
+run failed. At the end every finished run is evaluated (table_ix) into --out.
 """
 import argparse
 import glob
@@ -23,10 +24,13 @@ import sys
 import time
 
 import torch
-import yaml
 
+import engine
 import groklst
-from errors import ConfigError, command
+from checkpoints import read_checkpoint
+from errors import ConfigError, DataError, UserError, command
+from geotiff import write_atomic
+from metrics import COLUMNS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIG_DIR = os.path.join(HERE, "configs")
@@ -64,13 +68,13 @@ def run_overrides(overrides, model):
 
 
 def last_iteration(work_dir):
-    """Iteration of <work_dir>/last.pth, or None."""
+    """Iteration of <work_dir>/last.pth, or None (none, or a file that is not a whole checkpoint)."""
     path = os.path.join(work_dir, "last.pth")
     if not os.path.exists(path):
         return None
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["iter"])
-    except Exception:  # a torn file (killed while writing): train afresh
+        return int(read_checkpoint(path)["iter"])
+    except (UserError, KeyError, TypeError, ValueError):  # a torn or foreign file: train afresh
         return None
 
 
@@ -136,11 +140,9 @@ def start(run, env_extra):
 
 
 def write_config(run):
-    """A parameter-free run's folder: just its resolved config (what benchmark_table evaluates)."""
+    """A parameter-free run's folder: just its resolved config (what table_ix evaluates)."""
     os.makedirs(run["work_dir"], exist_ok=True)
-    cfg = {k: v for k, v in run["cfg"].items() if k != "name"}
-    with open(os.path.join(run["work_dir"], "config.yaml"), "w") as f:
-        yaml.safe_dump(cfg, f, sort_keys=False)
+    groklst.write_config({k: v for k, v in run["cfg"].items() if k != "name"}, os.path.join(run["work_dir"], "config.yaml"))
 
 
 def progress(run):
@@ -208,24 +210,88 @@ def execute(runs, places, poll_s=3.0):
                 say(run, f"FAILED (exit {proc.returncode}): {run['error']}")
 
 
+# --------------------------------------------------------------------------- Table IX
+
+
+def run_label(run, scale):
+    """A run's row label: its folder name without the `_x<scale>` suffix (srcnn_x8 -> srcnn), so the runs of
+    one method at several scales share a row."""
+    suffix = f"_x{scale}"
+    return run[:-len(suffix)] if run.endswith(suffix) and len(run) > len(suffix) else run
+
+
+def table_ix(work_root, split=None, overrides=(), device="cpu", runs=None):
+    """Table IX of the paper (markdown) for the runs under work_root: trained ones (<run>/config.yaml +
+    <run>/best.pth) and parameter-free ones (<run>/config.yaml of bicubic or bilinear, no checkpoint),
+    plus bicubic per scale where no run has it. runs: folder names (default: every such run). Rows =
+    methods (run_label), columns = metrics.COLUMNS per scale, evaluated on `split` (default data.test_split)."""
+    if not os.path.isdir(work_root):
+        raise DataError(f"{work_root}: folder not found")
+
+    def checkpoint_of(run):
+        best = os.path.join(work_root, run, "best.pth")
+        return best if os.path.exists(best) else None
+
+    def parameter_free(run):
+        cfg = groklst.load_config(os.path.join(work_root, run, "config.yaml"), overrides)
+        return groklst.count_parameters(cfg["model"]["name"], cfg["data"]["scale"]) == 0
+
+    if runs is None:
+        runs = sorted(d for d in os.listdir(work_root) if os.path.exists(os.path.join(work_root, d, "config.yaml"))
+                      and (checkpoint_of(d) or parameter_free(d)))
+    if not runs:
+        raise DataError(f"{work_root}: no <run>/best.pth (or <run>/config.yaml of a parameter-free model) found")
+    results, data_of_scale = {}, {}
+    for run in runs:
+        cfg = groklst.load_config(os.path.join(work_root, run, "config.yaml"), overrides)
+        scale, data_split = cfg["data"]["scale"], split or cfg["data"]["test_split"]
+        model = groklst.load_model(cfg, checkpoint_of(run), device)
+        metrics = engine.evaluate(model, groklst.build_normalizer(cfg), groklst.build_dataset(cfg, data_split), device,
+                                  consistency=cfg["consistency"])[0]
+        results.setdefault(run_label(run, scale), {})[scale] = metrics
+        data_of_scale.setdefault(scale, (cfg, data_split))
+        print(f"  evaluated {run} (x{scale})", file=sys.stderr)
+    for scale, (cfg, data_split) in data_of_scale.items():  # the reference row, on the same data
+        if scale not in results.get("bicubic", {}):
+            bicubic = groklst.create_model("bicubic", scale=scale).to(device)
+            base = groklst.build_dataset(cfg, data_split, bands=[])
+            results.setdefault("bicubic", {})[scale] = engine.evaluate(bicubic, groklst.build_normalizer(cfg), base,
+                                                                       device)[0]
+    order = sorted(results, key=lambda name: (name not in ("bicubic", "bilinear"), name))  # baselines first
+    scales = sorted(data_of_scale)
+    lines = ["| method | " + " | ".join(f"x{s} {m}" for s in scales for m in COLUMNS) + " |",
+             "|---" * (1 + len(scales) * len(COLUMNS)) + "|"]
+    for name in order:
+        cells = [f"{results[name][s][m]:.4f}" if s in results[name] else "-" for s in scales for m in COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 @command
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="benchmark.py", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="zoo.py", description=__doc__.split("\n")[0])
     p.add_argument("--configs", action="append", default=[], help="glob of config files (repeatable)")
     p.add_argument("--models", default=None, help="comma-separated models: configs/<model>_x<scale>.yaml")
     p.add_argument("--scales", default="2,4,8", help="scales of --models (default 2,4,8)")
-    p.add_argument("--root", default="work_dirs/benchmark", help="one work dir per run under here")
+    p.add_argument("--root", default="work_dirs/zoo", help="one work dir per run under here")
     p.add_argument("--devices", default=None, help="comma-separated cuda:N (one run per GPU at a time) or cpu")
     p.add_argument("--jobs", type=int, default=1, help="concurrent CPU runs without --devices (default 1)")
     p.add_argument("--out", default=None, help="write the markdown table here (default ROOT/table.md)")
     p.add_argument("--split", default=None, help="split of the table (default: data.test_split)")
-    p.add_argument("--table-only", action="store_true", help="train nothing: the table of the runs finished so far")
+    p.add_argument("--table-only", action="store_true",
+                   help="train nothing: the table of the runs finished so far (every run under --root without "
+                        "--configs / --models)")
     p.add_argument("--poll", type=float, default=3.0, help="seconds between progress checks")
     p.add_argument("overrides", nargs="*", help="config overrides key.sub=value, or MODEL:key.sub=value")
     args = p.parse_intermixed_args(argv)
     models = [m for m in (args.models or "").split(",") if m]
     scales = [int(s) for s in args.scales.split(",") if s]
     paths = resolve_configs(args.configs, models, scales)
+    if args.table_only and not paths:  # every run under the root, as they are
+        table = table_ix(args.root, args.split, args.overrides)
+        print(table)
+        write_atomic(args.out or os.path.join(args.root, "table.md"), (table + "\n").encode())
+        return
     if not paths:
         raise ConfigError("nothing to run: give --configs GLOB and/or --models A,B --scales 2,4,8")
     if args.jobs < 1:
@@ -255,11 +321,10 @@ def main(argv=None):
     failed = [r for r in runs if r["state"] == "failed"]
     if finished:
         device = "cuda" if devices and devices[0].startswith("cuda") else "cpu"
-        table = groklst.benchmark_table(args.root, args.split, device=device, runs=finished)
+        table = table_ix(args.root, args.split, device=device, runs=finished)
         out = args.out or os.path.join(args.root, "table.md")
         os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-        with open(out, "w") as f:
-            f.write(table + "\n")
+        write_atomic(out, (table + "\n").encode())
         print(table)
         print(f"table written to {out}")
     print(f"# {len(finished)} finished, {len(failed)} failed, {clock(time.time() - t0)} wall", flush=True)

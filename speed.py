@@ -1,10 +1,10 @@
-"""Speed and memory benchmark of registered models (`python bench.py ...` = `python groklst.py bench ...`).
+"""Speed and memory of registered models: parameters, GMACs, step time, samples/s, peak memory.
 
-    python bench.py mocolsk --scale 8 --hr 512 --batch 1 --train          # CPU, fp32
-    python bench.py mocolsk --scale 8 --hr 512 --train --device cuda --amp bf16 --compile
-    python bench.py mocolsk --scale 8 --hr 512 --train --checkpointing
-    python bench.py all --hr 64                                            # every model
-    python bench.py --data-wait data/matbench --make-mat 32 --step-s 0.136  # data loading vs a GPU step
+    python speed.py mocolsk --scale 8 --hr 512 --batch 1 --train          # CPU, fp32
+    python speed.py mocolsk --scale 8 --hr 512 --train --device cuda --amp bf16 --compile
+    python speed.py mocolsk --scale 8 --hr 512 --train --checkpointing
+    python speed.py all --hr 64                                            # every model
+    python speed.py --data-wait data/matbench --make-mat 32 --step-s 0.136  # data loading vs a GPU step
 
 Per model: parameters, GMACs of one forward (torch's FlopCounterMode on the meta device, so no
 compute; MACs = FLOPs / 2), median step time over --steps timed steps after --warmup, samples/s,
@@ -29,15 +29,18 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+import engine
 import groklst
-from data import BANDS, LR_FOLDERS, LST_FIELD, GrokLSTDataset, block_mean, make_layout, synth_scene, write_splits
+from data import BANDS, GrokLSTDataset
 from errors import ConfigError, command
+from layout import write_mat_dataset
 
 
-def inputs(cls, scale, hr, batch, device, dtype=torch.float32):
+def inputs(model, scale, hr, batch, device, dtype=torch.float32):
+    """Random (lr_lst (batch, 1, hr/scale, hr/scale), hr_guidance (batch, GrokLST bands, hr, hr) or None)."""
     lr = hr // scale
     x = torch.randn(batch, 1, lr, lr, device=device, dtype=dtype)
-    g = torch.randn(batch, 10, hr, hr, device=device, dtype=dtype) if cls.kind == "gisr" else None
+    g = torch.randn(batch, len(BANDS), hr, hr, device=device, dtype=dtype) if model.kind == "gisr" else None
     return x, g
 
 
@@ -61,13 +64,13 @@ def run_one(name, scale=8, hr=512, batch=1, train=False, device="cpu", amp="none
     kwargs = {"checkpointing": True} if checkpointing else {}
     model = groklst.create_model(name, scale=scale, **kwargs).to(device)
     model.train(train)
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = groklst.num_parameters(model)
     x, g = inputs(model, scale, hr, batch, device)
     target = torch.randn(batch, 1, hr, hr, device=device)
-    step_model = groklst.compile_model(model, device) if compile else model
+    step_model = engine.compile_model(model, device) if compile else model
     trainable = train and n_params > 0
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if trainable else None
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    dtype = engine.AMP_DTYPES[amp]
 
     def step():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None), torch.set_grad_enabled(trainable):
@@ -97,39 +100,19 @@ def run_one(name, scale=8, hr=512, batch=1, train=False, device="cpu", amp="none
             "step_s_median": round(median, 4), "step_s_all": [round(t, 4) for t in times],
             "samples_per_s": round(batch / median, 3),
             "tflops": round(2 * gmacs * (3 if trainable else 1) / median / 1e3, 3),
-            "peak_memory_mb": round(groklst.peak_memory_mb(device), 1),
+            "peak_memory_mb": round(engine.peak_memory_mb(device), 1),
             "torch": str(torch.__version__)}
 
 
 def run_isolated(name, **kw):
     """run_one in a fresh Python process (peak RSS of this model only)."""
-    code = ("import json, sys; sys.path.insert(0, %r); import bench; "
-            "print('RESULT ' + json.dumps(bench.run_one(%r, **%r)))") % (os.path.dirname(os.path.abspath(__file__)), name, kw)
+    code = ("import json, sys; sys.path.insert(0, %r); import speed; "
+            "print('RESULT ' + json.dumps(speed.run_one(%r, **%r)))") % (os.path.dirname(os.path.abspath(__file__)), name, kw)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
     return {"model": name, "error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
-
-
-def write_mat_dataset(root, n_samples=32, size=512, seed=0):
-    """N synthetic samples in the original release's .mat layout and sizes: 30m/lst/<name>.mat (variable
-    `data`, (size, size) float32 K), 30m/guidance/<name>.mat (one (size, size) variable per band, named as
-    data.BANDS), {60m,120m,240m}/lst/<name>.mat (block means); split train = all, val = test = first 2."""
-    import numpy as np
-    import scipy.io
-    make_layout(root)
-    lst, guidance = synth_scene(size, size, seed)  # one scene, shifted per sample: content does not matter here
-    rng = np.random.default_rng(seed)
-    names = [f"{i:04d}" for i in range(n_samples)]
-    for name in names:
-        hr = (lst + rng.normal(0, 1, lst.shape)).astype(np.float32)
-        scipy.io.savemat(os.path.join(root, "30m", "lst", name + ".mat"), {LST_FIELD: hr})
-        scipy.io.savemat(os.path.join(root, "30m", "guidance", name + ".mat"),
-                         {band: guidance[b] for b, band in enumerate(BANDS)})
-        for scale, folder in LR_FOLDERS.items():
-            scipy.io.savemat(os.path.join(root, folder, "lst", name + ".mat"), {LST_FIELD: block_mean(hr, scale)})
-    write_splits(root, {"train": names, "val": names[:2], "test": names[:2]})
 
 
 def data_wait(root, step_s, scale=8, batch=1, num_workers=0, cache=False, steps=30, split="train"):
@@ -215,20 +198,20 @@ def format_row(r):
 
 @command
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="speed.py", description=__doc__.split("\n")[0])
     p.add_argument("models", nargs="*", help="model names, or 'all'")
     p.add_argument("--scale", type=int, default=8)
     p.add_argument("--hr", type=int, default=512, help="HR side in pixels")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--train", action="store_true", help="time a training step instead of a forward")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    p.add_argument("--amp", default="none", choices=list(engine.AMP_DTYPES))
     p.add_argument("--compile", action="store_true")
     p.add_argument("--checkpointing", action="store_true", help="MoCoLSK-Net: recompute the HR reconstruction")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 3; --data-wait: 40)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--json", default="bench.json")
+    p.add_argument("--json", default="speed.json")
     p.add_argument("--data-wait", default=None, metavar="ROOT", help="measure the data-wait share on this dataset")
     p.add_argument("--make-mat", type=int, default=0, metavar="N", help="--data-wait: first write N .mat samples (size --hr)")
     p.add_argument("--step-s", type=float, default=0.136, help="--data-wait: simulated model step, s per sample")
@@ -262,7 +245,7 @@ def main(argv=None):
         print(format_row(r), flush=True)
         results.append(r)
     if args.models == ["all"]:
-        print(f"# bench all: HR {args.hr}, batch {args.batch}, {'train step' if args.train else 'forward'}",
+        print(f"# speed all: HR {args.hr}, batch {args.batch}, {'train step' if args.train else 'forward'}",
               file=sys.stderr)
     with open(args.json, "w") as f:
         json.dump(results, f, indent=1)

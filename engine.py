@@ -1,0 +1,189 @@
+"""Running a model: Kelvin in and Kelvin out (`downscale`), coarse-scale consistency, the training losses,
+sharded evaluation, the torchrun process group, compilation and memory readings.
+
+Every model computes forward(lr_lst, hr_guidance) on normalised tensors; `downscale` is the one place that
+normalises its inputs and decodes its output, so train.py, test.py, predict.py and the speed tool all see
+Kelvin. Models with `physical_units = True` (sharpeners.py) take Kelvin and physical guidance as they are.
+"""
+import os
+import resource
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from data import block_mean_tensor, hole_mask
+from errors import ConfigError
+from metrics import average, image_metrics_by_name
+
+CONSISTENCY_MODES = ("none", "nearest", "bicubic")
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # train.amp / --amp -> autocast dtype
+
+
+# --------------------------------------------------------------------------- Kelvin in, Kelvin out
+
+
+def downscale(model, normalizer, lr_lst, hr_guidance=None, amp="none", consistency="none"):
+    """Kelvin in, Kelvin out: normalise, run the model (optionally under autocast), decode in
+    float32, then make the output coarse-consistent (make_consistent; 'none' = as the paper).
+    lr_lst (B, 1, h, w) K, hr_guidance (B, C, H, W) physical units or None. A model with
+    `physical_units = True` (sharpeners.py) gets lr_lst and hr_guidance as they are, NaN included,
+    and returns Kelvin: no normalising, decoding or autocast."""
+    if getattr(model, "physical_units", False):
+        out = model(lr_lst, hr_guidance)
+    else:
+        x = normalizer.encode_lst(lr_lst)
+        g = normalizer.encode_guidance(hr_guidance) if hr_guidance is not None else None
+        dtype = AMP_DTYPES[amp]
+        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+            out = normalizer.decode_lst(model(x, g))
+    return make_consistent(out, lr_lst, consistency)
+
+
+def make_consistent(pred, lr_lst, mode="bicubic"):
+    """Coarse-scale consistency ("energy conservation"): add back the residual between the LR input
+    and the block mean of the prediction, so that the block mean of the output (data.block_mean's
+    rule over its finite pixels) equals lr_lst exactly (float64 inside, ~1e-5 K after float32).
+
+    pred (B, 1, H, W) K, lr_lst (B, 1, h, w) K (H = h * scale) -> like pred. mode:
+      none     pred unchanged (the paper's protocol, the default everywhere)
+      nearest  residual repeated over each scale x scale block: exact, but a step at block edges
+      bicubic  residual upsampled bicubically (smooth; its block means are not the residual), then
+               one nearest pass on what is left: exact too, and the steps are only that remainder.
+               The one `--consistency` turns on without a value, because it is as exact as nearest
+               without imprinting the LR grid on the output.
+    Coarse pixels where lr_lst (or the whole block of pred) is NaN get no correction."""
+    if mode not in CONSISTENCY_MODES:
+        raise ConfigError(f"consistency={mode!r}: expected one of {', '.join(CONSISTENCY_MODES)}")
+    if mode == "none":
+        return pred
+    scale = pred.shape[-1] // lr_lst.shape[-1]
+    lr, out = lr_lst.double(), pred.double()
+    holes = hole_mask(lr, scale)
+
+    def residual(x):  # (B, 1, h, w) K, 0 where there is nothing to correct
+        return torch.nan_to_num(lr - block_mean_tensor(x, scale, max_nan_fraction=1.0), nan=0.0, posinf=0.0, neginf=0.0)
+
+    if mode == "bicubic":
+        smooth = F.interpolate(residual(out), scale_factor=scale, mode="bicubic", align_corners=False)
+        out = out + torch.where(holes, 0.0, smooth)
+    out = out + residual(out).repeat_interleave(scale, -2).repeat_interleave(scale, -1)
+    return out.to(pred.dtype)
+
+
+# --------------------------------------------------------------------------- training losses
+
+
+def _l1(pred, target):
+    return (pred - target).abs().mean()
+
+
+LOSSES = {  # train.loss -> loss over the valid pixels' values (1-D tensors), Kelvin
+    "l1": _l1,
+    "smooth_l1": lambda pred, target: F.smooth_l1_loss(pred, target, beta=1.0),
+    "mse": F.mse_loss,
+}
+
+
+def pixel_loss(pred, target, mask, kind):
+    """Mean loss over valid pixels, float32, Kelvin: pred, target (B, 1, H, W), mask bool like them."""
+    return LOSSES[kind](pred.float()[mask], target.float()[mask])
+
+
+# --------------------------------------------------------------------------- processes and devices
+
+
+def rank_and_world():
+    """(rank, world size) of this process: (0, 1) unless a torch.distributed process group is running."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def setup_distributed():
+    """torchrun environment -> (rank, world_size, device). NCCL on CUDA, gloo on CPU.
+    Without torchrun: (0, 1, cuda if available else cpu)."""
+    if "RANK" not in os.environ:
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        device = torch.device("cpu")
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def teardown_distributed(barrier=False):
+    """Destroy the process group (no-op without one). barrier=True (on success only: a rank that
+    failed must not wait for the others) first waits until every rank is done with it."""
+    if dist.is_available() and dist.is_initialized():
+        if barrier:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
+def gather(obj):
+    """All ranks' objects as a list on every rank (just [obj] when not distributed)."""
+    if rank_and_world()[1] == 1:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def peak_memory_mb(device):
+    """CUDA max allocated on a GPU, else the process's peak RSS (MB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def compile_model(model, device):
+    """torch.compile(model), the one way train.py and the speed tool compile. On CPU the convolutions keep
+    their NCHW layout: with inductor's channels_last layout, oneDNN (torch 2.13) returns wrong weight
+    gradients for bf16 depthwise convs with dilation > 1 (relative error ~1 or NaN; MoCoLSK's 7x7
+    dilation-3 conv), so bf16 + compile training diverged at once (tests/test_mocolsk.py)."""
+    if torch.device(device).type == "cpu":
+        from torch._inductor import config as inductor_config
+        inductor_config.layout_optimization = False
+    return torch.compile(model)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _batch_to(item, device):
+    return {k: v[None].to(device) if torch.is_tensor(v) else v for k, v in item.items()}
+
+
+@torch.no_grad()
+def evaluate(model, normalizer, dataset, device, amp="none", consistency="none", on_prediction=None, progress=False):
+    """Per-image metrics over a dataset, sharded over ranks (image i on rank i % world), gathered and
+    averaged in dataset order: the same numbers as one process.
+
+    Returns (means, per_image): means = metrics.average of the rows ({metric: mean} plus 'images'),
+    per_image = [(name, {metric: value})] with every metric of metrics.COLUMNS (the paper's five and CONS).
+    consistency: make_consistent's mode for every prediction. on_prediction(index, item, pred): called
+    with each dataset item (batched, on `device`) and its prediction (1, 1, H, W) K, e.g. to write it."""
+    rank, world = rank_and_world()
+    was_training = model.training
+    model.eval()
+    rows = []
+    indices = range(rank, len(dataset), world)
+    for n, i in enumerate(indices):
+        item = _batch_to(dataset[i], device)
+        pred = downscale(model, normalizer, item["lr_lst"], item.get("hr_guidance"), amp, consistency)
+        rows.append((i, item["name"], image_metrics_by_name(pred, item["hr_lst"], item["mask"], item["lr_lst"])[0]))
+        if on_prediction is not None:
+            on_prediction(i, item, pred)
+        if progress and rank == 0:
+            print(f"\r  {n + 1}/{len(indices)} images", end="", file=sys.stderr, flush=True)
+    if progress and rank == 0:
+        print(file=sys.stderr)
+    model.train(was_training)
+    rows = sorted((r for part in gather(rows) for r in part), key=lambda r: r[0])
+    return average([r[2] for r in rows]), [(r[1], r[2]) for r in rows]
