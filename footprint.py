@@ -80,6 +80,8 @@ class Grid:
     name: str = "grid"
 
     def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
+        object.__setattr__(self, "transform", tuple(float(v) for v in self.transform))
         x0, dx, rx, y0, ry, dy = self.transform
         if rx or ry:
             raise DataError(f"{self.name}: rotated or sheared grid (affine rx={rx:g}, ry={ry:g}); resample it to a "
@@ -169,7 +171,7 @@ class CoarseCoordinates:
         while True:
             self.node_rows = np.unique(np.r_[np.arange(0, H, step), H]).astype(np.float64)
             self.node_cols = np.unique(np.r_[np.arange(0, W, step), W]).astype(np.float64)
-            self.lattice = self.exact(*np.meshgrid(self.node_rows, self.node_cols, indexing="ij"))
+            self.node_values = self.exact(*np.meshgrid(self.node_rows, self.node_cols, indexing="ij"))
             mid_rows = 0.5 * (self.node_rows[1:] + self.node_rows[:-1])
             mid_cols = 0.5 * (self.node_cols[1:] + self.node_cols[:-1])
             true = self.exact(*np.meshgrid(mid_rows, mid_cols, indexing="ij"))
@@ -183,7 +185,7 @@ class CoarseCoordinates:
 
     def _fine_pixel_size(self):
         """Side of a fine pixel in coarse pixels (median over the lattice cells)."""
-        r, c = self.lattice
+        r, c = self.node_values
         corners = [(slice(None, -1), slice(None, -1)), (slice(None, -1), slice(1, None)),
                    (slice(1, None), slice(1, None)), (slice(1, None), slice(None, -1))]
         area = _quad_area(np.stack([c[k].ravel() for k in corners]), np.stack([r[k].ravel() for k in corners]))
@@ -198,7 +200,7 @@ class CoarseCoordinates:
         a, ta = _bracket(self.node_rows, rows)
         b, tb = _bracket(self.node_cols, cols)
         out = []
-        for values in self.lattice:
+        for values in self.node_values:
             along_rows = values[a] * (1 - ta)[:, None] + values[a + 1] * ta[:, None]  # (m, nodes along cols)
             out.append(along_rows[:, b] * (1 - tb) + along_rows[:, b + 1] * tb)
         return tuple(out)
@@ -339,7 +341,8 @@ class Footprint:
     pixel c, in fine pixels), coverage ((h, w) float64 tensor: fraction of each coarse pixel's footprint
     inside the fine grid), coarse_index ((H, W) int64 tensor: flat index i*w + j of the coarse pixel
     holding each fine pixel centre, -1 outside), fine_in_coarse ((rows, cols), two (H, W) float32 tensors:
-    fine pixel centres in corner-based coarse pixel coordinates), lattice (the CoarseCoordinates map).
+    fine pixel centres in corner-based coarse pixel coordinates), to_coarse (the CoarseCoordinates map:
+    to_coarse.step and to_coarse.error describe its lattice).
     """
 
     def __init__(self, fine, coarse, min_valid=0.5):
@@ -351,7 +354,7 @@ class Footprint:
                             f"({known.crs}): write its CRS into the file (gdal_edit.py -a_srs)")
         self.fine, self.coarse, self.min_valid = fine, coarse, float(min_valid)
         self.scale = _aligned_scale(fine, coarse)
-        self.lattice = CoarseCoordinates(fine, coarse)
+        self.to_coarse = CoarseCoordinates(fine, coarse)
         self._check_overlap()
         self._weights = self._coverage = self._index = self._centres = None
         self._cast = {}
@@ -375,7 +378,7 @@ class Footprint:
         H, W = self.fine.shape
         h, w = self.coarse.shape
         edge_rows, edge_cols = np.arange(H + 1.0), np.arange(W + 1.0)
-        rows, cols = zip(*(self.lattice(r, c) for r, c in
+        rows, cols = zip(*(self.to_coarse(r, c) for r, c in
                            ((edge_rows, [0.0, W]), ([0.0, H], edge_cols))))
         rows = np.concatenate([r.ravel() for r in rows])
         cols = np.concatenate([c.ravel() for c in cols])
@@ -394,11 +397,11 @@ class Footprint:
         H, W = self.fine.shape
         h, w = self.coarse.shape
         index_dtype = np.int32 if max(h * w, H * W) < 2 ** 31 else np.int64  # int32: half the memory
-        snap = _snap if self.lattice.transformer is None else (lambda a: a)  # one CRS: cell edges exactly
+        snap = _snap if self.to_coarse.transformer is None else (lambda a: a)  # one CRS: cell edges exactly
         block = max(1, CHUNK_PIXELS // (W + 1))
         blocks, counts, totals = [], np.zeros(h * w, np.int64), np.zeros(h * w)
         for r0 in range(0, H, block):
-            rows, cols = self.lattice(np.arange(r0, min(H, r0 + block) + 1.0), np.arange(W + 1.0))
+            rows, cols = self.to_coarse(np.arange(r0, min(H, r0 + block) + 1.0), np.arange(W + 1.0))
             c, f, v = _overlaps(snap(rows), snap(cols), (h, w), index_dtype)
             blocks.append((r0 * W, c, f, v))
             counts += np.bincount(c, minlength=h * w)
@@ -440,7 +443,7 @@ class Footprint:
         cj = np.stack([j, j + 1, j + 1, j]).astype(np.float64)
         rows, cols = self._coarse_to_fine(ci, cj)
         area = np.abs(_quad_area(cols, rows))
-        inside = ((rows >= -SNAP) & (rows <= H + SNAP) & (cols >= -SNAP) & (cols <= W + SNAP)).all(0)
+        inside = ((rows >= -1e-6) & (rows <= H + 1e-6) & (cols >= -1e-6) & (cols <= W + 1e-6)).all(0)
         coverage = np.zeros(h * w)
         with np.errstate(invalid="ignore", divide="ignore"):
             coverage[cells] = np.where(inside, 1.0, np.minimum(total[cells] / area, 1.0))
@@ -451,8 +454,8 @@ class Footprint:
         X0, DX, _, Y0, _, DY = self.fine.transform
         x0, dx, _, y0, _, dy = self.coarse.transform
         x, y = x0 + cols * dx, y0 + rows * dy
-        if self.lattice.transformer is not None:
-            x, y = self.lattice.transformer.transform(x, y, direction="INVERSE")
+        if self.to_coarse.transformer is not None:
+            x, y = self.to_coarse.transformer.transform(x, y, direction="INVERSE")
             x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
         return (y - Y0) / DY, (x - X0) / DX
 
@@ -492,7 +495,7 @@ class Footprint:
 
     def _centres_of(self, r0, r1):
         """Coarse coordinates (rows, cols), each (r1 - r0, W) float64, of the centres of fine rows r0..r1-1."""
-        return self.lattice(np.arange(r0, r1) + 0.5, np.arange(self.fine.shape[1]) + 0.5)
+        return self.to_coarse(np.arange(r0, r1) + 0.5, np.arange(self.fine.shape[1]) + 0.5)
 
     def _index_of(self, rows, cols):
         h, w = self.coarse.shape

@@ -108,7 +108,7 @@ SCRIPTS = ["train", "test", "predict", "prepare", "bench", "landsat", "benchmark
 def test_every_module_imports_and_every_command_has_help():
     """Each module imports on its own (no cycles hidden by lazy imports), each script and each
     groklst.py subcommand answers --help."""
-    for module in ["errors", "geotiff", "data", "metrics", "figures", "sharpeners", "groklst"] + SCRIPTS:
+    for module in ["errors", "geotiff", "data", "metrics", "figures", "sharpeners", "footprint", "groklst"] + SCRIPTS:
         r = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
     commands = [[f"{s}.py"] for s in SCRIPTS] + [["groklst.py", c] for c in
@@ -132,7 +132,7 @@ def test_groklst_runs_once_as_script():
 def test_library_never_imports_scripts():
     """Dependencies flow one way: library modules import no entry script (groklst.main's dispatch aside)."""
     import ast
-    library = ["errors.py", "geotiff.py", "data.py", "metrics.py", "figures.py", "sharpeners.py", "groklst.py"] + \
+    library = ["errors.py", "geotiff.py", "data.py", "metrics.py", "figures.py", "sharpeners.py", "footprint.py", "groklst.py"] + \
         glob.glob(os.path.join("models", "*.py"))
     for path in library:
         tree = ast.parse(open(os.path.join(ROOT, path)).read())

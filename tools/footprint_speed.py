@@ -66,7 +66,7 @@ def main():
     fp.interpolate(lr, "bilinear")
     interp = time.perf_counter() - t0
     print(f"build {build:.1f} s  aggregate {apply:.2f} s  interpolate (bilinear) {interp:.2f} s  "
-          f"nnz {fp.weights._nnz():,}  lattice step {fp.lattice.step} (error {fp.lattice.error:.1e} fine px)  "
+          f"nnz {fp.weights._nnz():,}  lattice step {fp.to_coarse.step} (error {fp.to_coarse.error:.1e} fine px)  "
           f"threads {torch.get_num_threads()}")
     print(f"peak RSS: {rss_build:.2f} GB after build, {rss_apply:.2f} GB after aggregate, {peak_rss():.2f} GB after "
           f"interpolate")
