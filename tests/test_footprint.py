@@ -145,6 +145,26 @@ def test_crs_of_written_geotiffs(tmp_path):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("epsg, transform, parameters, earth", [
+    (32650, 1, {3081: 0.0, 3080: 117.0, 3092: 0.9996, 3082: 500000.0, 3083: 0.0}, {2048: 4326}),  # UTM 50N
+    (5070, 11, {3078: 29.5, 3079: 45.5, 3081: 23.0, 3080: -96.0, 3082: 0.0, 3083: 0.0}, {2048: 4269}),  # CONUS Albers
+    (3035, 10, {3089: 52.0, 3088: 10.0, 3082: 4321000.0, 3083: 3210000.0}, {2048: 4258}),  # LAEA Europe
+    (3347, 8, {3078: 49.0, 3079: 77.0, 3085: 63.390675, 3084: -91.8666666666667, 3086: 6200000.0, 3087: 3000000.0},
+     {2048: 4269}),  # Statistics Canada Lambert
+])
+def test_user_defined_projections_match_their_epsg(epsg, transform, parameters, earth):
+    """A projection written as user-defined GeoKeys (the parameter keys GDAL and others use) places points
+    where its EPSG definition does."""
+    keys = {1024: 1, 3072: geotiff.USER_DEFINED, 3074: geotiff.USER_DEFINED, 3075: transform, 3076: 9001,
+            2054: 9102, **parameters, **earth}
+    crs = geotiff.crs_string(geotiff.make_geo_keys(0.0, 0.0, 30.0, keys))
+    lon, lat = pyproj.Transformer.from_crs(f"EPSG:{epsg}", "EPSG:4326", always_xy=True).transform(
+        np.array([400000.0, 600000.0]), np.array([4400000.0, 4600000.0]))
+    ours = pyproj.Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(lon, lat)
+    theirs = pyproj.Transformer.from_crs("EPSG:4326", f"EPSG:{epsg}", always_xy=True).transform(lon, lat)
+    assert np.abs(np.subtract(ours, theirs)).max() < 0.01, crs  # metres
+
+
 # --------------------------------------------------------------------------- aggregate
 
 
