@@ -399,3 +399,115 @@ def same_grid(geo_a, geo_b, tol=1e-6):
     `tol` of a pixel (co-registered rasters of one scene share one grid exactly)."""
     a, b = corner_transform(geo_a), corner_transform(geo_b)
     return a is None or b is None or bool(np.allclose(a, b, rtol=0, atol=tol * abs(a[1])))
+
+
+# --------------------------------------------------------------------------- CRS definitions
+# The GeoKeys of a CRS as pyproj reads it: an EPSG code, or for a user-defined projection (MODIS and
+# VIIRS sinusoidal exports) a PROJ string built from ProjCoordTransGeoKey, its parameter keys and the
+# ellipsoid keys. Key ids and codes are those of the GeoTIFF 1.0 specification.
+
+GEOKEY_PROJ_COORD_TRANS, GEOKEY_PROJ_LINEAR_UNITS, GEOKEY_ANGULAR_UNITS = 3075, 3076, 2054
+GEOKEY_ELLIPSOID, GEOKEY_SEMI_MAJOR, GEOKEY_SEMI_MINOR, GEOKEY_INV_FLATTENING = 2056, 2057, 2058, 2059
+METRE, DEGREE = 9001, 9102
+MODEL_PROJECTED, MODEL_GEOGRAPHIC = 1, 2
+
+# PROJ parameter -> the GeoKeys that may hold it, first found wins (writers differ: GDAL stores the
+# sinusoidal's central meridian as ProjCenterLongGeoKey, others as ProjNatOriginLongGeoKey)
+PROJ_PARAMETER_KEYS = {"lat_0": (3081, 3085, 3089), "lon_0": (3080, 3084, 3088), "lat_1": (3078,), "lat_2": (3079,),
+                       "k_0": (3092, 3093), "x_0": (3082, 3086, 3090), "y_0": (3083, 3087, 3091)}
+# ProjCoordTransGeoKey -> (PROJ projection, its parameters); any other is refused
+PROJECTIONS = {1: ("tmerc", ("lat_0", "lon_0", "k_0", "x_0", "y_0")),   # CT_TransverseMercator
+               8: ("lcc", ("lat_1", "lat_2", "lat_0", "lon_0", "x_0", "y_0")),  # CT_LambertConfConic_2SP
+               10: ("laea", ("lat_0", "lon_0", "x_0", "y_0")),  # CT_LambertAzimEqualArea
+               11: ("aea", ("lat_1", "lat_2", "lat_0", "lon_0", "x_0", "y_0")),  # CT_AlbersEqualArea
+               24: ("sinu", ("lon_0", "x_0", "y_0"))}  # CT_Sinusoidal (MODIS, VIIRS)
+# a geographic CRS, ellipsoid or datum given by EPSG code under a user-defined projection
+DATUMS = {4326: "+datum=WGS84", 4269: "+datum=NAD83", 4267: "+datum=NAD27", 4258: "+ellps=GRS80",
+          6326: "+datum=WGS84", 6269: "+datum=NAD83", 6267: "+datum=NAD27", 6258: "+ellps=GRS80",
+          7030: "+ellps=WGS84", 7019: "+ellps=GRS80", 7008: "+ellps=clrk66"}
+
+# GeoKeys of two CRSs the tests and docs write: geographic WGS 84 (degrees) and the MODIS / VIIRS
+# sinusoidal grid (a sphere of radius 6371007.181 m), as GDAL exports the latter (user-defined)
+WGS84_KEYS = {GEOKEY_MODEL_TYPE: MODEL_GEOGRAPHIC, GEOKEY_RASTER_TYPE: 1, GEOKEY_GEOGRAPHIC: 4326,
+              GEOKEY_ANGULAR_UNITS: DEGREE}
+MODIS_SINUSOIDAL_KEYS = {GEOKEY_MODEL_TYPE: MODEL_PROJECTED, GEOKEY_RASTER_TYPE: 1, GEOKEY_GEOGRAPHIC: USER_DEFINED,
+                         2050: USER_DEFINED, GEOKEY_ANGULAR_UNITS: DEGREE, GEOKEY_ELLIPSOID: USER_DEFINED,
+                         GEOKEY_SEMI_MAJOR: 6371007.181, GEOKEY_SEMI_MINOR: 6371007.181,
+                         GEOKEY_PROJECTED: USER_DEFINED, 3074: USER_DEFINED, GEOKEY_PROJ_COORD_TRANS: 24,
+                         GEOKEY_PROJ_LINEAR_UNITS: METRE, 3082: 0.0, 3083: 0.0, 3088: 0.0}
+MODIS_PIXEL = 926.625433055833  # metres: the 1 km MODIS sinusoidal grid, 1200 pixels per 10-degree tile
+
+
+def crs_string(geo, path="GeoTIFF"):
+    """The CRS of a raster as pyproj reads it: 'EPSG:<code>' for an EPSG projected or geographic CRS,
+    a PROJ string for a user-defined one (e.g. '+proj=sinu +lon_0=0 +x_0=0 +y_0=0 +a=6371007.181
+    +b=6371007.181 +units=m +no_defs' for MODIS); None without GeoKeys. DataError naming `path` for a
+    user-defined CRS it cannot read (another projection, unit or ellipsoid)."""
+    keys = geokeys(geo or {})
+    if not keys:
+        return None
+    model = keys.get(GEOKEY_MODEL_TYPE, MODEL_PROJECTED if GEOKEY_PROJECTED in keys else MODEL_GEOGRAPHIC)
+    code = keys.get(GEOKEY_PROJECTED if model == MODEL_PROJECTED else GEOKEY_GEOGRAPHIC)
+    if model not in (MODEL_PROJECTED, MODEL_GEOGRAPHIC):
+        raise DataError(f"{path}: GTModelTypeGeoKey {model} is neither projected (1) nor geographic (2)")
+    if code is not None and code != USER_DEFINED:
+        return f"EPSG:{code}"
+    if keys.get(GEOKEY_ANGULAR_UNITS, DEGREE) != DEGREE:
+        raise DataError(f"{path}: angles in unit code {keys[GEOKEY_ANGULAR_UNITS]} (GeogAngularUnitsGeoKey); only "
+                        f"degrees ({DEGREE}) are read: re-export it with an EPSG CRS (gdalwarp -t_srs EPSG:...)")
+    earth = _ellipsoid(keys, path)
+    if model == MODEL_GEOGRAPHIC:
+        return f"+proj=longlat {earth} +no_defs"
+    transform = keys.get(GEOKEY_PROJ_COORD_TRANS)
+    if transform not in PROJECTIONS:
+        raise DataError(f"{path}: user-defined projection ProjCoordTransGeoKey={transform} is not one of the "
+                        f"codes read here {sorted(PROJECTIONS)}: re-export it with an EPSG CRS (gdalwarp -t_srs EPSG:...)")
+    if keys.get(GEOKEY_PROJ_LINEAR_UNITS, METRE) != METRE:
+        raise DataError(f"{path}: user-defined projection in linear unit code {keys[GEOKEY_PROJ_LINEAR_UNITS]}; only "
+                        f"metres ({METRE}) are read: re-export it in metres (gdalwarp -t_srs)")
+    name, params = PROJECTIONS[transform]
+    values = {p: next((_number(keys[k]) for k in PROJ_PARAMETER_KEYS[p] if k in keys), 1.0 if p == "k_0" else 0.0)
+              for p in params}
+    return " ".join([f"+proj={name}"] + [f"+{p}={v:.12g}" for p, v in values.items()] + [earth, "+units=m +no_defs"])
+
+
+def _number(value):
+    return float(value[0] if isinstance(value, tuple) else value)
+
+
+def _ellipsoid(keys, path):
+    """The PROJ words of a user-defined CRS's earth: semi-axes, or a datum / ellipsoid EPSG code."""
+    if GEOKEY_SEMI_MAJOR in keys:
+        a = _number(keys[GEOKEY_SEMI_MAJOR])
+        if GEOKEY_SEMI_MINOR in keys:
+            return f"+a={a:.12g} +b={_number(keys[GEOKEY_SEMI_MINOR]):.12g}"
+        rf = _number(keys.get(GEOKEY_INV_FLATTENING, 0.0))
+        return f"+a={a:.12g} +rf={rf:.12g}" if rf else f"+a={a:.12g} +b={a:.12g}"
+    for key in (GEOKEY_GEOGRAPHIC, 2050, GEOKEY_ELLIPSOID):  # geographic CRS, datum, ellipsoid codes
+        if keys.get(key) in DATUMS:
+            return DATUMS[keys[key]]
+    codes = {k: keys[k] for k in (GEOKEY_GEOGRAPHIC, 2050, GEOKEY_ELLIPSOID) if k in keys}
+    raise DataError(f"{path}: user-defined CRS on an earth this reader does not know (GeoKeys {codes}, no "
+                    f"GeogSemiMajorAxisGeoKey): re-export it with an EPSG CRS (gdalwarp -t_srs EPSG:...)")
+
+
+def make_geo_keys(x0, y0, pixel_size, keys, point=False):
+    """Georeferencing of a north-up grid in any CRS given as GeoKeys {key id: int, or float for a
+    double}, e.g. WGS84_KEYS (pixel_size in degrees) or MODIS_SINUSOIDAL_KEYS (metres); the tiepoint
+    (x0, y0) is the corner of pixel (0, 0), or its centre with point=True. pixel_size: one number, or
+    (x size, y size)."""
+    keys = {**keys, GEOKEY_RASTER_TYPE: RASTER_PIXEL_IS_POINT if point else 1}
+    sx, sy = (pixel_size, pixel_size) if np.isscalar(pixel_size) else pixel_size
+    directory, doubles = [1, 1, 0, len(keys)], []
+    for key, value in sorted(keys.items()):
+        if isinstance(value, float):
+            directory += [key, TAG_GEO_DOUBLES, 1, len(doubles)]
+            doubles.append(value)
+        else:
+            directory += [key, 0, 1, int(value)]
+    geo = {TAG_PIXEL_SCALE: ("d", 3, (float(sx), float(sy), 0.0)),
+           TAG_TIEPOINT: ("d", 6, (0.0, 0.0, 0.0, float(x0), float(y0), 0.0)),
+           TAG_GEOKEYS: ("H", len(directory), tuple(directory))}
+    if doubles:
+        geo[TAG_GEO_DOUBLES] = ("d", len(doubles), tuple(doubles))
+    return geo
