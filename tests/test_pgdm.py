@@ -81,18 +81,18 @@ def check(out, lst, expected):
 
 def test_unet_matches_original_base_config():
     """configs/base.yaml's U-Net (no x_t branch, hybrid gate, num_affine 2, attention at level 3) with
-    residual_limit=0, land cover valid, guidance band 4 dropped for both samples and band 7 for the
-    second. Original: denosing_unet(**base, residual_limit=0)(lst, gui[:, :6], gui[:, 6:9], gui[:, 9:10],
-    land_cover, mask), mask (2, 11) of ones with mask[:, 4] = mask[1, 7] = 0."""
+    residual_limit=0, a land-cover map, guidance band 4 dropped for both samples, band 7 and the land
+    cover for the second. Original: denosing_unet(**base, residual_limit=0)(lst, gui[:, :6], gui[:, 6:9],
+    gui[:, 9:10], land_cover, mask), mask (2, 11) of ones with mask[:, 4] = mask[1, 7] = mask[1, 10] = 0."""
     model = PGDM(**BASE, residual_limit=0).double().eval()
     fill_fixture(model)
     lst, gui, _, land_cover = inputs()
     mask = torch.ones(2, 11, dtype=torch.float64)
-    mask[:, 4] = mask[1, 7] = 0
+    mask[:, 4] = mask[1, 7] = mask[1, 10] = 0
     with torch.no_grad():
         out = model.unet(lst, gui, land_cover=land_cover, channel_mask=mask)
-    check(out, lst, dict(mean=0.271216368147, rstd=0.00546529295492,
-                         px=[0.310982455071, 0.004456305185, -0.029901710274, -0.030074593664]))
+    check(out, lst, dict(mean=0.271263116734, rstd=0.00586047903756,
+                         px=[0.310982455071, 0.004648481641, -0.029901710274, -0.030637812801]))
 
 
 def test_unet_matches_original_groklst_config():
@@ -109,6 +109,16 @@ def test_unet_matches_original_groklst_config():
     check(out, lst, dict(mean=-0.124810548754, rstd=0.0213917882643,
                          px=[-0.077928603713, -0.413277858314, -0.443173575361, -0.406489646762]))
     assert ((out - lst).abs() > 0.15 - 1e-12).float().mean().item() == pytest.approx(0.33642578125)
+
+
+def test_step_embedding_table():
+    """Row t of the frozen table: sin(t w_i) at even and cos(t w_i) at odd columns, w_i = 10000 ** (-2i / dim)."""
+    table = PGDM(ch_base=8, ch_mult=(1, 2), attn_levels=(), timesteps=15, sqrt_etas=None, kappa=1.0).timestep_embedder.embedding.weight
+    assert table.shape == (15, 128) and not table.requires_grad
+    for t, i in [(0, 0), (1, 0), (3, 5), (14, 63), (7, 20)]:
+        w = 10000 ** (-2 * i / 128)
+        assert math.isclose(table[t, 2 * i].item(), math.sin(t * w), abs_tol=1e-6)
+        assert math.isclose(table[t, 2 * i + 1].item(), math.cos(t * w), abs_tol=1e-6)
 
 
 def reference_sqrt_etas(T, kappa, min_noise_level, etas_end, power):
