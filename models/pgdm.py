@@ -234,7 +234,8 @@ class PGDM(nn.Module):
         diffusion: True: the x_t branch and the diffusion; False: the geo branch alone, a
             deterministic regressor (the original's ch_in_xt = 0, configs/base.yaml).
         timesteps: diffusion steps T (3), also the rows of the step-embedding table.
-        sqrt_etas: sqrt(eta_t) for t = 0..T-1 ((0.05, 0.6, 0.99)); None = eta_schedule(...) below.
+        sqrt_etas: sqrt(eta_t) for t = 0..T-1 ((0.05, 0.6, 0.99)); [] or None = the computed schedule
+            eta_schedule(timesteps, kappa, min_noise_level, etas_end, power) (in a config write [], null is dropped).
         kappa: noise scale, normalised units (0.0609 = 0.888 K at the default z-score: the original's 0.02).
         min_noise_level: sqrt(eta_0) of the computed schedule is min(this / kappa, this) (0.04).
         etas_end: sqrt(eta_{T-1}) of the computed schedule (0.99).
@@ -271,7 +272,7 @@ class PGDM(nn.Module):
             raise ValueError(f"loss_type={loss_type!r}: expected 'mse' or 'mae'")
         if num_samples < 1:
             raise ValueError(f"num_samples={num_samples}: need at least 1")
-        if sqrt_etas is None:
+        if sqrt_etas is None or len(sqrt_etas) == 0:
             sqrt_etas = eta_schedule(timesteps, kappa, min_noise_level, etas_end, power)
         sqrt_etas = torch.as_tensor(sqrt_etas, dtype=torch.float64, device="cpu").flatten()  # also under a meta device
         if len(sqrt_etas) != timesteps or not bool((sqrt_etas[1:] > sqrt_etas[:-1]).all()) or sqrt_etas[0] <= 0:

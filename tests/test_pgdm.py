@@ -5,6 +5,8 @@ How the ORIGINAL's numbers below were produced (never committed): cas222huan/PGD
 lib/models.py and lib/resshift.py copied to /work/scratch/pgdm/orig/lib/ and run with torch 2.13 CPU
 + einops 0.8.2 (a scratch venv), float64, weights from `fill_fixture` below (the same function,
 applied to the original's state dict, whose keys and order are ours), inputs from `inputs` below.
+The scratch scripts (counts.py, layout.py, fixture_unet.py, fixture_sampler.py) printed the numbers
+hard-coded here; each test's docstring names the call it reproduces.
 """
 import hashlib
 import math
@@ -29,7 +31,7 @@ CONFIGS = {  # name: (our arguments, the original's parameter count, trainable, 
     "resshift_10x_ch8": (dict(V1, ch_base=8), 894777, 894393, None),
     "resshift_10x_ch16": (dict(V1, ch_base=16), 3188537, 3188153, None),
     "resshift_10x_ch64": (dict(V1, ch_base=64), 47726009, 47725625, None),
-    "resshift_v1_10x_hyper3": (dict(V1, timesteps=15, sqrt_etas=None, kappa=1.0), 12174009, 12172089, None),
+    "resshift_v1_10x_hyper3": (dict(V1, timesteps=15, sqrt_etas=[], kappa=1.0), 12174009, 12172089, None),
     "resshift_8x_groklst_v3": ({}, 48108217, 48107833, "7b95f41e82c9286e"),  # the defaults
 }
 
@@ -364,3 +366,11 @@ def test_file_runs_when_copied_alone(tmp_path):
     assert out.stdout.strip() == "(1, 1, 8, 8) (1, 1, 8, 8)"
     source = open(os.path.join(ROOT, "models", "pgdm.py")).read()
     assert not re.search(r"^(import|from) (?!torch|math)", source, re.M)
+
+
+@pytest.mark.parametrize("kw, match", [(dict(sqrt_etas=(0.05, 0.99)), "timesteps=3"), (dict(sqrt_etas=(0.6, 0.05, 0.99)), "increasing"),
+                                       (dict(num_affine=4), "num_affine"), (dict(sampling_steps=5), "sampling_steps"),
+                                       (dict(loss_type="l2"), "loss_type"), (dict(num_samples=0), "num_samples")])
+def test_bad_arguments_name_the_argument(kw, match):
+    with pytest.raises(ValueError, match=match), torch.device("meta"):
+        PGDM(**kw)
