@@ -357,16 +357,17 @@ def describe_grid(path, shape, geo):
             f"x {min(xs):.3f}..{max(xs):.3f}, y {min(ys):.3f}..{max(ys):.3f}, CRS {crs}")
 
 
-def check_grids(lst_path, lst_shape, lst_geo, gui_path, gui_shape, gui_geo, scale=1):
+def check_grids(lst_path, lst_shape, lst_geo, gui_path, gui_shape, gui_geo, scale=1, labels=("LST", "guidance")):
     """The one co-registration rule: DataError stating both grids unless the guidance grid is the LST grid
     refined by `scale` (1: the same grid): pixel size / scale (to 1e-4), same CRS, the same first and last
     pixel corners (to 1e-3 of a guidance pixel), shape x scale. Without georeferencing on either side only
     the shapes are checked (warning on stderr). Grids that are not aligned this way are a footprint
-    problem (footprint.py), not a reason to shift one raster."""
+    problem (footprint.py), not a reason to shift one raster. labels: what the two rasters are (the message
+    is one line)."""
     def fail(reason):
-        raise DataError(f"grids disagree: {reason} (scale {scale})\n  LST:      "
-                        f"{describe_grid(lst_path, lst_shape, lst_geo)}\n  guidance: "
-                        f"{describe_grid(gui_path, gui_shape, gui_geo)}\n  resample both onto one grid first")
+        raise DataError(f"grids disagree: {reason} (scale {scale}); {labels[0]} "
+                        f"{describe_grid(lst_path, lst_shape, lst_geo)}; {labels[1]} "
+                        f"{describe_grid(gui_path, gui_shape, gui_geo)}; resample both onto one grid first")
 
     lt, gt = corner_transform(lst_geo), corner_transform(gui_geo)
     if lt is None or gt is None:
@@ -392,13 +393,6 @@ def check_grids(lst_path, lst_shape, lst_geo, gui_path, gui_shape, gui_geo, scal
     if tuple(gui_shape) != (lst_shape[0] * scale, lst_shape[1] * scale):
         fail(f"guidance shape {tuple(gui_shape)} is not LST shape x scale {(lst_shape[0] * scale, lst_shape[1] * scale)}"
              if scale > 1 else f"guidance shape {tuple(gui_shape)} differs from the LST's {tuple(lst_shape)}")
-
-
-def same_grid(geo_a, geo_b, tol=1e-6):
-    """True unless both rasters are georeferenced and their pixel-corner grids differ by more than
-    `tol` of a pixel (co-registered rasters of one scene share one grid exactly)."""
-    a, b = corner_transform(geo_a), corner_transform(geo_b)
-    return a is None or b is None or bool(np.allclose(a, b, rtol=0, atol=tol * abs(a[1])))
 
 
 # --------------------------------------------------------------------------- CRS definitions
@@ -511,3 +505,89 @@ def make_geo_keys(x0, y0, pixel_size, keys, point=False):
     if doubles:
         geo[TAG_GEO_DOUBLES] = ("d", len(doubles), tuple(doubles))
     return geo
+
+
+# --------------------------------------------------------------------------- windows and resampling
+
+# Fill values that elevation rasters carry without a GDAL_NODATA tag: the SRTM / HGT void (-32768), the common
+# -9999, and the lowest float32 (-3.4028235e38, written by several GIS tools). resample_to_grid(voids=DEM_VOIDS)
+# reads them as no-data only in a file that declares no no-data value of its own.
+DEM_VOIDS = (-32768.0, -9999.0, -3.4028235e38)
+
+
+def bbox_window(bbox, shape, geo, path):
+    """Map box (xmin, ymin, xmax, ymax) in the raster's CRS -> pixel window (row0, col0, rows, cols) of the
+    raster (shape (H, W), geo): every pixel the box touches, clipped to the raster. DataError for an empty
+    box or one that misses the raster, or a grid that is not georeferenced or not north-up."""
+    t = corner_transform(geo)
+    if t is None:
+        raise DataError(f"{path}: not georeferenced: a map box cannot be placed on it; give a pixel window")
+    x0, dx, rx, y0, ry, dy = t
+    if rx or ry:
+        raise DataError(f"{path}: rotated grid: a map box needs a north-up grid; give a pixel window")
+    xmin, ymin, xmax, ymax = bbox
+    if xmin >= xmax or ymin >= ymax:
+        raise DataError(f"bbox {tuple(bbox)}: need XMIN < XMAX and YMIN < YMAX")
+    cols = sorted(((xmin - x0) / dx, (xmax - x0) / dx))
+    rows = sorted(((ymax - y0) / dy, (ymin - y0) / dy))
+    c0, c1 = max(0, math.floor(cols[0])), min(shape[1], math.ceil(cols[1]))
+    r0, r1 = max(0, math.floor(rows[0])), min(shape[0], math.ceil(rows[1]))
+    if c0 >= c1 or r0 >= r1:
+        raise DataError(f"bbox {tuple(bbox)} does not overlap the raster: {describe_grid(path, shape, geo)}")
+    return r0, c0, r1 - r0, c1 - c0
+
+
+def _linear_weights(centres, n):
+    """Source pixel coordinates (0 = centre of the first pixel) of the target centres along one axis of n source
+    pixels -> (i0, i1, w1, inside) for linear interpolation v = v[i0] * (1 - w1) + v[i1] * w1. A point within half
+    a pixel beyond the outer centres takes the edge value; `inside` is False further out."""
+    inside = (centres >= -0.5) & (centres <= n - 0.5)
+    c = np.clip(centres, 0, n - 1)
+    i0 = np.clip(np.floor(c).astype(np.int64), 0, max(n - 2, 0))
+    i1 = np.minimum(i0 + 1, n - 1)
+    return i0, i1, (c - i0).astype(np.float32), inside
+
+
+def _lerp(a, b, w):
+    """a * (1 - w) + b * w, where a neighbour of weight 0 does not count (its NaN does not spread)."""
+    with np.errstate(invalid="ignore"):
+        return np.where(w == 0, a, np.where(w == 1, b, a * (1 - w) + b * w))
+
+
+def resample_to_grid(path, shape, geo, voids=()):
+    """A one-band GeoTIFF brought onto the grid (shape (H, W), geo) by bilinear interpolation at the target
+    pixel centres -> ((H, W) float32 in the file's units, how: 'same grid' or 'bilinear from DX x DY pixels').
+
+    Same CRS required (DataError naming both otherwise: reproject first), north-up grids only. NaN outside
+    the raster (beyond half a source pixel from its outer centres) and wherever a source pixel with a
+    weight > 0 is no-data. voids: values read as no-data when the file has no GDAL_NODATA tag (DEM_VOIDS
+    for elevation). The whole file is read once."""
+    array, info = read_geotiff(path)
+    if len(array) != 1:
+        raise DataError(f"{path}: {len(array)} bands, expected 1")
+    if info["nodata"] is None and voids:
+        array[np.isin(array, np.float32(voids))] = np.nan
+    if crs_of(info["geo"]) != crs_of(geo):
+        raise DataError(f"{path}: its CRS (GeoKeys {crs_of(info['geo'])}) is not the target grid's "
+                        f"({crs_of(geo)}): reproject it onto that CRS first (gdalwarp -t_srs EPSG:...)")
+    src, dst = corner_transform(info["geo"]), corner_transform(geo)
+    if src is None or dst is None:
+        raise DataError(f"{path}: it or the target grid is not georeferenced: cannot place one on the other")
+    if src[2] or src[4] or dst[2] or dst[4]:
+        raise DataError(f"{path}: rotated grid: only north-up grids are resampled")
+    h, w = shape
+    cols = (dst[0] + (np.arange(w) + 0.5) * dst[1] - src[0]) / src[1] - 0.5
+    rows = (dst[3] + (np.arange(h) + 0.5) * dst[5] - src[3]) / src[5] - 0.5
+    c0, c1, wc, inside_c = _linear_weights(cols, array.shape[2])
+    r0, r1, wr, inside_r = _linear_weights(rows, array.shape[1])
+    band = array[0]
+    top = _lerp(band[r0][:, c0], band[r0][:, c1], wc[None, :])
+    bottom = _lerp(band[r1][:, c0], band[r1][:, c1], wc[None, :])
+    out = _lerp(top, bottom, wr[:, None])
+    out[~(inside_r[:, None] & inside_c[None, :])] = np.nan
+    try:
+        check_grids(path, array.shape[1:], info["geo"], "the target grid", shape, geo)
+        how = "same grid"
+    except DataError:
+        how = f"bilinear from {abs(src[1]):g} x {abs(src[5]):g} pixels"
+    return out.astype(np.float32), how

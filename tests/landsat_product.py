@@ -1,10 +1,12 @@
 """Landsat 8 products shaped like real USGS deliveries, generated for tests/test_landsat.py and docs/landsat.md.
 
-    python tests/landsat_product.py DIR [--level L2|L1] [--collection 2|1] [--size 512] [--synth] [--xml]
+    python tests/landsat_product.py DIR [--level L2|L1] [--collection 2|1|pre] [--size 512] [--synth] [--xml]
 
 A folder with the MTL (real group and key names; text or XML) and uint16 band GeoTIFFs (SR_B1..SR_B7 +
 ST_B10 + QA_PIXEL + QA_RADSAT for C2 L2; B1..B7 + B10 + QA_PIXEL/BQA for L1) with realistic DN and QA bits set
-at known places (QA_PLACES, BQA_PLACES, FILL_BLOCK, ST_ZERO, RADSAT_*). By default the surface is a smooth
+at known places (QA_PLACES, BQA_PLACES, PRE_BQA_PLACES, FILL_BLOCK, ST_ZERO, RADSAT_*). collection 'pre' is a
+pre-collection Landsat 8 L1T product: no COLLECTION_NUMBER nor LANDSAT_PRODUCT_ID in the MTL, files named by
+the scene ID (LC8...LGN00), and the pre-collection BQA bit layout. By default the surface is a smooth
 pattern; --synth takes reflectance and LST from layout.synth_scene (multi-scale terrain and land cover), shifted
 to a summer-like 290-320 K, for a demo with structure worth downscaling.
 """
@@ -42,6 +44,15 @@ BQA_CLEAR = 2720
 # name -> ((row, col), first bit, width, value); 2720 has every confidence at 01 (low)
 BQA_PLACES = {"cloud": ((10, 12), 4, 1, 1), "shadow": ((20, 3), 7, 2, 3), "cirrus": ((7, 8), 11, 2, 3),
               "medium_cirrus": ((8, 8), 11, 2, 2), "medium_shadow": ((9, 9), 7, 2, 2)}
+# pre-collection BQA (USGS pre-collection QA table): bit 0 designated fill, 1 dropped frame, 2 terrain occlusion,
+# 4-5 water, 10-11 snow/ice, 12-13 cirrus, 14-15 cloud confidence. 20480 = cloud and cirrus low: a real clear value.
+PRE_BQA_CLEAR = 20480
+# the cloud: a 10 x 12 block (6.25 % of the 48 x 40 scene) + one pixel; the rest one pixel each
+PRE_BQA_PLACES = {"cloud": ((slice(24, 34), slice(2, 14)), 14, 2, 3), "cloud_pixel": ((10, 12), 14, 2, 3),
+                  "cirrus": ((7, 8), 12, 2, 3), "snow": ((30, 30), 10, 2, 3), "water": ((40, 10), 4, 2, 3),
+                  "dropped_frame": ((44, 5), 1, 1, 1), "terrain": ((45, 6), 2, 1, 1),
+                  "medium_cloud": ((8, 8), 14, 2, 2), "medium_cirrus": ((9, 9), 12, 2, 2)}
+PRE_SCENE_ID = "LC81930232015185LGN00"
 
 
 def write_band(path, array, geo):
@@ -53,6 +64,14 @@ def write_band(path, array, geo):
 
 def mtl_groups(pid, level, collection, files):
     """[(group, [(key, value), ...]), ...] with the real group and key names; numbers as strings."""
+    if collection == "pre":   # C1's groups without COLLECTION_NUMBER and LANDSAT_PRODUCT_ID
+        groups = mtl_groups(pid, level, 1, files)
+        groups = [(g, [(k, v) for k, v in items if k not in ("COLLECTION_NUMBER", "LANDSAT_PRODUCT_ID")])
+                  for g, items in groups]
+        groups[0][1][:0] = [("ORIGIN", '"Image courtesy of the U.S. Geological Survey"'), ("LANDSAT_SCENE_ID", f'"{pid}"'),
+                            ("STATION_ID", '"LGN"')]
+        groups[1][1][0] = ("DATA_TYPE", '"L1T"')
+        return groups
     if collection == 1:
         product = [("LANDSAT_PRODUCT_ID", f'"{pid}"'), ("DATA_TYPE", '"L1TP"'), ("SPACECRAFT_ID", '"LANDSAT_8"'),
                    ("SENSOR_ID", '"OLI_TIRS"')]
@@ -125,13 +144,15 @@ def surface(h, w, synth=False, seed=0):
     return refl, 305 - 12 * veg + rng.normal(0, 0.3, (h, w))
 
 
-def write_product(folder, level="L2", collection=2, point=False, xml=False, seed=0, h=H, w=W, drop=(), synth=False):
+def write_product(folder, level="L2", collection=2, point=False, xml=False, seed=0, h=H, w=W, drop=(), synth=False,
+                  replace=None):
     """A Landsat 8 product folder: MTL + uint16 bands with realistic DN and QA bits at known places.
-    drop: MTL keys left out. Returns {'mtl', 'dn': {key: array}, 'qa', 'radsat', 'geo', 'files'}."""
+    collection: 2, 1 or 'pre' (pre-collection, Level-1 only). drop: MTL keys left out; replace: {MTL key: value
+    string} written instead of the product's. Returns {'mtl', 'dn': {key: array}, 'qa', 'radsat', 'geo', 'files'}."""
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(seed + 1)
     pid = {("L2", 2): "LC08_L2SP_193023_20230704_20230712_02_T1", ("L1", 2): "LC08_L1TP_193023_20230704_20230712_02_T1",
-           ("L1", 1): "LC08_L1TP_193023_20180704_20180717_01_T1"}[(level, collection)]
+           ("L1", 1): "LC08_L1TP_193023_20180704_20180717_01_T1", ("L1", "pre"): PRE_SCENE_ID}[(level, collection)]
     geo = geotiff.make_geo(X0, Y0, PX, epsg=EPSG, point=point)
     refl, kelvin = surface(h, w, synth, seed)
     mult, add = (SR_MULT, SR_ADD) if level == "L2" else (TOA_MULT, TOA_ADD)
@@ -142,11 +163,11 @@ def write_product(folder, level="L2", collection=2, point=False, xml=False, seed
     else:  # invert BT = K2 / ln(K1/L + 1) for a brightness temperature a few K below `kelvin`
         radiance = K1 / (np.exp(K2 / (kelvin - 4)) - 1)
         dn["B10"] = np.round((radiance - RAD_ADD) / RAD_MULT)
-    qa = np.full((h, w), QA_CLEAR if collection == 2 else BQA_CLEAR, np.int64)
+    qa = np.full((h, w), {2: QA_CLEAR, 1: BQA_CLEAR, "pre": PRE_BQA_CLEAR}[collection], np.int64)
     for (r, c), bit in QA_PLACES.values() if collection == 2 else ():
         qa[r, c] |= 1 << bit
-    for (r, c), first, width, value in BQA_PLACES.values() if collection == 1 else ():
-        qa[r, c] = qa[r, c] & ~(((1 << width) - 1) << first) | value << first
+    for place, first, width, value in {2: {}, 1: BQA_PLACES, "pre": PRE_BQA_PLACES}[collection].values():
+        qa[place] = qa[place] & ~(((1 << width) - 1) << first) | value << first
     qa[FILL_BLOCK] = 1
     for a in dn.values():
         a[FILL_BLOCK] = 0
@@ -159,10 +180,12 @@ def write_product(folder, level="L2", collection=2, point=False, xml=False, seed
                   RADSAT="QA_RADSAT")
     files = {k: f"{pid}_{s}.TIF" for k, s in suffix.items()}
     for key, name in files.items():
-        if key == "RADSAT" and collection == 1:
+        if key == "RADSAT" and collection != 2:
             continue
         write_band(os.path.join(folder, name), {"QA": qa, "RADSAT": radsat}.get(key, dn.get(key)), geo)
-    groups = [(g, [(k, v) for k, v in items if k not in drop]) for g, items in mtl_groups(pid, level, collection, files)]
+    replace = replace or {}
+    groups = [(g, [(k, replace.get(k, v)) for k, v in items if k not in drop])
+              for g, items in mtl_groups(pid, level, collection, files)]
     root = "LANDSAT_METADATA_FILE" if collection == 2 else "L1_METADATA_FILE"
     mtl = os.path.join(folder, f"{pid}_MTL.{'xml' if xml else 'txt'}")
     with open(mtl, "w") as f:
@@ -174,13 +197,14 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("folder")
     p.add_argument("--level", choices=["L2", "L1"], default="L2")
-    p.add_argument("--collection", type=int, choices=[2, 1], default=2)
+    p.add_argument("--collection", choices=["2", "1", "pre"], default="2")
     p.add_argument("--size", type=int, default=H, help="scene side in 30 m pixels")
     p.add_argument("--synth", action="store_true", help="layout.synth_scene's surface instead of the smooth pattern")
     p.add_argument("--xml", action="store_true", help="MTL as XML")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    product = write_product(a.folder, a.level, a.collection, xml=a.xml, seed=a.seed, h=a.size, w=a.size, synth=a.synth)
+    collection = a.collection if a.collection == "pre" else int(a.collection)
+    product = write_product(a.folder, a.level, collection, xml=a.xml, seed=a.seed, h=a.size, w=a.size, synth=a.synth)
     print(f"wrote {a.folder}: {product['mtl']}")
 
 

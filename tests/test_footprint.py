@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import data
 import geotiff
+import layout
 from errors import DataError
 from footprint import LATTICE_TOL, CoarseCoordinates, Footprint, Grid
 
@@ -116,7 +117,7 @@ def matmul(weights, x):
 
 
 def smooth_field(shape, seed=0):
-    lst, _ = data.synth_scene(*shape, seed=seed)
+    lst, _ = layout.synth_scene(*shape, seed=seed)
     return lst.astype(np.float64)
 
 

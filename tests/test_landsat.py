@@ -13,10 +13,13 @@ from landsat_product import (
     BQA_PLACES,
     EPSG,
     FILL_BLOCK,
+    PRE_BQA_PLACES,
+    PRE_SCENE_ID,
     PX,
     QA_PLACES,
     RADSAT_UNUSED,
     RADSAT_USED,
+    ST_MULT,
     ST_ZERO,
     X0,
     Y0,
@@ -307,3 +310,216 @@ def test_landsat_output_prepares_a_dataset(tmp_path, capsys):
     assert len(tiles) >= 8
     gui, info = geotiff.read_geotiff(os.path.join(tmp_path, "data", "30m", "guidance", tiles[0]))
     assert info["bands"][:3] == ["deepblue", "blue", "green"] and gui.shape == (10, 16, 16)
+
+
+# --------------------------------------------------------------------------- pre-collection BQA
+
+
+def pre_expected(names):
+    """Pixels a pre-collection BQA masks for `names`, from the places the generator set (bit layout in
+    landsat_product.PRE_BQA_PLACES), plus DN 0 fill (FILL_BLOCK, ST_ZERO)."""
+    want = np.zeros((H, W), bool)
+    want[FILL_BLOCK] = want[ST_ZERO] = True
+    places = {"fill": ("dropped_frame",), "cloud": ("cloud", "cloud_pixel"), "cirrus": ("cirrus",),
+              "snow": ("snow",), "water": ("water",)}
+    for name in names:
+        for place in places.get(name, ()):
+            want[PRE_BQA_PLACES[place][0]] = True
+    return want
+
+
+def test_pre_collection_bqa_uses_its_own_bits(tmp_path):
+    write_product(str(tmp_path / "p"), level="L1", collection="pre")
+    cloud = np.zeros((H, W), bool)
+    cloud[PRE_BQA_PLACES["cloud"][0]] = True
+    assert cloud.mean() > 0.06                                           # a scene with 6 % high-confidence cloud
+    lst, gui, _, _, summary = run(str(tmp_path / "p"), tmp_path / "c", "--mask", "cloud")
+    assert (np.isnan(lst) == pre_expected(["cloud"])).all() and (np.isnan(gui) == pre_expected(["cloud"])[None]).all()
+    assert summary["collection"] == "pre-collection" and summary["product"] == PRE_SCENE_ID
+    assert summary["masked_by"]["cloud"] == pytest.approx((cloud.sum() + 1) / (H * W))
+    lst, *_, summary = run(str(tmp_path / "p"), tmp_path / "d")                      # the default mask
+    assert (np.isnan(lst) == pre_expected(["fill", "cloud", "cirrus"])).all()         # medium confidence kept
+    assert summary["mask_not_in_qa"] == ["dilated_cloud", "shadow", "saturated"]
+    lst, *_ = run(str(tmp_path / "p"), tmp_path / "e", "--mask", "snow,water")
+    assert (np.isnan(lst) == pre_expected(["snow", "water"])).all()
+
+
+def test_product_named_by_the_mtl_not_the_file_name(tmp_path):
+    p = write_product(str(tmp_path / "p"), level="L1", collection="pre")
+    os.rename(p["mtl"], str(tmp_path / "p" / "scene_MTL.txt"))
+    *_, summary = run(str(tmp_path / "p"), tmp_path / "o")
+    assert summary["product"] == PRE_SCENE_ID and summary["collection"] == "pre-collection"
+    q = write_product(str(tmp_path / "q"))
+    os.rename(q["mtl"], str(tmp_path / "q" / "x_MTL.txt"))
+    *_, summary = run(str(tmp_path / "q"), tmp_path / "o2")
+    assert summary["product"] == "LC08_L2SP_193023_20230704_20230712_02_T1"
+
+
+# --------------------------------------------------------------------------- DEM voids and coverage
+
+
+def test_dem_untagged_voids_are_nodata(tmp_path):
+    p = write_product(str(tmp_path / "p"))
+    dem = np.full((H, W), 250.0, np.float32) + np.arange(W, dtype=np.float32)
+    voids = {(20, 10): -32768.0, (21, 11): -9999.0, (22, 12): -3.4028235e38}
+    for place, value in voids.items():
+        dem[place] = value
+    geotiff.write_geotiff(str(tmp_path / "dem.tif"), dem, p["geo"], nodata=None)    # no GDAL_NODATA tag
+    assert geotiff.read_header(str(tmp_path / "dem.tif"))["nodata"] is None
+    _, gui, _, _, s = run(str(tmp_path / "p"), tmp_path / "o", "--dem", tmp_path / "dem.tif")
+    ok = ~expected_mask(p)
+    void = np.zeros((H, W), bool)
+    void[tuple(np.array(list(voids)).T)] = True
+    assert np.isnan(gui[-1][void]).all()
+    np.testing.assert_array_equal(gui[-1][ok & ~void], dem[ok & ~void])    # same grid: neighbours untouched
+    assert s["dem_voids_read_as_nodata"] == [-32768.0, -9999.0, -3.4028235e38]
+    # a tagged file keeps its own no-data: -9999 is then an elevation (a valid, if odd, value)
+    geotiff.write_geotiff(str(tmp_path / "tagged.tif"), dem, p["geo"], nodata=-32768.0)
+    _, gui, *_ = run(str(tmp_path / "p"), tmp_path / "t", "--dem", tmp_path / "tagged.tif")
+    assert np.isnan(gui[-1][20, 10]) and gui[-1][21, 11] == -9999.0
+
+
+def test_dem_covering_too_little_of_the_scene_is_refused(tmp_path, capsys):
+    p = write_product(str(tmp_path / "p"))
+    dem = np.full((H, W), 300.0, np.float32)
+    far = geotiff.make_geo(X0 + 10 * W * PX, Y0, PX, epsg=EPSG)                      # beside the scene
+    geotiff.write_geotiff(str(tmp_path / "far.tif"), dem, far)
+    msg = error_of(capsys, p["mtl"], "--out", tmp_path / "o", "--dem", tmp_path / "far.tif")
+    assert "far.tif" in msg and "0.0 %" in msg and "\n" not in msg
+    assert f"x {X0:.3f}..{X0 + W * PX:.3f}" in msg and f"x {X0 + 10 * W * PX:.3f}.." in msg   # both extents
+    half = geotiff.make_geo(X0 + 0.6 * W * PX, Y0, PX, epsg=EPSG)                    # covers 40 % of the columns
+    geotiff.write_geotiff(str(tmp_path / "half.tif"), dem, half)
+    assert "at least 50 %" in error_of(capsys, p["mtl"], "--out", tmp_path / "o", "--dem", tmp_path / "half.tif")
+    most = geotiff.make_geo(X0 + 0.25 * W * PX, Y0, PX, epsg=EPSG)                   # 75 %: accepted, NaN elsewhere
+    geotiff.write_geotiff(str(tmp_path / "most.tif"), dem, most)
+    _, gui, *_, s = run(str(tmp_path / "p"), tmp_path / "m", "--dem", tmp_path / "most.tif")
+    inside = ~expected_mask(p)
+    inside[:, :W // 4] = False
+    assert np.isnan(gui[-1][:, :W // 4 - 1]).all() and (gui[-1][inside] == 300).all()
+
+
+# --------------------------------------------------------------------------- temperature checked where it is made
+
+
+def test_mtl_scale_wrong_by_ten_is_refused(tmp_path, capsys):
+    p = write_product(str(tmp_path / "p"), replace={"TEMPERATURE_MULT_BAND_ST_B10": f"{10 * ST_MULT:.4E}"})
+    msg = error_of(capsys, p["mtl"], "--out", tmp_path / "o")
+    assert "TEMPERATURE_MULT_BAND_ST_B10 = 0.03418" in msg and "150..400 K" in msg and "\n" not in msg
+    assert not os.path.exists(tmp_path / "o" / "lst.tif")
+    q = write_product(str(tmp_path / "q"), level="L1", replace={"RADIANCE_MULT_BAND_10": "3.3420E-03"})
+    assert "RADIANCE_MULT_BAND_10" in error_of(capsys, q["mtl"], "--out", tmp_path / "o")
+
+
+def test_l2_st_band_all_fill_is_refused(tmp_path, capsys):
+    p = write_product(str(tmp_path / "p"))
+    write_band(os.path.join(tmp_path, "p", p["files"]["B10"]), np.zeros((H, W)), p["geo"])
+    msg = error_of(capsys, p["mtl"], "--out", tmp_path / "o")
+    assert p["files"]["B10"] in msg and "fill" in msg and "every pixel" in msg and "\n" not in msg
+
+
+# --------------------------------------------------------------------------- files: only those used, found by suffix
+
+
+def test_only_the_files_used_are_required(tmp_path, capsys, l2):
+    _, (lst, gui, *_) = l2
+    p = write_product(str(tmp_path / "p"))
+    folder = str(tmp_path / "p")
+    for key in ("QA", "RADSAT"):
+        os.remove(os.path.join(folder, p["files"][key]))
+    nl, ng, *_, s = run(folder, tmp_path / "a", "--mask", "")                 # no mask: no QA file needed
+    fill = np.zeros((H, W), bool)
+    fill[FILL_BLOCK] = fill[ST_ZERO] = True
+    assert (np.isnan(nl) == fill).all() and s["files"].keys() == {f"B{b}" for b in (*range(1, 8), 10)}
+    np.testing.assert_array_equal(nl[~expected_mask(p)], lst[~expected_mask(p)])
+    msg = error_of(capsys, folder, "--out", tmp_path / "b")                    # the default mask needs both
+    assert "2 of the files needed" in msg and "QA (" in msg and "RADSAT (" in msg and "--file QA=PATH" in msg
+    assert "--mask without saturated" in msg
+
+
+def test_missing_b6_b7_listed_once_with_the_bands_that_do_without(tmp_path, capsys, l2):
+    _, (lst, gui, *_) = l2
+    p = write_product(str(tmp_path / "p"))
+    folder = str(tmp_path / "p")
+    for key in ("B6", "B7"):
+        os.remove(os.path.join(folder, p["files"][key]))
+    msg = error_of(capsys, folder, "--out", tmp_path / "o")
+    assert "2 of the files needed" in msg and "B6 (" in msg and "B7 (" in msg and "\n" not in msg
+    assert "--bands deepblue,blue,green,red,nir,ndvi,ndwi" in msg and "swir1" in msg
+    capsys.readouterr()
+    bl, bg, _, info, s = run(folder, tmp_path / "o", "--bands", "deepblue,blue,green,red,nir,ndvi,ndwi")
+    assert info["bands"] == ["deepblue", "blue", "green", "red", "nir", "ndvi", "ndwi"]
+    assert s["guidance_left_out"] == {"swir1": "not in --bands", "swir2": "not in --bands", "ndmi": "not in --bands"}
+    assert "note: guidance.tif leaves out swir1, swir2, ndmi (not in --bands)" in capsys.readouterr().err
+    np.testing.assert_array_equal(bl, lst)
+    np.testing.assert_array_equal(bg, gui[[0, 1, 2, 3, 4, 7, 8]])
+    _, _, _, info, _ = run(folder, tmp_path / "n", "--bands", "ndvi")         # only B4, B5 (and B10, QA) read
+    assert info["bands"] == ["ndvi"]
+
+
+def test_renamed_files_found_by_their_band_suffix(tmp_path, capsys, l2):
+    _, (lst, gui, *_) = l2
+    p = write_product(str(tmp_path / "p"))
+    folder = str(tmp_path / "p")
+    for name in p["files"].values():                         # e.g. myscene_sr_b4.tif: MTL names absent
+        os.rename(os.path.join(folder, name), os.path.join(folder, "myscene_" + name.split("_T1_")[1].lower()))
+    rl, rg, *_, s = run(folder, tmp_path / "o")
+    np.testing.assert_array_equal(rl, lst)
+    np.testing.assert_array_equal(rg, gui)
+    assert os.path.basename(s["files"]["B10"]) == "myscene_st_b10.tif"
+    shutil.copy(os.path.join(folder, "myscene_sr_b4.tif"), os.path.join(folder, "other_SR_B4.TIF"))
+    msg = error_of(capsys, folder, "--out", tmp_path / "o")
+    assert "B4 (" in msg and "myscene_sr_b4.tif" in msg and "other_SR_B4.TIF" in msg and "several" in msg
+
+
+def test_every_missing_file_listed_in_one_message(tmp_path, capsys):
+    p = write_product(str(tmp_path / "p"), level="L1")
+    folder = str(tmp_path / "p")
+    for key, name in p["files"].items():
+        os.rename(os.path.join(folder, name), os.path.join(folder, f"band{key}.tif"))   # no suffix to match
+    msg = error_of(capsys, folder, "--out", tmp_path / "o")
+    assert "10 of the files needed" in msg and "\n" not in msg
+    for key in ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B10", "QA", "RADSAT"):
+        assert f"--file {key}=PATH" in msg and p["files"][key] in msg
+
+
+def test_level1_suffix_does_not_take_level2_files(tmp_path):
+    p = write_product(str(tmp_path / "p"), level="L1")
+    folder = str(tmp_path / "p")
+    os.rename(os.path.join(folder, p["files"]["B4"]), os.path.join(folder, "scene_B4.TIF"))
+    shutil.copy(os.path.join(folder, "scene_B4.TIF"), os.path.join(folder, "scene_SR_B4.TIF"))
+    *_, s = run(folder, tmp_path / "o")
+    assert os.path.basename(s["files"]["B4"]) == "scene_B4.TIF"
+
+
+# --------------------------------------------------------------------------- Level-1 labelled as brightness temperature
+
+
+def test_level1_output_labelled_brightness_temperature(tmp_path, capsys):
+    write_product(str(tmp_path / "p"), level="L1")
+    _, _, info, _, s = run(str(tmp_path / "p"), tmp_path / "bt")
+    assert info["bands"] == ["bt"] and s["lst_band"] == "bt" and "brightness temperature" in s["lst_quantity"]
+    _, _, info, _, s = run(str(tmp_path / "p"), tmp_path / "e", "--emissivity", "ndvi")
+    assert info["bands"] == ["bt_emissivity_corrected"] and s["lst_band"] == info["bands"][0]
+    assert "brightness temperature" in s["lst_quantity"] and "NOT land surface temperature" in s["lst_quantity"]
+    out = capsys.readouterr().out
+    assert "lst.tif (bt_emissivity_corrected): B10 brightness temperature" in out and "not LST" in out
+
+
+# --------------------------------------------------------------------------- geotiff windows and resampling
+
+
+def test_resample_to_grid_void_does_not_spread_on_the_same_grid(tmp_path):
+    geo = geotiff.make_geo(X0, Y0, PX, epsg=EPSG)
+    src = np.arange(30, dtype=np.float32).reshape(5, 6)
+    src[2, 3] = np.nan
+    path = str(tmp_path / "a.tif")
+    geotiff.write_geotiff(path, src, geo)
+    out, how = geotiff.resample_to_grid(path, (5, 6), geo)
+    assert how == "same grid"
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(src))
+    np.testing.assert_array_equal(out[~np.isnan(src)], src[~np.isnan(src)])
+    # a 60 m target pixel over four 30 m source pixels: their mean at its centre (NaN with a NaN among them)
+    coarse, _ = geotiff.resample_to_grid(path, (2, 2), geotiff.make_geo(X0, Y0, 60.0, epsg=EPSG))
+    np.testing.assert_allclose(coarse, [[src[0:2, 0:2].mean(), src[0:2, 2:4].mean()],
+                                        [src[2:4, 0:2].mean(), np.nan]], equal_nan=True)
+    assert geotiff.bbox_window((X0 + 31, Y0 - 89, X0 + 59, Y0 - 1), (5, 6), geo, path) == (0, 1, 3, 1)

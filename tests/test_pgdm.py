@@ -18,7 +18,6 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT
 
 from models.pgdm import ORIGINAL_BANDS, PGDM, convert_original_state_dict, eta_schedule, posterior
 
@@ -355,16 +354,16 @@ def test_documents_its_arguments_and_shapes():
     assert PGDM.kind == "gisr" and PGDM.stochastic and PGDM.lr_multiple == 1
 
 
-def test_file_runs_when_copied_alone(tmp_path):
-    shutil.copy(os.path.join(ROOT, "models", "pgdm.py"), tmp_path)
+def test_file_runs_when_copied_alone(tmp_path, root):
+    shutil.copy(os.path.join(root, "models", "pgdm.py"), tmp_path)
     code = ("import sys; sys.path = [p for p in sys.path if p not in ('', %r)]; sys.path.insert(0, %r); "
             "import torch, pgdm; n = pgdm.PGDM(scale=2, ch_base=8, ch_mult=(1, 2), attn_levels=(1,)); "
             "m, s = n.sample(torch.randn(1, 1, 4, 4), torch.randn(1, 10, 8, 8), num_samples=2); "
-            "print(tuple(m.shape), tuple(s.shape))") % (ROOT, str(tmp_path))
+            "print(tuple(m.shape), tuple(s.shape))") % (root, str(tmp_path))
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "(1, 1, 8, 8) (1, 1, 8, 8)"
-    source = open(os.path.join(ROOT, "models", "pgdm.py")).read()
+    source = open(os.path.join(root, "models", "pgdm.py")).read()
     assert not re.search(r"^(import|from) (?!torch|math)", source, re.M)
 
 

@@ -239,7 +239,8 @@ def test_grid_and_input_errors(tmp_path, config):
     def check(match, lst_geo, gui_geo, gui_shape=(160, 192)):
         with pytest.raises(data.DataError, match=match) as e:
             geotiff.check_grids("lst.tif", (20, 24), lst_geo, "gui.tif", gui_shape, gui_geo, 8)
-        assert "LST:      lst.tif: 24 x 20 px" in str(e.value) and "guidance: gui.tif: " in str(e.value)
+        assert "; LST lst.tif: 24 x 20 px" in str(e.value) and "; guidance gui.tif: " in str(e.value)
+        assert "\n" not in str(e.value)  # one error line
 
     lr_geo = geotiff.make_geo(X0, Y0, 240.0)
     check("pixel size", lr_geo, geotiff.make_geo(X0, Y0, 60.0))
