@@ -92,6 +92,32 @@ def hole_mask(lr_lst, scale, hr_guidance=None):
     return holes if hr_guidance is None else holes | np.isnan(hr_guidance).any(-3)
 
 
+def fill_holes(x, rings=None):
+    """No-data (non-finite) pixels of x (..., h, w) filled from their valid neighbours, ring by ring: a pixel
+    with a valid 4-neighbour takes the mean of its valid 4-neighbours (diagonal ones are reached one ring
+    later). For a hole with straight edges (a scene collar) this repeats the edge value, so a valid pixel
+    next to it meets what it would meet at the edge of a scene cropped there (the replicate padding of
+    interpolation). rings: at most that many (None: until nothing is left to reach); still-empty pixels
+    stay NaN. Valid pixels are unchanged; torch in, torch out."""
+    import torch.nn.functional as F
+    shape = x.shape
+    x = x.reshape((-1, 1) + shape[-2:])
+    valid = torch.isfinite(x)
+    if bool(valid.all()) or not bool(valid.any()):
+        return x.reshape(shape)
+    cross = torch.tensor([[0, 1, 0], [1, 0, 1], [0, 1, 0]], dtype=x.dtype, device=x.device)[None, None]
+    out = torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
+    for _ in range(rings if rings is not None else sum(shape[-2:])):
+        total = F.conv2d(out, cross, padding=1)
+        count = F.conv2d(valid.to(x.dtype), cross, padding=1)
+        new = ~valid & (count > 0)
+        if not bool(new.any()):
+            break
+        out = torch.where(new, total / count.clamp(min=1), out)
+        valid = valid | new
+    return torch.where(valid, out, torch.full((), float("nan"), dtype=x.dtype, device=x.device)).reshape(shape)
+
+
 def read_scene_list(path):
     """A scene list: one scene a line, `LST_PATH [GUIDANCE_PATH ...]`, paths relative to the list's folder
     (`~` expanded), '#' starts a comment, quotes as in a shell (paths with spaces). The grammar of

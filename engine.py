@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from data import block_mean_tensor, hole_mask
+from data import block_mean_tensor, fill_holes, hole_mask
 from errors import ConfigError
 from metrics import average, image_metrics_by_name
 
@@ -25,15 +25,18 @@ AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # tr
 
 
 def downscale(model, normalizer, lr_lst, hr_guidance=None, amp="none", consistency="none"):
-    """Kelvin in, Kelvin out: normalise, run the model (optionally under autocast), decode in
-    float32, then make the output coarse-consistent (make_consistent; 'none' = as the paper).
+    """Kelvin in, Kelvin out: fill LR holes from their neighbours (data.fill_holes), normalise, run the model
+    (optionally under autocast), decode in float32, then make the output coarse-consistent (make_consistent;
+    'none' = as the paper).
     lr_lst (B, 1, h, w) K, hr_guidance (B, C, H, W) physical units or None. A model with
     `physical_units = True` (sharpeners.py) gets lr_lst and hr_guidance as they are, NaN included,
     and returns Kelvin: no normalising, decoding or autocast."""
     if getattr(model, "physical_units", False):
         out = model(lr_lst, hr_guidance)
     else:
-        x = normalizer.encode_lst(lr_lst)
+        # holes (clouds, scene collars) filled from their valid neighbours, not with the mean: a valid pixel
+        # beside a hole then sees what it would see at the edge of a scene cropped there
+        x = normalizer.encode_lst(fill_holes(lr_lst))
         g = normalizer.encode_guidance(hr_guidance) if hr_guidance is not None else None
         dtype = AMP_DTYPES[amp]
         with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):

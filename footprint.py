@@ -51,7 +51,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data import block_mean_tensor, hole_mask
+from data import block_mean_tensor, fill_holes, hole_mask
 from errors import ConfigError, DataError
 from geotiff import corner_transform, crs_string, read_header
 
@@ -60,7 +60,7 @@ LATTICE_STEP = 64      # fine pixels between lattice nodes to start from (halved
 SNAP = 1e-9            # coarse pixels: a corner this close to a cell edge is on it (no slivers for aligned grids)
 MIN_FRACTION = 1e-9    # overlaps below this fraction of a fine pixel are dropped (rounding slivers)
 CHUNK_PIXELS = 1 << 20  # fine pixels per block of rows while building or interpolating (bounds memory)
-RINGS = {"nearest": 0, "bilinear": 1, "bicubic": 2}  # hole rings each mode reads around a valid pixel
+MODES = ("nearest", "bilinear", "bicubic")  # interpolate
 
 
 # --------------------------------------------------------------------------- grids
@@ -312,24 +312,6 @@ def _back(x, was_numpy):
     return x.detach().cpu().numpy() if was_numpy else x
 
 
-def fill_holes(x, rings):
-    """NaN pixels of x (N, 1, h, w) within `rings` pixels of a valid one get the mean of their valid
-    3 x 3 neighbours, ring after ring; what is still NaN after that becomes 0 (read by no kernel of that
-    reach that is centred on a valid pixel). Valid pixels are unchanged."""
-    valid = torch.isfinite(x)
-    x = torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
-    box = torch.ones(1, 1, 3, 3, dtype=x.dtype, device=x.device)
-    for _ in range(rings):
-        if bool(valid.all()):
-            break
-        total = F.conv2d(x, box, padding=1)
-        count = F.conv2d(valid.to(x.dtype), box, padding=1)
-        new = ~valid & (count > 0)
-        x = torch.where(new, total / count.clamp(min=1), x)
-        valid = valid | new
-    return x
-
-
 class Footprint:
     """Aggregation and interpolation between a fine and a coarse grid (module docstring).
 
@@ -566,8 +548,8 @@ class Footprint:
         with a = -0.75, align_corners=False and edges clamped).
         NaN where the coarse pixel holding the fine pixel centre is NaN or outside the coarse grid.
         Differentiable w.r.t. lr."""
-        if mode not in RINGS:
-            raise ConfigError(f"interpolation mode {mode!r}: expected one of {list(RINGS)}")
+        if mode not in MODES:
+            raise ConfigError(f"interpolation mode {mode!r}: expected one of {list(MODES)}")
         c, was_numpy = _as_tensor(lr)
         h, w = self.coarse.shape
         if tuple(c.shape[-2:]) != (h, w):
@@ -576,7 +558,8 @@ class Footprint:
             c = c.float()
         batch = c.shape[:-2]
         c = c.reshape(-1, 1, h, w)
-        filled = fill_holes(c, RINGS[mode])
+        # holes filled from their neighbours (data.fill_holes): values near a hole are not pulled toward anything
+        filled = torch.nan_to_num(fill_holes(c), nan=0.0)
         if self.scale is not None:
             s = self.scale
             if mode == "nearest":

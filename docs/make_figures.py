@@ -26,9 +26,10 @@ import torch  # noqa: E402
 
 import figures  # noqa: E402
 import groklst  # noqa: E402
-from data import BANDS, LR_FOLDERS, Normalizer, block_mean, find_raster, read_lst, synth_scene  # noqa: E402
+from data import BANDS, LR_FOLDERS, Normalizer, block_mean, find_raster, read_lst  # noqa: E402
 from errors import command  # noqa: E402
 from geotiff import make_geo, read_geotiff, write_geotiff  # noqa: E402
+from layout import synth_scene  # noqa: E402
 
 FIG = "docs/figures"
 MAX_BYTES = 200_000

@@ -189,3 +189,40 @@ def test_cache_is_used_and_invalidated(demo_root, tmp_path):
     os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10 ** 9))
     assert torch.all(cached[0]["lr_lst"] == 300.0)
     assert len(os.listdir(os.path.join(root, ".cache"))) == 3  # the stale copy was replaced
+
+
+def test_holes_filled_from_neighbours_not_the_mean(config):
+    """A collar of no-data beside valid pixels (a scene edge, a cloud edge): bicubic downscaling of the valid part
+    equals that of the scene cropped to it, to 1e-3 K, outside the hole's own footprint. Filling holes with the
+    normalisation mean (before) pulled the first valid LR pixels by several kelvin in a 264-306 K scene."""
+    import engine
+    import groklst
+    cfg = groklst.load_config(config("bicubic_x8"))
+    model, normalizer = groklst.build_model(cfg), groklst.build_normalizer(cfg)
+    hr, _ = layout.synth_scene(256, 256, seed=5)
+    lr = torch.from_numpy(data.block_mean(hr, 8))[None, None]
+    assert lr.max() - lr.min() > 20  # a scene with contrast, so a wrong fill shows
+    holey = lr.clone()
+    holey[..., :, 20:] = float("nan")   # a collar on the right
+    holey[..., 26:, :] = float("nan")   # and at the bottom
+    with torch.no_grad():
+        full = engine.downscale(model, normalizer, holey)
+        cropped = engine.downscale(model, normalizer, lr[..., :26, :20])
+    diff = (full[..., :26 * 8, :20 * 8] - cropped).abs()
+    assert diff.max() < 1e-3, diff.max()
+    # an interior cloud: values around it stay near the valid neighbours' range, not the normalisation mean
+    cloud = lr.clone()
+    cloud[..., 10:14, 10:14] = float("nan")
+    filled = data.fill_holes(cloud)
+    ring = lr[..., 9:15, 9:15]
+    assert torch.isfinite(filled).all() and torch.equal(filled[torch.isfinite(cloud)], cloud[torch.isfinite(cloud)])
+    assert ring.min() - 1e-4 <= filled[..., 10:14, 10:14].min() and filled[..., 10:14, 10:14].max() <= ring.max() + 1e-4
+
+
+def test_fill_holes_rings_and_empty():
+    x = torch.full((1, 1, 5, 5), float("nan"))
+    assert torch.isnan(data.fill_holes(x)).all()  # nothing to fill from
+    x[0, 0, 2, 2] = 300.0
+    one = data.fill_holes(x, rings=1)
+    assert torch.isfinite(one).sum() == 5 and (one[torch.isfinite(one)] == 300.0).all()  # the cross only
+    assert (data.fill_holes(x) == 300.0).all()
