@@ -89,13 +89,14 @@ from models.srfbn import SRFBN
 from models.suft import SUFTNet
 from models.svlrm import SVLRM
 from models.swinir import SwinIR
-from sharpeners import LinReg, RFSharpener, TsHARP
+from sharpeners import DMS, LinReg, RFSharpener, TsHARP
 
 MODELS = {
     # baselines
     "bicubic": Bicubic,
     "bilinear": Bilinear,
     # statistical sharpeners (parameter-free, fit per image; sharpeners.py)
+    "dms": DMS,
     "linreg": LinReg,
     "rf": RFSharpener,
     "tsharp": TsHARP,
