@@ -206,7 +206,7 @@ def test_dms_registered_and_configured():
     assert cls is sharpeners.DMS and cls.kind == "gisr" and cls.scales == (2, 4, 8) and cls.physical_units
     assert groklst.count_parameters("dms", 8) == 0
     cfg = groklst.load_config(os.path.join(ROOT, "configs", "demo_dms_x8.yaml"), ["model.window=4", "model.n_estimators=5"])
-    model = groklst.build_model(cfg)
+    model = groklst.load_model(cfg, None, "cpu")  # .to(device): nn.Module's own methods still work
     assert model.band_names == list(cfg["data"]["guidance_bands"]) and model.window == 4 and model.n_estimators == 5
     hr, gui = data.synth_scene(96, 96, seed=1)
     lr = torch.from_numpy(data.block_mean(hr, 8))[None, None]
@@ -214,6 +214,8 @@ def test_dms_registered_and_configured():
         out = groklst.downscale(model, groklst.build_normalizer(cfg), lr, torch.from_numpy(gui)[None])
     assert out.shape == (1, 1, 96, 96) and torch.isfinite(out).all()
     assert rmse(out[0, 0].numpy(), hr) < 3.0
+    with pytest.raises(ConfigError, match=r"^model.max_samples=1.5: model 'dms' needs it in \(0, 1\]$"):
+        groklst.build_model(groklst.load_config(os.path.join(ROOT, "configs", "demo_dms_x8.yaml"), ["model.max_samples=1.5"]))
 
 
 def test_dms_without_sklearn(monkeypatch):

@@ -31,6 +31,15 @@ def peak_rss_gb():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB, never reset
 
 
+def rss_gb():
+    """The process's resident memory now, GB (Linux), or NaN."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 30
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
 def reset_peak_rss():
     """Start the peak over from the current RSS (Linux >= 4.0); False where that is not possible."""
     try:
@@ -92,7 +101,7 @@ def main(argv=None):
     t = time.perf_counter()
     gui, hr, lr = scene(args.size, args.bands, args.scale)
     print(f"scene {args.size} x {args.size} x {args.bands} bands, ratio {args.scale} ({lr.shape[0]} x {lr.shape[1]} coarse): "
-          f"built in {time.perf_counter() - t:.1f} s, peak RSS {peak_rss_gb():.2f} GB")
+          f"built in {time.perf_counter() - t:.1f} s, peak RSS {peak_rss_gb():.2f} GB, RSS now {rss_gb():.2f} GB")
     model = DMS(scale=args.scale, guidance_channels=args.bands, window=args.window, n_jobs=args.threads)
     reset = reset_peak_rss()
     t = time.perf_counter()
