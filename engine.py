@@ -14,8 +14,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from data import block_mean_tensor, fill_holes, hole_mask
-from errors import ConfigError
-from metrics import average, image_metrics_by_name
+from errors import ConfigError, DataError
+from metrics import COLUMNS, average, image_metrics_by_name
 
 CONSISTENCY_MODES = ("none", "nearest", "bicubic")
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # train.amp / --amp -> autocast dtype
@@ -230,14 +230,20 @@ def _batch_to(item, device):
 
 
 @torch.no_grad()
-def evaluate(model, normalizer, dataset, device, amp="none", consistency="none", on_prediction=None, progress=False):
+def evaluate(model, normalizer, dataset, device, amp="none", consistency="none", on_prediction=None, progress=False,
+             on_error=None):
     """Per-image metrics over a dataset, sharded over ranks (image i on rank i % world), gathered and
     averaged in dataset order: the same numbers as one process.
 
     Returns (means, per_image): means = metrics.average of the rows ({metric: mean} plus 'images'),
     per_image = [(name, {metric: value})] with every metric of metrics.COLUMNS (the paper's five and CONS).
     consistency: make_consistent's mode for every prediction. on_prediction(index, item, pred): called
-    with each dataset item (batched, on `device`) and its prediction (1, 1, H, W) K, e.g. to write it."""
+    with each dataset item (batched, on `device`) and its prediction (1, 1, H, W) K, e.g. to write it.
+    on_error(name, message): given, an image whose prediction raises a DataError (a sharpener that cannot
+    fit it: sharpeners' CannotFit) gets a row of NaN metrics (left out of the means, like an image
+    without valid pixels) and on_error is called, on every rank after the gather, once per such image in
+    dataset order; without it the error propagates. Other errors (a ConfigError: the same for every
+    image) always propagate."""
     rank, world = rank_and_world()
     was_training = model.training
     model.eval()
@@ -245,8 +251,14 @@ def evaluate(model, normalizer, dataset, device, amp="none", consistency="none",
     indices = range(rank, len(dataset), world)
     for n, i in enumerate(indices):
         item = _batch_to(dataset[i], device)
-        pred = downscale(model, normalizer, item["lr_lst"], item.get("hr_guidance"), amp, consistency)
-        rows.append((i, item["name"], image_metrics_by_name(pred, item["hr_lst"], item["mask"], item["lr_lst"])[0]))
+        try:
+            pred = downscale(model, normalizer, item["lr_lst"], item.get("hr_guidance"), amp, consistency)
+        except DataError as e:
+            if on_error is None:
+                raise
+            rows.append((i, item["name"], {k: float("nan") for k in COLUMNS}, str(e)))
+            continue
+        rows.append((i, item["name"], image_metrics_by_name(pred, item["hr_lst"], item["mask"], item["lr_lst"])[0], None))
         if on_prediction is not None:
             on_prediction(i, item, pred)
         if progress and rank == 0:
@@ -255,4 +267,7 @@ def evaluate(model, normalizer, dataset, device, amp="none", consistency="none",
         print(file=sys.stderr)
     model.train(was_training)
     rows = sorted((r for part in gather(rows) for r in part), key=lambda r: r[0])
+    for _, name, _, message in rows:
+        if message is not None:
+            on_error(name, message)
     return average([r[2] for r in rows]), [(r[1], r[2]) for r in rows]
