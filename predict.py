@@ -254,15 +254,20 @@ def _keep_decimated(strips, step, look):
 
 
 def _require_data(strips, out, allow_empty):
-    """Pass the row strips through; after the last one, DataError (the write is then abandoned: nothing is
-    left at `out`) if not one pixel was finite, unless allow_empty."""
-    valid = 0
+    """Pass the row strips through, one behind (the writer stops asking after the last tile it expects); before
+    the last one, DataError (the write is then abandoned: nothing is left at `out`) if not one pixel was
+    finite, unless allow_empty."""
+    valid, previous = 0, None
     for rows in strips:
+        if previous is not None:
+            yield previous
         valid += int(np.isfinite(rows).sum())
-        yield rows
+        previous = rows
     if valid == 0 and not allow_empty:
         raise DataError(f"{out}: every output pixel is no-data (no pixel has a valid LST and valid guidance); "
                         f"nothing written; --allow-empty writes it anyway")
+    if previous is not None:
+        yield previous
 
 
 # --------------------------------------------------------------------------- one scene
