@@ -97,8 +97,8 @@ def consistent_on_footprint(pred, lr_lst, mode, footprint):
     on the constrained pixels): the smallest correction that makes every footprint mean exact. On an
     aligned grid A^T y is r repeated over each block, i.e. the `nearest` pass. `bicubic` first adds
     footprint.interpolate(r, 'bicubic') (0 where the coarse pixel holding a fine pixel is NaN), so that
-    the exact pass only carries what is left. Memory: float64 copies of the scene (~40 bytes per fine
-    pixel with the weights), whole-scene in memory."""
+    the exact pass only carries what is left. Memory: float64 copies of the scene and int64 indices,
+    whole-scene: 73 bytes per fine pixel beyond the footprint's own (tools/consistency_memory.py)."""
     out = pred.double().reshape(-1).clone()
     lr = lr_lst.double().reshape(-1)
     a = footprint.weights

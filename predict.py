@@ -47,10 +47,10 @@ Written atomically: a failure (also a full disk) leaves the previous file, or no
 Memory. Aligned grids: the output is written as it is made, in 256-row strips (tiling.predict_rows ->
 geotiff.write_geotiff_rows), about (tile*scale + 256) x W float32 (plus the PNG's 2000-px decimation).
 The inputs are read whole: the LST and the guidance, 4 * bands bytes per HR pixel (read_geotiff decodes
-whole pages), which dominates for guided models. A sensor on its own grid: the footprint weights (~8 bytes
-per fine pixel) and, for sharpeners, interpolation and any consistency, the output in memory (float64
-while it is computed: ~40 bytes per fine pixel with consistency); a learned model without consistency
-still streams. --amp: see tiling.resolve_amp.
+whole pages), which dominates for guided models. A sensor on its own grid: the footprint (26 bytes per
+fine pixel) and, for sharpeners, interpolation and any consistency, the output in memory (73 more bytes
+per fine pixel while consistency corrects it; tools/consistency_memory.py); a learned model without
+consistency still streams. --amp: see tiling.resolve_amp.
 
 Many scenes. --scenes LIST (lines `LST_PATH [GUIDANCE_PATH ...]`, relative to LIST, '#' comments,
 shell quoting) or --scenes DIR (subfolders with lst.tif and guidance.tif, as landsat.py writes them)
