@@ -76,23 +76,34 @@ def rmse(a, b):
     return float(np.sqrt(np.mean((a[ok].astype(np.float64) - b[ok]) ** 2)))
 
 
-def test_sharpeners_return_the_fine_map_on_the_guidance_grid(scene, tmp_path, config):
-    """Each sharpener fits on the sensor's own pixels: linreg on the two bands the truth is linear in gives
-    the truth back (to float32 rounding); rf beats bicubic interpolation; the output is exactly on the
-    guidance grid (same tags)."""
+def errors_of(methods, scene, tmp_path, config):
+    """RMSE (K) against the truth of each (name, config, overrides) run on the 250 m sensor; each output is checked
+    to lie exactly on the guidance grid (same tags), NaN only under NaN sensor pixels."""
     want = {code: value[2] for code, value in scene["fine_geo"].items()}
     errors = {}
-    for name, cfg, extra in (("linreg", "demo_linreg_x8", LINREG), ("tsharp", "demo_tsharp_x8", []),
-                             ("rf", "demo_rf_x8", []), ("bicubic", "bicubic_x8", [])):
+    for name, cfg, extra in methods:
         out, tags = run(config(cfg), scene, scene["lst_tif"], tmp_path / f"{name}.tif", *extra)
         assert out.shape == (H, W) and tags == want, name
         # NaN only under the sensor pixels that are NaN: at the edges, less than half inside the guidance grid
         assert np.array_equal(np.isnan(out), np.isnan(scene["fp"].nearest(scene["lst"]))), name
         assert np.isfinite(out).mean() > 0.9, name
         errors[name] = rmse(out, scene["truth"])
-    assert errors["linreg"] < 2e-3, errors
-    # measured: bicubic 2.56 K, rf 0.90 K, tsharp 2.67 K (the truth's DEM term, 6 K std, is invisible to NDVI alone)
-    assert errors["rf"] < 0.5 * errors["bicubic"] and errors["tsharp"] < 1.2 * errors["bicubic"], errors
+    return errors
+
+
+def test_linreg_recovers_a_linear_truth_on_the_guidance_grid(scene, tmp_path, config):
+    """linreg on the two bands the truth is linear in gives it back (to float32 rounding) from the sensor's own
+    pixels; bicubic interpolation does not."""
+    errors = errors_of([("linreg", "demo_linreg_x8", LINREG), ("bicubic", "bicubic_x8", [])], scene, tmp_path, config)
+    assert errors["linreg"] < 2e-3 and errors["bicubic"] > 1.0, errors  # measured 6e-5 K and 2.56 K
+
+
+@pytest.mark.slow
+def test_tsharp_and_rf_beat_interpolation_on_the_guidance_grid(scene, tmp_path, config):
+    errors = errors_of([("tsharp", "demo_tsharp_x8", []), ("rf", "demo_rf_x8", []), ("bicubic", "bicubic_x8", [])],
+                       scene, tmp_path, config)
+    # measured: tsharp 1.30 K, rf 0.85 K, bicubic 2.56 K
+    assert errors["tsharp"] < 0.7 * errors["bicubic"] and errors["rf"] < 0.5 * errors["bicubic"], errors
 
 
 @pytest.mark.parametrize("mode", ["bicubic", "nearest"])
