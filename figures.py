@@ -24,8 +24,21 @@ def require_matplotlib(what):
         raise DataError(f"{what} needs matplotlib: pip install matplotlib") from None
 
 
-def write_png(path, array, title=""):
-    """Quick-look PNG of a Kelvin array (2-98 % stretch, colour bar; NaN transparent)."""
+# band descriptions of a temperature that is not LST: landsat.py's Level-1 output (top-of-atmosphere brightness
+# temperature of B10, optionally emissivity-corrected); predict copies the input's description to its output
+BRIGHTNESS_TEMPERATURE_BANDS = ("bt", "bt_emissivity_corrected")
+
+
+def quantity_label(band_name):
+    """Colour-bar label of a temperature raster from its band description: 'brightness temperature (K)'
+    for BRIGHTNESS_TEMPERATURE_BANDS (any case), 'LST (K)' otherwise (also without a description)."""
+    if band_name and band_name.strip().lower() in BRIGHTNESS_TEMPERATURE_BANDS:
+        return "brightness temperature (K)"
+    return "LST (K)"
+
+
+def write_png(path, array, title="", label="LST (K)"):
+    """Quick-look PNG of a Kelvin array (2-98 % stretch, colour bar labelled `label`; NaN transparent)."""
     require_matplotlib("--png")
     from matplotlib.figure import Figure
     step = max(1, -(-max(array.shape) // 2000))  # at most ~2000 px a side
@@ -35,7 +48,7 @@ def write_png(path, array, title=""):
     fig = Figure(figsize=(8, 8 * a.shape[0] / a.shape[1] + 0.6))
     ax = fig.add_subplot()
     im = ax.imshow(a, cmap="inferno", vmin=vmin, vmax=vmax, interpolation="nearest")
-    fig.colorbar(im, ax=ax, label="LST (K)", shrink=0.8)
+    fig.colorbar(im, ax=ax, label=label, shrink=0.8)
     ax.set_title(title, fontsize=9)
     ax.set_axis_off()
     fig.savefig(path, dpi=120, bbox_inches="tight")
