@@ -57,6 +57,7 @@ variogram MAX_LAG^2 min(h w, VARIOGRAM_WINDOW^2); deconvolution ~30 ranges x cla
 (2 FIT_QUADRATURE^2)^2. Memory O(H W + h w N), temporaries in chunks of CHUNK elements. A 1000 x 1000 fine
 grid takes seconds on one CPU core (docs/notruth.md: `python atpk.py`).
 """
+import functools
 import math
 import weakref
 
@@ -170,9 +171,9 @@ def _covariance_matrix(points, area, model, range_):
 
 
 def _as_float64(x):
-    """(float64 tensor, was_numpy)."""
+    """(float64 CPU tensor, was_numpy)."""
     if torch.is_tensor(x):
-        return x.detach().double(), False
+        return x.detach().double().cpu(), False
     return torch.from_numpy(np.asarray(x, np.float64)), True
 
 
@@ -632,18 +633,23 @@ def make_exact(fine, coarse, footprint, radiance=False, tol=EXACT_TOL, passes=EX
     return fine
 
 
-def atpk_consistent(pred, lr_lst, footprint, radiance=False, neighbours=16, variogram=None, kriging="ordinary",
+def atpk_consistent(pred, lr_lst, footprint=None, radiance=False, neighbours=16, variogram=None, kriging="ordinary",
                     quadrature=QUADRATURE):
     """Coarse-consistent prediction: pred plus the ATPK of its footprint residual lr_lst - aggregate(pred)
     (radiance=True: of lr_lst^4 - mean(pred^4), added to pred^4), then make_exact.
 
-    pred (..., H, W) K on footprint.fine, lr_lst (..., h, w) K on footprint.coarse (tensors or numpy, same
-    leading shape) -> like pred: footprint.aggregate(out, radiance) == lr_lst within EXACT_TOL where both
-    are finite. A variogram is fitted per image unless given. Coarse pixels where lr_lst is NaN, or whose
-    footprint has too few finite pred pixels, get no correction; pred's NaN pixels stay NaN."""
+    pred (..., H, W) K on footprint.fine, lr_lst (..., h, w) K on footprint.coarse (tensors on any device,
+    or numpy; same leading shape) -> like pred (same type, dtype and device; computed in float64 on the
+    CPU, not differentiable): footprint.aggregate(out, radiance) == lr_lst within EXACT_TOL where both are
+    finite. footprint None: the aligned pair of the shapes (H = h * scale), as engine.make_consistent. A
+    variogram is fitted per image unless given. Coarse pixels where lr_lst is NaN, or whose footprint has
+    too few finite pred pixels, get no correction; pred's NaN pixels stay NaN."""
     was_numpy = not torch.is_tensor(pred)
     p_all, _ = _as_float64(pred)
     l_all, _ = _as_float64(lr_lst)
+    if footprint is None:
+        scale = p_all.shape[-1] // max(l_all.shape[-1], 1)
+        footprint = _aligned(tuple(p_all.shape[-2:]), scale)
     H, W = footprint.fine.shape
     h, w = footprint.coarse.shape
     if tuple(p_all.shape[-2:]) != (H, W) or tuple(l_all.shape[-2:]) != (h, w) or p_all.shape[:-2] != l_all.shape[:-2]:
@@ -659,4 +665,96 @@ def atpk_consistent(pred, lr_lst, footprint, radiance=False, neighbours=16, vari
     out = torch.stack(outs).reshape(p_all.shape)
     if was_numpy:
         return out.numpy().astype(np.asarray(pred).dtype, copy=False)
-    return out.to(pred.dtype)
+    return out.to(device=pred.device, dtype=pred.dtype)
+
+
+@functools.lru_cache(maxsize=8)
+def _aligned(fine_shape, scale):
+    """Footprint.aligned, one per shape and scale (its quadratures are cached with it: a test set's tiles
+    share one)."""
+    from footprint import Footprint
+    return Footprint.aligned(fine_shape, scale)
+
+
+# --------------------------------------------------------------------------- measurements (docs/notruth.md)
+
+
+def _simulated_field(n, range_, seed):
+    """A Gaussian random field (n, n), unit variance, exponential covariance of practical range `range_`
+    pixels (circulant embedding on a 2n torus)."""
+    m = 2 * n
+    i = np.minimum(np.arange(m), m - np.arange(m))
+    eigen = np.fft.fft2(np.exp(-3.0 * np.hypot(i[:, None], i[None, :]) / range_)).real.clip(min=0)
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal((m, m)) + 1j * rng.standard_normal((m, m))
+    return torch.from_numpy(np.fft.ifft2(np.sqrt(eigen) * noise).real[:n, :n] * m)
+
+
+def _modis_footprint(n):
+    """A UTM 50N 30 m grid of n x n pixels on the block of the MODIS sinusoidal grid covering it."""
+    import pyproj
+
+    from footprint import Footprint, Grid
+    from geotiff import MODIS_PIXEL, MODIS_SINUSOIDAL_KEYS, crs_string, make_geo_keys
+    fine = Grid((n, n), (400000.0, 30.0, 0.0, 4500000.0, 0.0, -30.0), "EPSG:32650", f"UTM 30 m {n} x {n}")
+    sinusoidal = crs_string(make_geo_keys(0, 0, 1.0, MODIS_SINUSOIDAL_KEYS))
+    edge = np.linspace(0, 30.0 * n, 50)
+    x, y = pyproj.Transformer.from_crs(fine.crs, sinusoidal, always_xy=True).transform(
+        400000.0 + np.r_[edge, edge, np.zeros(50), np.full(50, 30.0 * n)],
+        4500000.0 - np.r_[np.zeros(50), np.full(50, 30.0 * n), edge, edge])
+    x0, y0 = -20015109.354, 10007554.677
+    c0, c1 = math.floor((x.min() - x0) / MODIS_PIXEL), math.ceil((x.max() - x0) / MODIS_PIXEL)
+    r0, r1 = math.floor((y0 - y.max()) / MODIS_PIXEL), math.ceil((y0 - y.min()) / MODIS_PIXEL)
+    coarse = Grid((r1 - r0, c1 - c0), (x0 + c0 * MODIS_PIXEL, MODIS_PIXEL, 0.0, y0 - r0 * MODIS_PIXEL, 0.0, -MODIS_PIXEL),
+                  sinusoidal, "MODIS 1 km")
+    return Footprint(fine, coarse)
+
+
+def _benchmark(argv=None):
+    """Print the table of docs/notruth.md: ATPK, nearest and bicubic + correction of coarse means of a fine
+    field, against the field; CPU seconds of this process (run it with OMP_NUM_THREADS=1 for one core)."""
+    import argparse
+    import time
+
+    from footprint import Footprint
+    from layout import synth_scene
+    p = argparse.ArgumentParser(description="ATPK vs nearest vs bicubic on simulated fields (docs/notruth.md)")
+    p.add_argument("--size", type=int, default=1000, help="fine pixels per side")
+    p.add_argument("--ratios", default="8,25", help="aligned coarsening ratios, comma-separated")
+    p.add_argument("--range", type=float, default=150.0, help="practical range of the Gaussian field, fine pixels")
+    p.add_argument("--modis", action="store_true", help="also a UTM 30 m grid on the MODIS 1 km sinusoidal grid")
+    args = p.parse_args(argv)
+    n = args.size
+    fields = {f"Gaussian, exponential range {args.range:g} px": _simulated_field(n, args.range, 0),
+              "layout.synth_scene LST": torch.from_numpy(synth_scene(n, n, seed=0)[0]).double()}
+    grids = {f"aligned x{r}": (lambda r=r: Footprint.aligned((n - n % r, n - n % r), r))
+             for r in map(int, args.ratios.split(","))}
+    if args.modis:
+        grids["UTM 30 m on MODIS 1 km"] = lambda: _modis_footprint(n)
+    print("| field | grid | coarse pixels | fit CPU s | kriging CPU s | max footprint error K | RMSE ATPK | "
+          "RMSE nearest | RMSE bicubic+corr |\n" + "|---" * 9 + "|")
+    for grid_name, make in grids.items():
+        fp = make()
+        _ = fp.weights, fp.coarse_index  # built once, outside the timings
+        for field_name, field in fields.items():
+            truth = field[:fp.fine.shape[0], :fp.fine.shape[1]]
+            coarse = fp.aggregate(truth)
+            t0 = time.process_time()
+            variogram = fit_variogram(coarse, fp)
+            t1 = time.process_time()
+            out = atpk_residual(coarse, fp, variogram=variogram)
+            t2 = time.process_time()
+            bicubic = make_exact(fp.interpolate(coarse, "bicubic"), coarse, fp)
+            near = fp.nearest(coarse)
+            ok = torch.isfinite(out) & torch.isfinite(near) & torch.isfinite(bicubic)
+            agg = fp.aggregate(out)
+            cells = torch.isfinite(agg) & torch.isfinite(coarse)
+            rmse = {k: float(((x - truth)[ok] ** 2).mean().sqrt()) for k, x in (("atpk", out), ("near", near),
+                                                                               ("bicubic", bicubic))}
+            print(f"| {field_name} | {grid_name} | {fp.coarse.shape[0]} x {fp.coarse.shape[1]} | {t1 - t0:.1f} | "
+                  f"{t2 - t1:.1f} | {float((agg - coarse)[cells].abs().max()):.1e} | {rmse['atpk']:.3f} | "
+                  f"{rmse['near']:.3f} | {rmse['bicubic']:.3f} |")
+
+
+if __name__ == "__main__":
+    _benchmark()

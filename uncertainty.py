@@ -188,3 +188,69 @@ def scene_scores(predict, lr_lst, hr_guidance, footprint, scale=None, use_tta=Tr
     pred = _make_consistent(pred.double(), lr_reduced, s, consistency)[0, 0]
     residual = pred - lr
     return {"residual": residual, "sigma": sigma, "scores": normalised_scores(residual, sigma, floor), "scale": s}
+
+
+# --------------------------------------------------------------------------- measurements (docs/notruth.md)
+
+
+def _benchmark(argv=None):
+    """Print the tables of docs/notruth.md: split-conformal coverage and width on Gaussian errors with known
+    heteroscedastic sigma, and the scene-anchored calibration on synthetic scenes with a fine truth."""
+    import argparse
+
+    import numpy as np
+
+    from footprint import Footprint
+    from layout import synth_scene
+    from sharpeners import LinReg, TsHARP
+    p = argparse.ArgumentParser(description="conformal coverage on synthetic cases (docs/notruth.md)")
+    p.add_argument("--pixels", type=int, default=20000, help="calibration (and test) pixels of the Gaussian case")
+    p.add_argument("--size", type=int, default=1024, help="fine pixels per side of each synthetic scene")
+    p.add_argument("--scenes", type=int, default=3)
+    args = p.parse_args(argv)
+
+    rng = np.random.default_rng(0)
+    n = args.pixels
+    sigma = torch.from_numpy(rng.uniform(0.3, 3.0, 2 * n))
+    truth = torch.zeros(2 * n, dtype=torch.float64)
+    mean = sigma * torch.from_numpy(rng.normal(size=2 * n))
+    wide = sigma[n:] > float(sigma[n:].quantile(0.75))
+    print(f"Gaussian errors, sigma uniform in 0.3..3 K, {n} calibration and {n} test pixels\n")
+    print("| alpha | scores | q | coverage | coverage, widest-sigma quarter | mean width K |\n" + "|---" * 6 + "|")
+    for alpha in (0.2, 0.1, 0.05):
+        for name, s in (("normalised by sigma", sigma), ("plain abs residual", None)):
+            q = conformal_quantile(normalised_scores(mean[:n] - truth[:n], None if s is None else s[:n]), alpha)
+            lo, hi = interval(mean[n:], None if s is None else s[n:], q)
+            print(f"| {alpha:g} | {name} | {q:.3f} | {coverage(truth[n:], lo, hi):.3f} | "
+                  f"{coverage(truth[n:][wide], lo[wide], hi[wide]):.3f} | {mean_width(lo, hi):.3f} |")
+
+    s = 8
+    print(f"\nScene-anchored calibration (scene_scores, alpha 0.1, x{s}) on layout.synth_scene "
+          f"{args.size} x {args.size}: q from the scene's own {s}-fold reduction, coverage of the full-scale "
+          f"interval against the scene's fine truth\n")
+    print("| scene | model | consistency | calibration pixels | q K | coverage | width K | true 90 % abs error K |\n"
+          + "|---" * 8 + "|")
+    models = {"linreg": LinReg(scale=s), "tsharp": TsHARP(scale=s), "linreg + 2 K": LinReg(scale=s)}
+    for seed in range(args.scenes):
+        lst, guidance = synth_scene(args.size, args.size, seed=seed)
+        fp = Footprint.aligned((args.size, args.size), s)
+        fine, g = torch.from_numpy(lst).double(), torch.from_numpy(guidance).double()
+        coarse = fp.aggregate(fine)
+        for name, model in models.items():
+            shift = 2.0 if name.endswith("2 K") else 0.0
+
+            def predict(lr, guide, model=model, shift=shift):
+                return model(lr, guide).double() + shift
+
+            for mode in (("none", "nearest") if shift else ("nearest",)):
+                scores = scene_scores(predict, coarse, g, fp, scale=s, use_tta=False, consistency=mode)["scores"]
+                q = conformal_quantile(scores, 0.1)
+                pred = _make_consistent(predict(coarse[None, None], g[None]), coarse[None, None], s, mode)[0, 0]
+                lo, hi = interval(pred, None, q)
+                oracle = float((pred - fine).abs().flatten().quantile(0.9))  # what q would be with the fine truth
+                print(f"| {seed} | {name} | {mode} | {len(scores)} | {q:.3f} | {coverage(fine, lo, hi):.3f} | "
+                      f"{mean_width(lo, hi):.3f} | {oracle:.3f} |")
+
+
+if __name__ == "__main__":
+    _benchmark()

@@ -144,6 +144,9 @@ def test_consistent_prediction_reproduces_the_coarse_lst(radiance):
     ok = torch.isfinite(lr)
     assert float((fp.aggregate(out.double(), radiance=radiance) - lr)[ok].abs().max()) < 1e-3
     assert torch.equal(out[..., :8, :8], pred[..., :8, :8])  # no LR there: no correction
+    batch = atpk.atpk_consistent(torch.cat([pred, pred + 1]), torch.cat([lr, lr]), radiance=radiance)  # aligned
+    assert torch.equal(batch[:1], out)  # footprint None: the aligned pair of the shapes, one fit per image
+    assert float((fp.aggregate(batch[1:].double(), radiance=radiance) - lr)[ok].abs().max()) < 1e-3
     numpy_out = atpk.atpk_consistent(pred.numpy(), lr.numpy(), fp, radiance=radiance)
     assert isinstance(numpy_out, np.ndarray) and np.allclose(numpy_out, out.numpy(), atol=1e-4)
 
