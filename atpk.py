@@ -126,7 +126,7 @@ def cell_geometry(footprint, quadrature=QUADRATURE):
     area (n, q*q): fine pixels in each sub-block; total (n,): fine pixels in the footprint;
     centre (n, 2): the footprint's centroid (NaN for a coarse pixel the fine grid does not touch);
     nugget (n,): sum of the squared normalised weights (the point nugget's share in its block variance);
-    spacing: median side of a footprint (sqrt of its fine pixels)."""
+    spacing: median side of a footprint in ground units (sqrt of its area)."""
     a = footprint.weights
     h, w = footprint.coarse.shape
     H, W = footprint.fine.shape
@@ -155,7 +155,7 @@ def cell_geometry(footprint, quadrature=QUADRATURE):
     weights = torch.nan_to_num(area / total[:, None])
     centre = torch.stack([y.reshape(n, -1).sum(1), x.reshape(n, -1).sum(1)], -1) / total[:, None]
     nugget = torch.zeros(n, dtype=torch.float64).index_add(0, cell, v * v) / total.clamp(min=1e-30) ** 2
-    spacing = float(total[total > 0].sqrt().median()) if bool((total > 0).any()) else 1.0
+    spacing = float((total[total > 0] * aspect).sqrt().median()) if bool((total > 0).any()) else 1.0
     return {"points": points, "weights": weights, "area": area, "total": total, "centre": centre,
             "nugget": nugget, "spacing": spacing, "shape": (h, w)}
 

@@ -156,8 +156,8 @@ def scene_scores(predict, lr_lst, hr_guidance, footprint, scale=None, use_tta=Tr
                  floor=SIGMA_FLOOR):
     """Calibration scores of one scene from its own reduced-resolution experiment (module docstring).
 
-    predict(lr (1, 1, h', w') K, guidance (1, C, h, w)) -> (1, 1, h, w) K: the model as used at full scale
-    (engine.downscale with its normalizer, or a sharpener), applied here at ratio `scale`.
+    predict(lr (1, 1, h', w') K, guidance (1, C, h, w)) -> (1, 1, h, w) K, float32 tensors in: the model as
+    used at full scale (engine.downscale with its normalizer, or a sharpener), applied here at ratio `scale`.
     lr_lst (h, w) K on footprint.coarse (NaN = no data); hr_guidance (C, H, W) on footprint.fine;
     scale: the s-fold reduction (default: footprint.scale, else the side of a footprint in fine pixels,
     rounded);
@@ -180,11 +180,12 @@ def scene_scores(predict, lr_lst, hr_guidance, footprint, scale=None, use_tta=Tr
     lr = lr[:h, :w]
     guidance = footprint.aggregate(g)[None, :, :h, :w]  # the guidance as the coarse sensor's footprints see it
     lr_reduced = reduced.aggregate(lr)[None, None]
+    inputs = lr_reduced.float(), guidance.float()  # what models take; the scores are computed in float64
     if use_tta:
-        pred, sigma = tta(predict, lr_reduced, guidance)
-        sigma = sigma[0, 0]
+        pred, sigma = tta(predict, *inputs)
+        sigma = sigma[0, 0].double()
     else:
-        pred, sigma = predict(lr_reduced, guidance), None
+        pred, sigma = predict(*inputs), None
     pred = _make_consistent(pred.double(), lr_reduced, s, consistency)[0, 0]
     residual = pred - lr
     return {"residual": residual, "sigma": sigma, "scores": normalised_scores(residual, sigma, floor), "scale": s}

@@ -136,8 +136,8 @@ def test_scene_scores_are_the_reduced_resolution_errors():
     lr_reduced = block_mean(lr, 4)[None, None]
     g_coarse = block_mean(guidance, 4)[None]
     expected = sharpener(0.0)(lr_reduced, g_coarse)[0, 0] - lr
-    assert torch.allclose(out["residual"], expected, atol=1e-9)
-    assert torch.allclose(out["scores"].sort().values, expected.abs().flatten().sort().values, atol=1e-9)
+    assert torch.allclose(out["residual"], expected, atol=1e-4)  # the model is given float32
+    assert torch.allclose(out["scores"].sort().values, expected.abs().flatten().sort().values, atol=1e-4)
 
 
 def test_anchoring_removes_a_scene_wide_shift():
