@@ -13,11 +13,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from atpk import atpk_consistent
 from data import block_mean_tensor, fill_holes, hole_mask
 from errors import ConfigError, DataError
 from metrics import COLUMNS, average, image_metrics_by_name
 
-CONSISTENCY_MODES = ("none", "nearest", "bicubic")
+CONSISTENCY_MODES = ("none", "nearest", "bicubic", "atpk")
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # train.amp / --amp -> autocast dtype
 
 
@@ -56,6 +57,9 @@ def make_consistent(pred, lr_lst, mode="bicubic", footprint=None):
                one nearest pass on what is left: exact too, and the steps are only that remainder.
                The one `--consistency` turns on without a value, because it is as exact as nearest
                without imprinting the LR grid on the output.
+      atpk     the residual brought to the fine grid by area-to-point kriging (atpk.atpk_consistent: a
+               variogram fitted on the coarse residuals, deconvolved to point support): coherent and
+               smooth, without bicubic's assumption that the residual is a smooth surface. Whole images.
     Coarse pixels where lr_lst (or the whole block of pred) is NaN get no correction.
 
     footprint: a footprint.Footprint when lr_lst is on another grid than pred's blocks (a sensor's own
@@ -66,6 +70,8 @@ def make_consistent(pred, lr_lst, mode="bicubic", footprint=None):
         raise ConfigError(f"consistency={mode!r}: expected one of {', '.join(CONSISTENCY_MODES)}")
     if mode == "none":
         return pred
+    if mode == "atpk":
+        return atpk_consistent(pred, lr_lst, footprint)
     if footprint is not None and footprint.scale is None:
         return torch.stack([consistent_on_footprint(p[0], lr[0], mode, footprint)[None]
                             for p, lr in zip(pred, lr_lst)]).to(pred.dtype)

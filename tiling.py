@@ -250,6 +250,12 @@ def consistent_rows(strips, lr_lst, scale, mode, halo=3):
     if mode == "none":
         yield from strips
         return
+    if mode == "atpk":  # kriging reads the whole scene's residual (its variogram, its neighbours): in memory
+        whole = np.concatenate(list(strips))
+        fixed = engine.make_consistent(torch.from_numpy(whole)[None, None], torch.from_numpy(lr_lst)[None, None], mode)
+        rows = fixed[0, 0].numpy()
+        yield from (rows[y:y + ROW_STRIP] for y in range(0, len(rows), ROW_STRIP))
+        return
     margin, top = halo * scale, 0  # top: the first output row of `current`
     tail = None  # the last `margin` rows of the previous strip, uncorrected
     strips = iter(strips)
