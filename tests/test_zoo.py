@@ -168,8 +168,9 @@ def test_queue_trains_skips_resumes_and_reports_failures(tmp_path, demo_root, co
     assert list(table_rows(table)[1]) == ["bicubic", "bilinear", "mocolsk", "srcnn"]
 
     # an interrupted run: its last.pth from an earlier iteration is resumed, to the end
-    ckpt = torch.load(root / "mocolsk_x8" / "last.pth", map_location="cpu", weights_only=True)
-    torch.save(dict(ckpt, iter=1), root / "mocolsk_x8" / "last.pth")
+    for name in ("last.pth", "best.pth"):
+        ckpt = torch.load(root / "mocolsk_x8" / name, map_location="cpu", weights_only=True)
+        torch.save(dict(ckpt, iter=1), root / "mocolsk_x8" / name)
     third = run_zoo(root, demo_root, *queue)
     assert third.returncode == 0, third.stdout + third.stderr
     assert "mocolsk    x8 | resumed at iteration 1" in third.stdout and third.stdout.count("skipped") == 2
@@ -181,7 +182,7 @@ def test_queue_trains_skips_resumes_and_reports_failures(tmp_path, demo_root, co
     outputs = {run: (root / run / "train.out").read_text() for run in ("srcnn_x8", "srcnn_x4", "mocolsk_x8")}
     fourth = run_zoo(root, demo_root, *queue, "train.lr=0.002")
     assert fourth.returncode == 1, fourth.stdout + fourth.stderr
-    refused = [line for line in fourth.stdout.splitlines() if "made with other settings" in line]
+    refused = [line for line in fourth.stdout.splitlines() if "| FAILED:" in line and "made with other settings" in line]
     assert len(refused) == 3 and all("train.lr: 0.0001 -> 0.002" in line and "--overwrite" in line for line in refused)
     assert "skipped" not in fourth.stdout
     assert all((root / run / "train.out").read_text() == text for run, text in outputs.items())  # not started
