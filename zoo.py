@@ -41,6 +41,7 @@ import torch
 import yaml
 
 import engine
+import figures
 import groklst
 import locks
 from checkpoints import examples, read_checkpoint
@@ -468,6 +469,62 @@ def table_ix(work_root, split=None, overrides=(), device="cpu", runs=None, throu
     return "\n".join(lines)
 
 
+def read_table(path):
+    """The first Table IX (a markdown table whose header starts `| method | x<scale> RMSE`) in a file, such as
+    table_ix writes or docs/zoo.md shows -> {row label: {column: float, or None for '-'}}."""
+    rows, header = {}, None
+    try:
+        with open(path) as f:
+            lines = [line.strip() for line in f]
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the table ({e.strerror or e})") from None
+    for line in lines:
+        cells = [c.strip() for c in line.strip("|").split("|")] if line.startswith("|") else None
+        if header is None:
+            if cells and cells[0] == "method" and len(cells) > 1 and cells[1].endswith(" RMSE"):
+                header = cells
+        elif cells is None:
+            break
+        elif not set(cells[0]) <= set("-"):
+            rows[cells[0]] = {h: (None if c == "-" else float(c.replace(",", ""))) for h, c in zip(header[1:], cells[1:])}
+    if not rows:
+        raise DataError(f"{path}: no table of zoo.py (a header `| method | x8 RMSE | ...`) found")
+    return rows
+
+
+def tradeoff_points(rows, scale, measured):
+    """(points, bicubic's RMSE) for figures.accuracy_vs_throughput from a table's rows at `scale`: (label,
+    Mpx/s, RMSE, kind) of each method with both numbers; Mpx/s from the table's `CPU Mpx/s` column, else
+    from `measured` (groklst.read_throughput rows) when that model was measured at this scale."""
+    points, reference = [], None
+    for label, row in rows.items():
+        name, rmse = label.split(" (")[0], row.get(f"x{scale} RMSE")
+        if rmse is None or name not in groklst.MODELS:
+            continue
+        speed = row.get(f"x{scale} CPU Mpx/s")
+        if speed is None and name in measured and measured[name]["scale"] == scale:
+            speed = measured[name]["mpx_per_s"]
+        free = groklst.count_parameters(name, scale) == 0
+        if name == "bicubic":
+            reference = rmse
+        if speed is not None:
+            points.append((label, speed, rmse, "baseline" if free else groklst.MODELS[name].kind))
+    return points, reference
+
+
+def draw_tradeoff(table_path, out, throughput=groklst.THROUGHPUT_JSON, scale=None):
+    """figures.accuracy_vs_throughput of a table file at `scale` (default its largest)."""
+    rows = read_table(table_path)
+    scales = sorted({int(c.split()[0][1:]) for row in rows.values() for c in row if c.endswith(" RMSE")})
+    scale = scale or scales[-1]
+    measured, machine = groklst.read_throughput(throughput) if throughput else ({}, {})
+    points, reference = tradeoff_points(rows, scale, measured)
+    figures.accuracy_vs_throughput(out, points, None if reference is None else ("bicubic", reference),
+                                   f"x{scale}: test RMSE ({os.path.basename(table_path)}) against CPU throughput "
+                                   f"({machine.get('cpu', '?')}, {machine.get('threads', '?')} threads, --amp auto)")
+    return points
+
+
 @command
 def main(argv=None):
     p = argparse.ArgumentParser(prog="zoo.py", description=__doc__.split("\n")[0])
@@ -485,6 +542,10 @@ def main(argv=None):
     p.add_argument("--poll", type=float, default=3.0, help="seconds between progress checks")
     p.add_argument("--overwrite", action="store_true",
                    help="train again (deleting their checkpoints) the runs under --root made with other settings")
+    p.add_argument("--figure", default=None, metavar="PNG", help="also draw test RMSE against CPU throughput "
+                   "(the table's largest scale) into PNG")
+    p.add_argument("--from-table", default=None, metavar="FILE",
+                   help="with --figure: draw from this table (zoo.py's, or the first in a markdown file) and run nothing")
     p.add_argument("--grace", type=float, default=10.0,
                    help="seconds a run gets to end after SIGTERM when zoo.py is stopped, before SIGKILL (default 10)")
     p.add_argument("overrides", nargs="*", help="config overrides key.sub=value, or MODEL:key.sub=value")
@@ -492,11 +553,19 @@ def main(argv=None):
     models = [m for m in (args.models or "").split(",") if m]
     scales = [int(s) for s in args.scales.split(",") if s]
     paths = resolve_configs(args.configs, models, scales)
+    if args.from_table:
+        if not args.figure:
+            raise ConfigError("--from-table draws a table's --figure PNG: give --figure")
+        points = draw_tradeoff(args.from_table, args.figure)
+        print(f"wrote {args.figure} ({len(points)} methods)")
+        return
     if args.table_only and not paths:  # every run under the root, as they are
         unevaluated = []
         table = table_ix(args.root, args.split, args.overrides, failed=unevaluated)
         print(table)
         write_atomic(args.out or os.path.join(args.root, "table.md"), (table + "\n").encode())
+        if args.figure:
+            draw_tradeoff(args.out or os.path.join(args.root, "table.md"), args.figure)
         if unevaluated:
             sys.exit(1)
         return
@@ -546,6 +615,9 @@ def main(argv=None):
         write_atomic(out, (table + "\n").encode())
         print(table)
         print(f"table written to {out}")
+        if args.figure:
+            draw_tradeoff(out, args.figure)
+            print(f"figure written to {args.figure}")
     print(f"# {len(finished) - len(unevaluated)} finished, {len(failed)} failed, {len(unevaluated)} not evaluated, "
           f"{clock(time.time() - t0)} wall", flush=True)
     for run in failed:

@@ -12,7 +12,7 @@ import torch
 import groklst
 import locks
 import zoo
-from errors import ConfigError
+from errors import ConfigError, DataError
 
 TINY_MOCOLSK = ["mocolsk:model.num_feats=8", "mocolsk:model.reduction=4", "mocolsk:model.num_stages=1",
                 "mocolsk:model.n_resblocks=1"]
@@ -285,3 +285,27 @@ def test_table_uses_last_pth_without_validation_and_survives_a_failing_row(tmp_p
     assert len(failed) == 1 and failed[0][0] == "broken_x4" and "truncated or not a checkpoint" in failed[0][1]
     assert f"- broken_x4: not evaluated (DataError: {runs / 'broken_x4' / 'best.pth'}: truncated" in text
     assert "Test CPU (2 threads)" in text
+
+
+def test_accuracy_against_throughput_from_a_table(tmp_path):
+    """read_table takes the first Table IX of a markdown file; the throughput comes from the table's column,
+    else from the throughput file for the scale measured; bicubic's RMSE is the reference."""
+    page = tmp_path / "page.md"
+    page.write_text("intro\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n"
+                    "| method | x8 RMSE | x8 MAE | x8 CPU Mpx/s |\n|---|---|---|---|\n"
+                    "| bicubic | 1.5 | 1.0 | - |\n| srcnn (last.pth) | 7.0 | 5.0 | 0.2 |\n| dgf | 2.0 | 1.2 | - |\n"
+                    "| mocolsk | 1.2 | 0.9 | - |\n| myrun | 3.0 | 2.0 | 1.0 |\n\n| method | x8 RMSE |\n|---|---|\n| late | 9 |\n")
+    rows = zoo.read_table(str(page))
+    assert list(rows) == ["bicubic", "srcnn (last.pth)", "dgf", "mocolsk", "myrun"]
+    assert rows["dgf"] == {"x8 RMSE": 2.0, "x8 MAE": 1.2, "x8 CPU Mpx/s": None}
+    measured = {"bicubic": {"scale": 8, "mpx_per_s": 1.1}, "dgf": {"scale": 8, "mpx_per_s": 0.01},
+                "mocolsk": {"scale": 4, "mpx_per_s": 0.5}}  # measured at another scale: not used
+    points, reference = zoo.tradeoff_points(rows, 8, measured)
+    assert reference == 1.5
+    assert points == [("bicubic", 1.1, 1.5, "baseline"), ("srcnn (last.pth)", 0.2, 7.0, "sisr"), ("dgf", 0.01, 2.0, "gisr")]
+    path = tmp_path / "tradeoff.png"
+    json_path = tmp_path / "t.json"
+    json_path.write_text(json.dumps({"machine": {}, "rows": [dict(measured["dgf"], model="dgf")]}))
+    assert len(zoo.draw_tradeoff(str(page), str(path), str(json_path))) == 2 and path.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(DataError, match="no table of zoo.py"):
+        zoo.read_table(str(json_path))
