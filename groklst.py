@@ -214,15 +214,15 @@ def count_macs(cfg, hr=COST_HR, batch=1):
 
 
 def read_throughput(path=THROUGHPUT_JSON):
-    """speed.py --throughput's JSON -> ({model: row} of its measured rows, the file's `machine` dict);
-    ({}, {}) when there is no such file. A row: model, scale, hr, amp, mpx_per_s, gmacs, parameters,
-    and the machine it was measured on (cpu, threads, torch)."""
+    """speed.py --throughput's JSON -> ({model: row}, the file's `machine` dict); ({}, {}) when there is no
+    such file. A row: model, scale, hr, gmacs and either the measurement (amp, mpx_per_s, parameters, the
+    machine: cpu, threads, torch, load_average) or the `error` that stopped it."""
     if not os.path.exists(path):
         return {}, {}
     try:
         with open(path) as f:
             content = json.load(f)
-        rows = {r["model"]: r for r in content["rows"] if "mpx_per_s" in r}
+        rows = {r["model"]: r for r in content["rows"]}
         return rows, content.get("machine", {})
     except (ValueError, KeyError, TypeError) as e:
         raise DataError(f"{path}: not a throughput file of speed.py --throughput ({type(e).__name__}: {e}); "
@@ -614,9 +614,9 @@ def cmd_list(args):
             cls = MODELS[name]
             counts = " / ".join(f"{count_parameters(name, s):,}" if s in cls.scales else "-" for s in (2, 4, 8))
             row = measured.get(name, {})
-            at = f" (x{row['scale']})" if row and row["scale"] != 8 else ""
+            at = f" (x{row['scale']})" if row.get("scale", 8) != 8 else ""
             gmacs = f"{row['gmacs']:.3g}{at}" if row.get("gmacs") is not None else "-"
-            speed = f"{row['mpx_per_s']:.3g}{at}" if row else "-"
+            speed = f"{row['mpx_per_s']:.3g}{at}" if "mpx_per_s" in row else "failed" if "error" in row else "-"
             print(f"| {name} | {cls.kind} | {', '.join(f'x{s}' for s in cls.scales)} | {counts} | {gmacs} | {speed} | "
                   f"{paper(name)} |")
         if measured:
@@ -624,7 +624,8 @@ def cmd_list(args):
                   f"model arguments: MACs counted on the meta device; Mpx/s of output through predict.py's tiled "
                   f"inference with --amp auto (bf16 where the CPU has it natively and the model has weights, else "
                   f"float32), measured on {machine.get('cpu', '?')}, {machine.get('threads', '?')} threads, torch "
-                  f"{machine.get('torch', '?')} (`{machine.get('command', 'speed.py --throughput')}`).")
+                  f"{machine.get('torch', '?')} (`{machine.get('command', 'speed.py --throughput')}`); failed: the "
+                  f"measurement ended in the error its row in that file records.")
         return
     rows = []
     for name in list_models(args.pattern):

@@ -188,13 +188,17 @@ def throughput(name, predict, scale=8, hr=256, steps=3, warmup=1, threads=None, 
             step()
             times.append(time.perf_counter() - t0)
     best = min(times)
-    try:
-        gmacs = round(groklst.count_macs(cfg, hr), 4)
-    except (NotImplementedError, RuntimeError):  # fitted per image: nothing to count on the meta device
-        gmacs = None
+    gmacs = _gmacs(name, scale, hr)
     return {"model": name, "scale": scale, "hr": hr, "amp": amp, "mpx_per_s": round(hr * hr / 1e6 / best, 4),
             "forward_s_best": round(best, 4), "forward_s_all": [round(t, 4) for t in times],
             "parameters": groklst.num_parameters(model), "gmacs": gmacs, **machine()}
+
+
+def _gmacs(name, scale, hr):
+    try:
+        return round(count_macs(name, scale, hr, 1), 4)
+    except (NotImplementedError, RuntimeError):  # fitted per image: nothing to count on the meta device
+        return None
 
 
 def run_throughput(names, args):
@@ -205,15 +209,18 @@ def run_throughput(names, args):
         with open(args.json) as f:
             rows = {r["model"]: r for r in json.load(f).get("rows", [])}
     here, results = machine(), []
+    here.pop("load_average")  # each row has its own
     if args.threads:
         here["threads"] = args.threads
-    command_line = "python speed.py " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("speed.py") else None
+    here["command"] = f"python speed.py all --hr {args.hr} --throughput --json {os.path.relpath(args.json)}"  # remakes it
     for name in names:
         scale = args.scale if args.scale in groklst.MODELS[name].scales else max(groklst.MODELS[name].scales)
         t0 = time.perf_counter()
         kw = dict(scale=scale, hr=args.hr, steps=args.steps, warmup=args.warmup, threads=args.threads)
         r = _in_child(f"speed.throughput({name!r}, predict, **{kw!r})", name, args.timeout, imports=", predict")
         r["wall_s"] = round(time.perf_counter() - t0, 1)
+        if "error" in r:  # what it costs can still be counted
+            r.update(scale=scale, hr=args.hr, gmacs=_gmacs(name, scale, args.hr))
         rows[name] = dict(r, measured=time.strftime("%Y-%m-%d"))
         results.append(r)
         print(f"{name:10s} x{scale} " + (f"error: {r['error']}" if "error" in r else
@@ -221,7 +228,7 @@ def run_throughput(names, args):
               f"{'-' if r['gmacs'] is None else format(r['gmacs'], '.3g')} GMACs") + f" | {r['wall_s']} s wall", flush=True)
         content = {"what": f"CPU inference throughput (output Mpx/s, --amp auto) and GMACs per {args.hr} x {args.hr} "
                            "output, default model arguments, x8 or the model's largest scale (speed.py --throughput)",
-                   "machine": dict(here, command=command_line or "python speed.py all --throughput"),
+                   "machine": here,
                    "rows": sorted(rows.values(), key=lambda r: r["model"])}
         write_atomic(args.json, (json.dumps(content, indent=1) + "\n").encode())
     return results

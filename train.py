@@ -111,7 +111,9 @@ def check_work_dir(work_dir, args):
         raise ConfigError("--resume and --overwrite contradict each other: continue the run or delete it")
     last = os.path.join(work_dir, "last.pth")
     if args.resume in ("auto", last) and not os.path.exists(last):
-        raise ConfigError(f"--resume: {last} does not exist (nothing to resume)")
+        best = os.path.join(work_dir, "best.pth")  # a run killed after its first validation, before its first last.pth
+        hint = f"; go on from its best.pth with --resume {best}" if os.path.exists(best) else ""
+        raise ConfigError(f"--resume: {last} does not exist (nothing to resume){hint}")
     found = [f for f in RUN_FILES if os.path.exists(os.path.join(work_dir, f))]
     if found and not args.resume and not overwrite:
         raise ConfigError(f"{work_dir} already holds a run ({', '.join(found)}): continue it with --resume, choose "

@@ -369,7 +369,7 @@ def costs(cfg, model, measured):
     except (NotImplementedError, RuntimeError):  # sharpeners fit per image: nothing to count on the meta device
         gmacs = None
     row = measured.get(cfg["model"]["name"])
-    same = (row is not None and row["scale"] == cfg["data"]["scale"] and set(cfg["model"]) == {"name"}
+    same = (row is not None and "mpx_per_s" in row and row["scale"] == cfg["data"]["scale"] and set(cfg["model"]) == {"name"}
             and groklst.guidance_bands(cfg) in ([], list(BANDS)))
     return {COSTS[0]: groklst.num_parameters(model), COSTS[1]: gmacs, COSTS[2]: row["mpx_per_s"] if same else None}
 
@@ -503,7 +503,7 @@ def tradeoff_points(rows, scale, measured):
             continue
         speed = row.get(f"x{scale} CPU Mpx/s")
         if speed is None and name in measured and measured[name]["scale"] == scale:
-            speed = measured[name]["mpx_per_s"]
+            speed = measured[name].get("mpx_per_s")
         free = groklst.count_parameters(name, scale) == 0
         if name == "bicubic":
             reference = rmse

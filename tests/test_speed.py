@@ -110,7 +110,7 @@ def test_list_markdown_takes_costs_from_the_throughput_file(tmp_path, capsys):
         assert "Test CPU, 3 threads, torch 9.9" in lines[-1]
     assert table["srcnn"][3:6] == ["8,129 / 8,129 / 8,129", "0.526", "0.25"]
     assert table["ctn"][4:6] == ["1.76 (x4)", "0.0123 (x4)"]  # no x8: measured at its largest scale
-    assert table["rf"][4:6] == ["-", "-"]  # a failed measurement shows as none
+    assert table["rf"][4:6] == ["-", "failed"]  # its error is in the JSON
 
 
 @pytest.mark.slow

@@ -61,6 +61,9 @@ def test_resume_without_checkpoint_is_an_error(tmp_path, demo_root, run, write_c
     cfg = write_config(tmp_path, demo_root)
     out = run(["train.py", cfg, f"work_dir={tmp_path / 'none'}", "--resume"])
     assert out.returncode != 0 and "nothing to resume" in out.stderr
+    (tmp_path / "none" / "best.pth").write_bytes(b"")  # killed after its first validation, before its first last.pth
+    out = run(["train.py", cfg, f"work_dir={tmp_path / 'none'}", "--resume"])
+    assert out.returncode == 1 and f"go on from its best.pth with --resume {tmp_path / 'none' / 'best.pth'}" in out.stderr
 
 
 DDP_SCRIPT = """
