@@ -55,7 +55,7 @@ def test_scoped_overrides_and_cpu_slots():
         zoo.slots(["gpu0"], 1)
 
 
-def test_plan_states_from_checkpoints_and_their_configs(tmp_path, configs):
+def test_plan_states_from_checkpoints_and_their_configs(tmp_path, configs, monkeypatch):
     """done / resume / train follow the newest readable checkpoint, but only of a run made with the
     settings the queue runs now: max_iters may differ (it decides done or resume), any other key not."""
     root = tmp_path / "runs"
@@ -68,8 +68,12 @@ def test_plan_states_from_checkpoints_and_their_configs(tmp_path, configs):
     for name, it in [("srcnn_x8", 5), ("srcnn_x4", 2)]:
         (root / name).mkdir(parents=True)
         torch.save({"iter": it, "config": stored(name, ["train.max_iters=9"])}, root / name / "last.pth")
+    def launched(run):  # the train.py command line zoo.start gives a run (nothing is started)
+        monkeypatch.setattr(zoo.subprocess, "Popen", lambda args, **kw: args)
+        return zoo.start(run, {})
     runs = zoo.plan(paths, str(root), overrides)
     assert [r["state"] for r in runs] == ["done", "resume", "train", "evaluate"]
+    assert launched(runs[1])[-1] == "--resume" and launched(runs[2])[-1] == f"work_dir={root / 'srcnn_x2'}"
     assert runs[1]["start_iter"] == 2 and runs[1]["resume_from"] is None
     assert runs[0]["overrides"][-1] == f"work_dir={root / 'srcnn_x8'}" and not runs[2]["overwrite"]
     bad = zoo.plan(paths[:1], str(root), ["train.max_iters=five"])[0]
@@ -85,10 +89,12 @@ def test_plan_states_from_checkpoints_and_their_configs(tmp_path, configs):
     assert [(r["state"], r["overwrite"]) for r in again] == [("train", True)] * 2
 
     # killed after its first best.pth, before its first last.pth: it goes on from best.pth
-    (root / "srcnn_x2").mkdir()
+    (root / "srcnn_x2").mkdir(exist_ok=True)
     torch.save({"iter": 3, "config": stored("srcnn_x2")}, root / "srcnn_x2" / "best.pth")
     run = zoo.plan(paths[2:3], str(root), overrides)[0]
     assert run["state"] == "resume" and run["start_iter"] == 3 and run["resume_from"] == str(root / "srcnn_x2" / "best.pth")
+    assert launched(run)[-2:] == ["--resume", str(root / "srcnn_x2" / "best.pth")]
+    assert launched(changed[0])[-1] != "--overwrite" and launched(again[0])[-1] == "--overwrite"
     # a torn last.pth and nothing else to go on from: trained afresh, deleting what is there
     (root / "srcnn_x2" / "best.pth").unlink()
     (root / "srcnn_x2" / "last.pth").write_bytes(b"half a checkpoint")
