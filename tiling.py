@@ -29,6 +29,7 @@ with AMX / AVX512-BF16, for models with weights; float32 elsewhere. The first ti
 (once per process) and auto falls back to float32 if the two differ by >= 0.01 K RMSE. 'none': float32;
 'bf16': bf16 whatever the device. Training is not affected.
 """
+import math
 import sys
 import time
 
@@ -209,7 +210,13 @@ def bf16_check(model, normalizer, x, g):
     BF16_MAX_RMSE_K. Most models are ~1e-3 K apart, but not all (tests/test_predict.py)."""
     if not hasattr(model, "bf16_rmse_k"):  # on one tile: the float32 forward costs ~2.5 bf16 ones
         x, g = x[:1], None if g is None else g[:1]
-        a = engine.downscale(model, normalizer, x, g, "bf16").float()
+        try:
+            a = engine.downscale(model, normalizer, x, g, "bf16").float()
+        except RuntimeError as e:  # an operation without a bf16 kernel (SGNet's torch.complex): float32 it is
+            model.bf16_rmse_k = math.inf
+            print(f"note: --amp auto: {type(model).__name__} does not run in bf16 ({str(e).splitlines()[0][:80]}); "
+                  f"running in float32", file=sys.stderr)
+            return "none"
         b = engine.downscale(model, normalizer, x, g, "none").float()
         model.bf16_rmse_k = float(torch.sqrt(torch.mean((a - b) ** 2)))
         if model.bf16_rmse_k >= BF16_MAX_RMSE_K:
@@ -232,8 +239,10 @@ def resolve_amp(amp, device, model=None):
         amp = "bf16" if native and weights else "none"
     if amp == "none":
         return "none", False
-    if model is not None:
-        model.to(memory_format=torch.channels_last)
+    if model is not None:  # 4-D weights only: a Conv3d's 5-D weight (HAN) has no channels_last layout
+        for p in model.parameters():
+            if p.dim() == 4:
+                p.data = p.data.contiguous(memory_format=torch.channels_last)
     return "bf16", True
 
 

@@ -293,3 +293,17 @@ def test_png_quick_look(tmp_path, config):
         return
     predict.main(argv)
     assert (tmp_path / "out.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, expected", [("han", "bf16"), ("sgnet", "none")])
+def test_amp_bf16_runs_every_model(name, expected, config):
+    """HAN has a Conv3d (a 5-D weight: no channels_last layout) and SGNet a torch.complex (no bf16 kernel): the
+    bf16 path keeps HAN's 5-D weight as it is, and --amp auto's check falls back to float32 for SGNet."""
+    cfg = groklst.load_config(config(f"{name}_x8"))
+    model, normalizer = groklst.build_model(cfg).eval(), groklst.build_normalizer(cfg)
+    assert predict.resolve_amp("bf16", "cpu", model) == ("bf16", True)  # no error on the 5-D weight
+    x = (280 + torch.randn(1, 1, 8, 8)).contiguous(memory_format=torch.channels_last)
+    g = torch.randn(1, 10, 64, 64) if model.kind == "gisr" else None
+    with torch.no_grad():
+        assert predict.bf16_check(model, normalizer, x, g) == expected

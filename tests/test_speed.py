@@ -89,7 +89,9 @@ def test_throughput_runs_predict_rows_at_auto_precision():
         r = speed.throughput(name, spy, scale=scale, hr=64, steps=2, warmup=1)
         assert calls == [((64 // scale,) * 2, bands, scale, 64 // scale, 0, 1, amp)] * 3  # warm-up + 2 timed
         assert r["amp"] == amp and len(r["forward_s_all"]) == 2
-        assert abs(64 * 64 / 1e6 / r["mpx_per_s"] - min(r["forward_s_all"])) <= 1e-4  # the fastest step (both rounded)
+        # the fastest step, both rounded to 4 decimals: Mpx/s near 0.02 keeps only 3 digits, so compare relatively
+        best = min(r["forward_s_all"])
+        assert abs(64 * 64 / 1e6 / best - r["mpx_per_s"]) <= 5e-5 + 64 * 64 / 1e6 * 5e-5 / best ** 2
         assert r["cpu"] and r["threads"] == torch.get_num_threads()
     assert r["parameters"] == groklst.num_parameters(groklst.create_model("dgf", scale=8))
 
