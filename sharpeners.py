@@ -32,17 +32,19 @@ With a footprint (the scene protocol, predict.py's coarse LST on any grid):
   - the fit uses the coarse pixels whose whole footprint is valid: every fine pixel finite and the
     footprint inside the fine grid (coverage 1); partly covered ones at the fine grid's edge are not
     trained on, as with a NaN pixel;
-  - the residual is LR LST - aggregate(fine prediction) (footprint means over the finite pixels,
-    the Footprint's own min_valid rule), added back through nearest RESIDUAL_PASSES (2) times:
-    nearest because it keeps each coarse pixel's correction on the fine pixels whose centre it holds
-    (nothing leaks across a cloud edge, nothing is painted outside the coarse grid); twice because
-    a footprint on a foreign grid is not exactly the fine pixels whose centre it holds (its edge
-    pixels are shared with the neighbours), so one pass leaves a remainder of a few % of the
-    residual's jump between neighbours, and the second pass takes it to a few % of that; the
-    footprint means of the output then equal the LR LST to ~0.01 K (tests/test_sharpeners.py);
   - fine pixels whose centre lies in a NaN coarse pixel, or outside the coarse grid, are NaN
     (footprint.interpolate's rule: nothing painted under a cloud), and a fine pixel with a
-    non-finite guidance band takes the LR LST of its coarse pixel.
+    non-finite guidance band takes the LR LST of its coarse pixel (then corrected with the others);
+  - the residual is LR LST - aggregate(output) (footprint means over the finite pixels, the
+    Footprint's own min_valid rule), added back through nearest until no coarse residual exceeds
+    RESIDUAL_TOL (1 mK), at most RESIDUAL_PASSES (6) times. Nearest, not interpolate: it keeps each
+    coarse pixel's correction on the fine pixels whose centre it holds (nothing leaks across a cloud
+    edge or into a neighbour's footprint mean more than its shared edge pixels carry). Several
+    passes: a footprint on a foreign grid is not exactly the fine pixels whose centre it holds (its
+    edge pixels are shared with the neighbours), so one pass leaves ~10 % of the residual's jump
+    between neighbours (0.2-2 K after a poor regression), each further pass ~10 % of what is left;
+    the footprint means of the output then equal the LR LST to < 2 mK
+    (tests/test_sharpeners.py::test_sharpeners_on_a_foreign_grid_beat_interpolation).
 
 The recipe shared by tsharp, linreg and rf (Kustas et al. 2003 DisTrad; Agam et al. 2007; Gao et al.
 2012), in float64, for one image with LR LST T (h, w) and guidance G (C, H, W):
@@ -662,9 +664,13 @@ class DMS(Sharpener):
     agrees. The residual correction shifts all members alike and leaves it as it is.
 
     Scene fits: local windows live on the fitted image's coarse grid, so they apply only to an image of
-    the fitted shape (the image itself); a tile of a scene fitted by fit_scene gets the global model
-    and its own residuals. For a whole scene with its local models, call sharpen(lr, guidance,
-    model.fitted) on the scene: fine maps are processed in row chunks of CHUNK_PIXELS (65 k).
+    the fitted shape on the fitted grid (the image itself: fit['coarse_shape'] and fit['coarse_grid']);
+    a tile of a scene fitted by fit_scene gets the global model and its own residuals. With a
+    footprint (module docstring) the homogeneity, training pixels, windows (coarse pixel coordinates
+    of the footprint's grid), local weights and residuals all go through it; the residual correction
+    is then repeated to < 1 mK and fine pixels under NaN coarse pixels are NaN. For a whole scene
+    with its local models, call sharpen(lr, guidance, model.fitted, footprint) on the scene: fine maps
+    are processed in row chunks of CHUNK_PIXELS (65 k), local windows fitted on n_jobs threads.
 
     Needs scikit-learn (imported when it fits). Config keys `model.<arg>`:
         n_estimators: trees per model (30, Sen-ET)
@@ -864,13 +870,14 @@ class DMS(Sharpener):
 
         glob, loc = new_map(), new_map() if local else None
         var_g, var_l, cov = (new_map(), new_map(0.0), new_map(0.0)) if spread else (None, None, None)
-        for rows in chunks:  # pass 1: the trees at every fine pixel with finite guidance
+
+        def trees(rows):  # pass 1 on one chunk: the trees at every fine pixel with finite guidance
             x = np.ascontiguousarray(gui[:, rows].reshape(C, -1).T, np.float32)
             ok = np.isfinite(x).all(1)
             if not ok.any():
-                continue
+                return
             x = x[ok]
-            g = self.members(fit["global"], x, pool)
+            g = self.members(fit["global"], x)
             glob[rows].reshape(-1)[ok] = g.mean(0)
             if spread:
                 dg = g - g[0]  # about the first tree: exactly 0 where all trees agree
@@ -883,7 +890,7 @@ class DMS(Sharpener):
                     key = divmod(int(index), grid[1])
                     if key in local:
                         here = np.flatnonzero(win == index)
-                        l = self.members(local[key], x[here], pool)
+                        l = self.members(local[key], x[here])
                         l_mean[here] = l.mean(0)
                         if spread:
                             dl = l - l[0]
@@ -892,6 +899,12 @@ class DMS(Sharpener):
                 loc[rows].reshape(-1)[ok] = l_mean
                 if spread:
                     var_l[rows].reshape(-1)[ok], cov[rows].reshape(-1)[ok] = l_var, l_cov
+
+        if pool is None:
+            for rows in chunks:
+                trees(rows)
+        else:  # chunks on the threads (disjoint rows of the maps): fewer, larger tasks than trees
+            list(pool.map(trees, chunks))
 
         def space(t):  # where T is aggregated and combined: T, or radiance ~ T^4
             return t ** 4 if self.radiance else t

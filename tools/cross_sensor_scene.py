@@ -5,11 +5,16 @@
     python tools/cross_sensor_scene.py score DIR DIR/dms_30m.tif [OTHER.tif ...]
 
 write: layout.synth_scene(size, size) (the fine LST in K and its 10 guidance bands, data.BANDS) placed on
-a UTM zone 50N grid of 30 m pixels (corner 400000 E, 4500000 N: 115.8 E, 40.6 N), and the LST's
-footprint means on the block of the global MODIS 1 km sinusoidal grid (926.625 m) that covers it
+a UTM grid of 30 m pixels (default: zone 31N, corner 500000 E, 4500000 N: 3.0 E, 40.6 N; --epsg, --x0,
+--y0 move it), and the LST's footprint means on the block of the global MODIS 1 km sinusoidal grid
+(926.625 m) that covers it
 (tools/footprint_speed.py's grid; footprint.Footprint.aggregate with radiance=True: a sensor averages
 emitted radiance, not temperature; coarse pixels less than half inside the fine grid are NaN). Files:
 DIR/truth_30m.tif, DIR/guidance_30m.tif (10 bands, float32), DIR/lst_1km.tif (float32 K, NaN no-data).
+Why 3 E by default: near the sinusoidal grid's central meridian its pixels are close to squares on
+the UTM grid (rotated ~2 degrees), which pyDMS's regridding needs: at 116 E (tools/footprint_speed.py's
+place) the sinusoidal pixel is so sheared that pyDMS estimates a negative pixel width and stops
+("Attempt to create -301x99 dataset"); the toolkit's footprint takes either.
 
 sharpen: reads those files, builds the footprint between the two grids, fits model 'dms' on the whole
 scene and applies it (sharpeners.DMS.fit / sharpen with the footprint), writes DIR/dms_30m.tif (or
@@ -17,7 +22,8 @@ scene and applies it (sharpeners.DMS.fit / sharpen with the footprint), writes D
 all pixels and bands, 15-pixel windows, radiance); --sen-et uses the DMS class defaults instead.
 
 score: RMSE, MAE, BIAS, CC (and RSD) of each map against DIR/truth_30m.tif (metrics.image_metrics),
-over the pixels where the truth and every given map are finite, and each map's own coverage.
+over the pixels where the truth and every given map are finite, and each map's own coverage; with
+--bicubic also of bicubic interpolation of the coarse LST (footprint.Footprint.interpolate).
 """
 import argparse
 import os
@@ -30,11 +36,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # footprint_speed's MODIS grid
 
 TRUTH, GUIDANCE, LST, OUT = "truth_30m.tif", "guidance_30m.tif", "lst_1km.tif", "dms_30m.tif"
-UTM_EPSG, X0, Y0, PIXEL = 32650, 400000.0, 4500000.0, 30.0
+UTM_EPSG, X0, Y0, PIXEL = 32631, 500000.0, 4500000.0, 30.0
 PYDMS_TEMPLATE = {"n_estimators": 10, "max_samples": 1.0, "max_features": 1.0, "window": 15, "radiance": True}
 
 
-def write(work_dir, size, seed):
+def write(work_dir, size, seed, epsg, x0, y0):
     from footprint_speed import modis_grid_over
 
     import geotiff
@@ -43,16 +49,16 @@ def write(work_dir, size, seed):
     from footprint import Footprint, Grid
     t = time.perf_counter()
     lst, gui = layout.synth_scene(size, size, seed)
-    fine = Grid((size, size), (X0, PIXEL, 0.0, Y0, 0.0, -PIXEL), f"EPSG:{UTM_EPSG}", "UTM 30 m")
+    fine = Grid((size, size), (x0, PIXEL, 0.0, y0, 0.0, -PIXEL), f"EPSG:{epsg}", "UTM 30 m")
     coarse = modis_grid_over(fine)
     lr = Footprint(fine, coarse).aggregate(lst.astype(np.float64), radiance=True)
     os.makedirs(work_dir, exist_ok=True)
-    x0, pixel, _, y0, _, _ = coarse.transform
-    geotiff.write_geotiff(os.path.join(work_dir, TRUTH), lst, geotiff.make_geo(X0, Y0, PIXEL, UTM_EPSG))
-    geotiff.write_geotiff(os.path.join(work_dir, GUIDANCE), gui, geotiff.make_geo(X0, Y0, PIXEL, UTM_EPSG),
-                          band_names=list(BANDS))
+    geo = geotiff.make_geo(x0, y0, PIXEL, epsg)
+    geotiff.write_geotiff(os.path.join(work_dir, TRUTH), lst, geo)
+    geotiff.write_geotiff(os.path.join(work_dir, GUIDANCE), gui, geo, band_names=list(BANDS))
+    cx0, pixel, _, cy0, _, _ = coarse.transform
     geotiff.write_geotiff(os.path.join(work_dir, LST), lr,
-                          geotiff.make_geo_keys(x0, y0, pixel, geotiff.MODIS_SINUSOIDAL_KEYS))
+                          geotiff.make_geo_keys(cx0, cy0, pixel, geotiff.MODIS_SINUSOIDAL_KEYS))
     print(f"{fine.describe()}\n{coarse.describe()}\n{int(np.isfinite(lr).sum())} valid coarse pixels; "
           f"written to {work_dir} in {time.perf_counter() - t:.1f} s")
 
@@ -88,16 +94,23 @@ def sharpen(work_dir, out, threads, sen_et):
           f"-> {out}")
 
 
-def score(work_dir, maps):
+def score(work_dir, maps, bicubic):
     import torch
 
     import geotiff
+    from footprint import Footprint, Grid
     from metrics import METRICS, image_metrics
-    truth = geotiff.read_geotiff(os.path.join(work_dir, TRUTH))[0][0]
+    truth, info = geotiff.read_geotiff(os.path.join(work_dir, TRUTH))
+    truth = truth[0]
     preds = [geotiff.read_geotiff(path)[0][0] for path in maps]
     for path, pred in zip(maps, preds):
         if pred.shape != truth.shape:
             raise SystemExit(f"{path}: {pred.shape} pixels, the truth has {truth.shape}")
+    if bicubic:  # interpolation alone, the reference a sharpener has to beat
+        lst = os.path.join(work_dir, LST)
+        lr, lr_info = geotiff.read_geotiff(lst)
+        fp = Footprint(Grid.from_geotiff(os.path.join(work_dir, TRUTH), info), Grid.from_geotiff(lst, lr_info))
+        maps, preds = maps + ["bicubic (footprint.interpolate)"], preds + [fp.interpolate(lr[0], "bicubic")]
     common = np.isfinite(truth) & np.all([np.isfinite(p) for p in preds], 0)
     print(f"over {int(common.sum())} pixels ({common.mean():.1%} of the scene) where every map is finite")
     print("| map | " + " | ".join(METRICS) + " | coverage |")
@@ -116,6 +129,9 @@ def main(argv=None):
     w.add_argument("dir")
     w.add_argument("--size", type=int, default=3000, help="fine pixels per side (30 m)")
     w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--epsg", type=int, default=UTM_EPSG, help="the fine grid's UTM CRS (EPSG code)")
+    w.add_argument("--x0", type=float, default=X0, help="the fine grid's west edge (metres)")
+    w.add_argument("--y0", type=float, default=Y0, help="the fine grid's north edge (metres)")
     s = sub.add_parser("sharpen", help="model 'dms' on DIR's scene")
     s.add_argument("dir")
     s.add_argument("--out", help=f"output GeoTIFF (default DIR/{OUT})")
@@ -124,13 +140,14 @@ def main(argv=None):
     c = sub.add_parser("score", help="metrics of sharpened maps against DIR's truth")
     c.add_argument("dir")
     c.add_argument("maps", nargs="+")
+    c.add_argument("--bicubic", action="store_true", help="also score bicubic interpolation of the coarse LST")
     args = p.parse_args(argv)
     if args.command == "write":
-        write(args.dir, args.size, args.seed)
+        write(args.dir, args.size, args.seed, args.epsg, args.x0, args.y0)
     elif args.command == "sharpen":
         sharpen(args.dir, args.out, args.threads, args.sen_et)
     else:
-        score(args.dir, args.maps)
+        score(args.dir, args.maps, args.bicubic)
 
 
 if __name__ == "__main__":
