@@ -14,7 +14,9 @@ DIR/truth_30m.tif, DIR/guidance_30m.tif (10 bands, float32), DIR/lst_1km.tif (fl
 Why 3 E by default: near the sinusoidal grid's central meridian its pixels are close to squares on
 the UTM grid (rotated ~2 degrees), which pyDMS's regridding needs: at 116 E (tools/footprint_speed.py's
 place) the sinusoidal pixel is so sheared that pyDMS estimates a negative pixel width and stops
-("Attempt to create -301x99 dataset"); the toolkit's footprint takes either.
+("Attempt to create -301x99 dataset"); the toolkit's footprint takes either. --utm-coarse writes
+the coarse LST on a 900 m grid of the fine grid's own CRS and corner instead (30 x 30 fine pixels
+each, still named lst_1km.tif): no regridding for either implementation to do.
 
 sharpen: reads those files, builds the footprint between the two grids, fits model 'dms' on the whole
 scene and applies it (sharpeners.DMS.fit / sharpen with the footprint), writes DIR/dms_30m.tif (or
@@ -40,7 +42,7 @@ UTM_EPSG, X0, Y0, PIXEL = 32631, 500000.0, 4500000.0, 30.0
 PYDMS_TEMPLATE = {"n_estimators": 10, "max_samples": 1.0, "max_features": 1.0, "window": 15, "radiance": True}
 
 
-def write(work_dir, size, seed, epsg, x0, y0):
+def write(work_dir, size, seed, epsg, x0, y0, utm_coarse):
     from footprint_speed import modis_grid_over
 
     import geotiff
@@ -50,15 +52,18 @@ def write(work_dir, size, seed, epsg, x0, y0):
     t = time.perf_counter()
     lst, gui = layout.synth_scene(size, size, seed)
     fine = Grid((size, size), (x0, PIXEL, 0.0, y0, 0.0, -PIXEL), f"EPSG:{epsg}", "UTM 30 m")
-    coarse = modis_grid_over(fine)
+    if utm_coarse:  # the same CRS and corner, 30 x 30 fine pixels per coarse one
+        coarse = Grid((-(-size // 30),) * 2, (x0, 30 * PIXEL, 0.0, y0, 0.0, -30 * PIXEL), fine.crs, "UTM 900 m")
+    else:
+        coarse = modis_grid_over(fine)
     lr = Footprint(fine, coarse).aggregate(lst.astype(np.float64), radiance=True)
     os.makedirs(work_dir, exist_ok=True)
     geo = geotiff.make_geo(x0, y0, PIXEL, epsg)
     geotiff.write_geotiff(os.path.join(work_dir, TRUTH), lst, geo)
     geotiff.write_geotiff(os.path.join(work_dir, GUIDANCE), gui, geo, band_names=list(BANDS))
     cx0, pixel, _, cy0, _, _ = coarse.transform
-    geotiff.write_geotiff(os.path.join(work_dir, LST), lr,
-                          geotiff.make_geo_keys(cx0, cy0, pixel, geotiff.MODIS_SINUSOIDAL_KEYS))
+    geotiff.write_geotiff(os.path.join(work_dir, LST), lr, geotiff.make_geo(cx0, cy0, pixel, epsg) if utm_coarse
+                          else geotiff.make_geo_keys(cx0, cy0, pixel, geotiff.MODIS_SINUSOIDAL_KEYS))
     print(f"{fine.describe()}\n{coarse.describe()}\n{int(np.isfinite(lr).sum())} valid coarse pixels; "
           f"written to {work_dir} in {time.perf_counter() - t:.1f} s")
 
@@ -132,6 +137,8 @@ def main(argv=None):
     w.add_argument("--epsg", type=int, default=UTM_EPSG, help="the fine grid's UTM CRS (EPSG code)")
     w.add_argument("--x0", type=float, default=X0, help="the fine grid's west edge (metres)")
     w.add_argument("--y0", type=float, default=Y0, help="the fine grid's north edge (metres)")
+    w.add_argument("--utm-coarse", action="store_true",
+                   help="a 900 m grid in the fine grid's own CRS (30 x 30 blocks) instead of MODIS sinusoidal")
     s = sub.add_parser("sharpen", help="model 'dms' on DIR's scene")
     s.add_argument("dir")
     s.add_argument("--out", help=f"output GeoTIFF (default DIR/{OUT})")
@@ -143,7 +150,7 @@ def main(argv=None):
     c.add_argument("--bicubic", action="store_true", help="also score bicubic interpolation of the coarse LST")
     args = p.parse_args(argv)
     if args.command == "write":
-        write(args.dir, args.size, args.seed, args.epsg, args.x0, args.y0)
+        write(args.dir, args.size, args.seed, args.epsg, args.x0, args.y0, args.utm_coarse)
     elif args.command == "sharpen":
         sharpen(args.dir, args.out, args.threads, args.sen_et)
     else:
