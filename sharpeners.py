@@ -26,8 +26,10 @@ bands' units on the fine grid, leading 1s allowed; fine maps come back as numpy 
     mean, std = model.sharpen_with_spread(lr_lst, hr_guidance, fit, footprint=None)   # dms only
 footprint: None (the GrokLST protocol: H = h * scale, test.py and forward), a footprint.Footprint
 (the coarse sensor's own grid: MODIS sinusoidal, geographic, any CRS and ratio, built once per grid
-pair and reused) or a BlockFootprint. A fit belongs to its grid pair: sharpen it with the same
-footprint (dms's local models apply only there; on another coarse grid the global model alone).
+pair and reused) or a BlockFootprint (taken as Footprint.aligned: the scene protocol on integer
+blocks). tsharp, linreg and rf return float64 maps, dms float32. A fit belongs to its grid pair:
+sharpen it with the same footprint (dms's local models apply only there; on another coarse grid the
+global model alone).
 With a footprint (the scene protocol, predict.py's coarse LST on any grid):
   - the fit uses the coarse pixels whose whole footprint is valid: every fine pixel finite and the
     footprint inside the fine grid (coverage 1); partly covered ones at the fine grid's edge are not
@@ -671,7 +673,8 @@ class DMS(Sharpener):
      4. Residual correction (sect. 2.4; pyDMS's residualAnalysis), with residual_correction: the coarse
         residual T - aggregate(fine) (in T^4 with radiance) added back at the fine scale through nearest
         (pyDMS interpolates it cubically; nearest makes the aggregate of the output T where the footprint
-        is all valid; `consistency: bicubic` is the smooth variant).
+        is all valid; `consistency: bicubic` is the smooth variant). With a footprint: bicubic first,
+        then nearest until the footprint means are T within 1 mK (module docstring).
     Fine pixels with a non-finite guidance band take T of their coarse pixel (as the other sharpeners).
 
     Spread (sharpen_with_spread): member k is local tree k and global tree k combined with the pixel's
@@ -683,8 +686,8 @@ class DMS(Sharpener):
     the fitted shape on the fitted grid (the image itself: fit['coarse_shape'] and fit['coarse_grid']);
     a tile of a scene fitted by fit_scene gets the global model and its own residuals. With a
     footprint (module docstring) the homogeneity, training pixels, windows (coarse pixel coordinates
-    of the footprint's grid), local weights and residuals all go through it; the residual correction
-    is then repeated to < 1 mK and fine pixels under NaN coarse pixels are NaN. For a whole scene
+    of the footprint's grid), local weights and residuals all go through it; the residual is spread
+    bicubically, then corrected to < 1 mK, and fine pixels under NaN coarse pixels are NaN. For a whole scene
     with its local models, call sharpen(lr, guidance, model.fitted, footprint) on the scene: fine maps
     are processed in row chunks of CHUNK_PIXELS (65 k), local windows fitted on n_jobs threads.
 
