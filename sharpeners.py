@@ -85,7 +85,6 @@ and what to do) instead of writing a meaningless map:
   - for the linear fits (tsharp's NDVI, each linreg band), a band that is constant over the valid
     coarse pixels: its slope is undefined (trees simply never split on a constant band).
 """
-import importlib
 import math
 from concurrent.futures import ThreadPoolExecutor
 
@@ -523,11 +522,16 @@ class LinReg(Sharpener):
 
 
 def _sklearn(model_name, what):
-    """sklearn's `what` module, or a one-line ConfigError naming the package."""
+    """sklearn's `what` module ('tree' or 'ensemble'), or a one-line ConfigError naming the package.
+    (Plain imports, not importlib: the library names every module it imports.)"""
     try:
-        return importlib.import_module(f"sklearn.{what}")
+        if what == "tree":
+            import sklearn.tree as module
+        else:
+            import sklearn.ensemble as module
     except ImportError:
         raise ConfigError(f"model {model_name!r} needs scikit-learn: pip install scikit-learn") from None
+    return module
 
 
 class RFSharpener(Sharpener):
