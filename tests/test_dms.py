@@ -222,3 +222,26 @@ def test_dms_without_sklearn(monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn.tree", None)  # import fails
     with pytest.raises(ConfigError, match="^model 'dms' needs scikit-learn: pip install scikit-learn$"):
         sharpeners.DMS(scale=4, guidance_channels=1)(torch.full((1, 1, 2, 2), 290.0), torch.rand(1, 1, 8, 8))
+
+
+def test_dms_with_a_footprint_keeps_its_local_models_on_their_grid():
+    """A fit through a footprint belongs to that grid pair: sharpened through the same footprint it
+    uses its local models, through another operator (no footprint) the global one alone. The spread
+    comes with the scene protocol's NaN: where the mean is NaN (under a NaN LR pixel), and only there."""
+    from footprint import Footprint
+    lr, gui, hr = nonlinear_scene(16, 16, seed=8)
+    lr[2, 3] = np.nan
+    fp = Footprint.aligned(hr.shape, 4)
+    model = sharpeners.DMS(scale=4, guidance_channels=4, window=8, n_estimators=10)
+    fit = model.fit(torch.from_numpy(lr), torch.from_numpy(gui), fp)
+    assert fit["coarse_grid"] == fp.coarse and len(fit["local"]) == 4
+    parts = model.sharpen_parts(lr, gui, fit, fp)
+    assert np.isfinite(parts["local"]).mean() > 0.9 and parts["local_weight"].max() > 0
+    assert np.isnan(model.sharpen_parts(lr, gui, fit)["local"]).all()  # no footprint: another grid
+    mean, std = model.sharpen_with_spread(lr, gui, fit, fp)
+    np.testing.assert_array_equal(mean, model.sharpen(lr, gui, fit, fp))
+    hole = np.zeros(hr.shape, bool)
+    hole[8:12, 12:16] = True
+    np.testing.assert_array_equal(np.isnan(mean), hole)
+    np.testing.assert_array_equal(np.isnan(std), hole)
+    assert std[~hole].max() > 0.05

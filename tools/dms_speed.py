@@ -1,25 +1,33 @@
 """Speed and memory of the Data Mining Sharpener (sharpeners.DMS) on a scene of Landsat size.
 
-    python tools/dms_speed.py                      # 7808 x 7808 x 10 bands, ratio 32 (244 x 244 coarse pixels), 2 threads
-    python tools/dms_speed.py --size 2048 --spread # smaller, and the (mean, std) pass
+    OMP_NUM_THREADS=2 python tools/dms_speed.py               # 7808 x 7808 x 10 bands, ratio 32 (244 x 244 coarse pixels)
+    OMP_NUM_THREADS=2 python tools/dms_speed.py --grid modis  # 7800 x 7800 UTM 30 m against the MODIS 1 km sinusoidal grid
+    python tools/dms_speed.py --size 2048 --spread            # smaller, and the (mean, std) pass
 
 A synthetic scene (not layout.synth_scene: its FFT fields would cost more than the sharpener at this
 size): each band a sum of smooth random fields (bilinear upsampling of coarse noise, correlation
 lengths ~400, 120 and 40 fine pixels) plus pixel noise, float32 in bands' units (band 0 a DEM in
 metres, the others reflectance-like); the fine LST a nonlinear function of four bands plus 0.3 K
-noise; the coarse LST its block mean. Prints the fit and apply seconds (sharpen, or
-sharpen_with_spread with --spread), the fine RMSE against the synthetic truth, and the process's
-peak RSS after building the scene and during fit and apply (the scene itself: bands x size^2 x 4 bytes).
+noise. The coarse LST: --grid blocks, its block mean (ratio --scale); --grid modis, its footprint
+means (footprint.Footprint.aggregate) on the block of the global MODIS 1 km sinusoidal grid (926.625 m)
+that covers a UTM zone 50N grid of 30 m pixels (tools/footprint_speed.py's grids), the footprint's
+build timed as part of the sharpener's work. Prints the seconds of each step (footprint build, fit,
+apply: sharpen, or sharpen_with_spread with --spread) and the CPU seconds of all three (every thread:
+the work itself on a shared machine), the fine RMSE against the synthetic truth (over
+the pixels the output covers), the process's peak RSS after building the scene and during the
+sharpener's work (the scene itself: bands x size^2 x 4 bytes), and the machine's load (uptime).
 """
 import argparse
 import os
 import resource
+import subprocess
 import sys
 import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # footprint_speed's MODIS grid
 
 
 def peak_rss_gb():
@@ -60,9 +68,9 @@ def interpolation_matrix(n, knots):
     return m
 
 
-def scene(size, bands, scale, seed=0, rows=1024):
-    """(guidance (bands, size, size) float32, fine LST (size, size) float32 K, coarse LST float64 K),
-    written in bands of `rows` rows: no full-size temporaries besides the outputs."""
+def scene(size, bands, seed=0, rows=1024):
+    """(guidance (bands, size, size) float32, fine LST (size, size) float32 K), written in bands of
+    `rows` rows: no full-size temporaries besides the outputs."""
     rng = np.random.default_rng(seed)
     gui = np.empty((bands, size, size), np.float32)
     for c in range(bands):
@@ -79,43 +87,86 @@ def scene(size, bands, scale, seed=0, rows=1024):
         g = gui[:, a:a + rows].astype(np.float64)
         hr[a:a + rows] = (290 - 6.5e-3 * (g[0] - 2500) + 8 * np.tanh((g[1] - 0.2) / 0.05) + 400 * (g[2] - 0.2) * (g[3] - 0.2)
                           - 3000 * (g[4] - 0.2) ** 2 + 0.3 * rng.standard_normal(g[0].shape))
+    return gui, hr
+
+
+def block_means(hr, scale, rows=1024):
+    """The coarse LST of --grid blocks: block means of hr (size, size) float64, a band of rows at a time."""
+    size = len(hr)
     step = max(scale, rows - rows % scale)  # whole coarse rows
-    lr = np.concatenate([hr[a:a + step].reshape(-1, scale, size // scale, scale).mean((1, 3), dtype=np.float64)
-                         for a in range(0, size, step)])
-    return gui, hr, lr
+    return np.concatenate([hr[a:a + step].reshape(-1, scale, size // scale, scale).mean((1, 3), dtype=np.float64)
+                           for a in range(0, size, step)])
+
+
+def modis_footprint(size):
+    """(fine Grid, coarse Grid): a size x size UTM 50N grid of 30 m and the MODIS 1 km block over it."""
+    from footprint_speed import modis_grid_over
+
+    from footprint import Grid
+    fine = Grid((size, size), (400000.0, 30.0, 0.0, 4500000.0, 0.0, -30.0), "EPSG:32650", "UTM 30 m")
+    return fine, modis_grid_over(fine)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--size", type=int, default=7808, help="fine pixels per side, a multiple of --scale (7808 = 244 x 32)")
-    p.add_argument("--scale", type=int, default=32, help="fine pixels per coarse pixel (32: 30 m -> 960 m)")
+    p.add_argument("--grid", choices=("blocks", "modis"), default="blocks",
+                   help="blocks: coarse grid = fine grid / --scale; modis: UTM 30 m against MODIS 1 km sinusoidal")
+    p.add_argument("--size", type=int, default=None,
+                   help="fine pixels per side (blocks: a multiple of --scale, 7808 = 244 x 32; modis: 7800)")
+    p.add_argument("--scale", type=int, default=32, help="--grid blocks: fine pixels per coarse pixel (32: 30 m -> 960 m)")
     p.add_argument("--bands", type=int, default=10)
     p.add_argument("--threads", type=int, default=2, help="DMS n_jobs and torch threads")
     p.add_argument("--window", type=int, default=15, help="DMS local window (coarse pixels)")
     p.add_argument("--spread", action="store_true", help="time sharpen_with_spread instead of sharpen")
     args = p.parse_args(argv)
+    size = args.size or (7808 if args.grid == "blocks" else 7800)
     import torch
 
     from sharpeners import DMS
     torch.set_num_threads(args.threads)
     t = time.perf_counter()
-    gui, hr, lr = scene(args.size, args.bands, args.scale)
-    print(f"scene {args.size} x {args.size} x {args.bands} bands, ratio {args.scale} ({lr.shape[0]} x {lr.shape[1]} coarse): "
-          f"built in {time.perf_counter() - t:.1f} s, peak RSS {peak_rss_gb():.2f} GB, RSS now {rss_gb():.2f} GB")
+    gui, hr = scene(size, args.bands)
+    footprint = None
+    if args.grid == "blocks":
+        lr = block_means(hr, args.scale)
+        fine = coarse = None
+    else:
+        from footprint import Footprint
+        fine, coarse = modis_footprint(size)
+        lr = Footprint(fine, coarse).aggregate(hr).astype(np.float64)  # the scene's coarse LST (not timed)
+    print(f"scene {size} x {size} x {args.bands} bands -> {lr.shape[0]} x {lr.shape[1]} coarse "
+          f"({'ratio ' + str(args.scale) if fine is None else coarse.describe()}): built in {time.perf_counter() - t:.1f} s, "
+          f"peak RSS {peak_rss_gb():.2f} GB, RSS now {rss_gb():.2f} GB")
     model = DMS(scale=args.scale, guidance_channels=args.bands, window=args.window, n_jobs=args.threads)
     reset = reset_peak_rss()
+    build_s = 0.0
+    cpu = time.process_time()
+    if fine is not None:
+        from footprint import Footprint
+        t = time.perf_counter()
+        footprint = Footprint(fine, coarse)
+        build_s = time.perf_counter() - t
     t = time.perf_counter()
-    fit = model.fit_scene(lr, gui)
+    fit = model.fit_scene(lr, gui, footprint)
     fit_s = time.perf_counter() - t
     t = time.perf_counter()
-    out = model.sharpen_with_spread(lr, gui, fit)[0] if args.spread else model.sharpen(lr, gui, fit)
+    if args.spread:
+        out = model.sharpen_with_spread(lr, gui, fit, footprint)[0]
+    else:
+        out = model.sharpen(lr, gui, fit, footprint)
     apply_s = time.perf_counter() - t
-    rmse = np.sqrt(sum(np.sum((out[a:a + 1024].astype(np.float64) - hr[a:a + 1024]) ** 2)
-                       for a in range(0, args.size, 1024)) / hr.size)
-    print(f"fit {fit_s:.1f} s ({fit['samples']} training pixels, {len(fit['local'])} local models), "
-          f"{'sharpen_with_spread' if args.spread else 'sharpen'} {apply_s:.1f} s, total {fit_s + apply_s:.1f} s, "
-          f"{args.threads} threads; fine RMSE {rmse:.3f} K; peak RSS {'during fit and apply' if reset else 'overall'} "
-          f"{peak_rss_gb():.2f} GB")
+    cpu = time.process_time() - cpu  # all threads: the work itself, whatever the machine's load
+    sums = np.zeros(2)
+    for a in range(0, size, 1024):
+        d = out[a:a + 1024].astype(np.float64) - hr[a:a + 1024]
+        ok = np.isfinite(d)
+        sums += (np.sum(d[ok] ** 2), ok.sum())
+    print(f"footprint build {build_s:.1f} s, fit {fit_s:.1f} s ({fit['samples']} training pixels, {len(fit['local'])} "
+          f"local models), {'sharpen_with_spread' if args.spread else 'sharpen'} {apply_s:.1f} s, total "
+          f"{build_s + fit_s + apply_s:.1f} s ({cpu:.1f} CPU s), {args.threads} threads; fine RMSE "
+          f"{np.sqrt(sums[0] / sums[1]):.3f} K over {sums[1] / hr.size:.1%} of the pixels; peak RSS "
+          f"{'during the sharpener' if reset else 'overall'} {peak_rss_gb():.2f} GB")
+    print("load:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
 
 
 if __name__ == "__main__":
