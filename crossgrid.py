@@ -86,51 +86,9 @@ def to_lr_grid(lst, coarse, lr, ratio):
     return np.asarray(out, np.float32), how
 
 
-class FootprintOperator:
-    """A footprint.Footprint through the interface the sharpeners' recipe uses (sharpeners.BlockFootprint's):
-    aggregate(x, max_nan_fraction=0.0) float64, nearest(c), fine_in_coarse (the fine pixel centres in coarse
-    pixel coordinates with coarse pixel (i, j) centred on (i, j); numpy float64).
-
-    aggregate is the footprint mean over the part of each coarse pixel that lies on the fine grid, NaN where
-    more than max_nan_fraction of that part is not finite, or where less than half the coarse pixel lies on
-    the fine grid (COVERED). So a sensor pixel cut by the edge of the guidance still takes part in the fit and
-    gets its residual back (without this its fine pixels would get the regression alone, measured 27 K off
-    the sensor's value at one MODIS edge pixel for TsHARP), while one mostly outside does not. On an aligned
-    grid pair (every coarse pixel inside) this is the block rule exactly."""
-
-    COVERED = 0.5
-
-    def __init__(self, footprint):
-        self.footprint = footprint
-        self.fine_shape, self.coarse_shape = tuple(footprint.fine.shape), tuple(footprint.coarse.shape)
-
-    def aggregate(self, x, max_nan_fraction=0.0):
-        x, fp = np.asarray(x, np.float64), self.footprint
-        kept, fp.min_valid = fp.min_valid, 0.0  # every finite pixel counts here: the rule is applied below
-        try:
-            mean = np.asarray(fp.aggregate(x), np.float64)
-            valid = np.asarray(fp.aggregate(np.isfinite(x).astype(np.float64)), np.float64)  # of the part inside
-        finally:
-            fp.min_valid = kept
-        ok = (1.0 - valid <= max_nan_fraction + 1e-9) & (fp.coverage.numpy() >= self.COVERED)
-        return np.where(ok, mean, np.nan)
-
-    def nearest(self, c):
-        return np.asarray(self.footprint.nearest(np.asarray(c, np.float64)), np.float64)
-
-    @property
-    def fine_in_coarse(self):
-        rows, cols = self.footprint.fine_in_coarse
-        return rows.double().numpy() - 0.5, cols.double().numpy() - 0.5
-
-
 def sharpen_on_footprint(model, lst, guidance, fp):
     """A sharpener's fit and prediction on a grid pair: lst (h, w) K on fp.coarse, guidance (C, H, W) on
-    fp.fine -> (H, W) float32 K (NaN only where both the fit and the coarse LST give nothing). The sharpener
-    runs its own recipe (sharpeners.py) with FootprintOperator(fp) as its grid operator."""
-    op = FootprintOperator(fp)
-    model.footprint = lambda lr_shape, hr_shape: op  # this instance only; removed below
-    try:
-        return np.asarray(model.sharpen(lst, guidance, model.fit(lst, guidance)), np.float32)
-    finally:
-        del model.footprint
+    fp.fine -> (H, W) float32 K. The sharpener runs its own recipe through the footprint (sharpeners.py:
+    fit on the coarse pixels whose footprint is valid, the residual from the output's footprint means)."""
+    fit = model.fit_scene(lst, guidance, footprint=fp)
+    return np.asarray(model.sharpen(lst, guidance, fit, footprint=fp), np.float32)

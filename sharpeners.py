@@ -272,17 +272,20 @@ def add_residual(fp, lr, fine, passes=1, radiance=False, tol=0.0, smooth=False):
     return fine
 
 
-def finish(fp, lr, fine, scene):
-    """The missing-data rules in place on a fine map (H, W): a non-finite pixel takes the LR LST of its
-    coarse pixel (nearest); with scene (a footprint given) fine pixels under a NaN coarse pixel, or
-    outside the coarse grid, are NaN. Without a footprint it comes after the residual correction (the
-    filled pixels get T itself); with one before it (the correction then makes the footprint means
-    of the final map T). Returns fine."""
+def finish(fp, lr, fine):
+    """In place: a non-finite fine pixel (a NaN guidance band) takes the LR LST of its coarse pixel (nearest).
+    Without a footprint it comes after the residual correction (the filled pixels get T itself); with one
+    before it (the correction then makes the footprint means of the map T). Returns fine."""
     lr_fine = fp.nearest(lr.astype(fine.dtype))
     missing = ~np.isfinite(fine)
     fine[missing] = lr_fine[missing]
-    if scene:
-        fine[np.isnan(lr_fine)] = np.nan
+    return fine
+
+
+def mask_outside(fp, lr, fine):
+    """In place: NaN for the fine pixels whose centre lies in a NaN coarse pixel or outside the coarse grid
+    (nothing is painted under a cloud). Returns fine."""
+    fine[np.isnan(fp.nearest(lr.astype(fine.dtype)))] = np.nan
     return fine
 
 
@@ -440,8 +443,9 @@ class Sharpener(nn.Module):
         lr, gui = _numpy(lr_lst, 2), self._guidance(hr_guidance)
         fp = self.footprint(lr.shape, gui.shape[1:], footprint)
         fine = self.regress(fit["coef"], self.features(gui.reshape(len(gui), -1), fit["stats"])).reshape(gui.shape[1:])
-        if footprint is not None:
-            return add_residual(fp, lr, finish(fp, lr, fine, scene=True), RESIDUAL_PASSES, tol=RESIDUAL_TOL, smooth=True)
+        if footprint is not None:  # residual over every fine pixel the sensor saw, then nothing under a NaN pixel
+            fine = add_residual(fp, lr, finish(fp, lr, fine), RESIDUAL_PASSES, tol=RESIDUAL_TOL, smooth=True)
+            return mask_outside(fp, lr, fine)
         coarse = fp.aggregate(gui).reshape(len(gui), -1)
         residual = lr - self.regress(fit["coef"], self.features(coarse, fit["stats"])).reshape(lr.shape)
         out = fine + fp.nearest(np.nan_to_num(residual, nan=0.0, posinf=0.0, neginf=0.0))
@@ -965,11 +969,13 @@ class DMS(Sharpener):
         if footprint is None:
             if self.residual_correction:
                 add_residual(fp, lr, out, 1, self.radiance)
-            finish(fp, lr, out, scene=False)
-        else:  # the missing-data rules first: the correction then sees the output's final finite pixels
-            finish(fp, lr, out, scene=True)
+            finish(fp, lr, out)
+        else:  # the residual over every fine pixel the sensor saw (a fine pixel whose centre lies in a NaN
+            # sensor pixel may still lie partly in a valid one), then nothing under a NaN sensor pixel
+            finish(fp, lr, out)
             if self.residual_correction:
                 add_residual(fp, lr, out, RESIDUAL_PASSES, self.radiance, RESIDUAL_TOL, smooth=True)
+            mask_outside(fp, lr, out)
         result = {"mean": out}
         if spread:
             if footprint is not None:

@@ -4,7 +4,6 @@ WGS 84), downscaled back onto the guidance grid by sharpeners, interpolation and
 import numpy as np
 import pytest
 import tifffile
-import torch
 from test_predict import TINY, tiny_checkpoint
 
 import data
@@ -207,19 +206,3 @@ def test_product_and_qc_decode_a_dn_scene(scene, tmp_path, config, capsys):
     with pytest.raises(SystemExit, match="grids disagree.*; LST .*; QC "):
         run(cfg, scene, lst_path, tmp_path / "x.tif", "--product", "mod11a1", "--qc", other)
 
-
-def test_footprint_operator_is_the_block_rule_on_aligned_grids():
-    """crossgrid.FootprintOperator on an integer-aligned grid pair gives what the sharpeners' block rule gives."""
-    import crossgrid
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 32, 24))
-    x[0, 3, 5] = np.nan
-    op = crossgrid.FootprintOperator(Footprint.aligned((32, 24), 8))
-    for fraction in (0.0, 1.0):
-        want = data.block_mean_tensor(torch.from_numpy(x), 8, fraction).numpy()
-        np.testing.assert_allclose(op.aggregate(x, fraction), want, rtol=1e-12)
-    c = rng.standard_normal((4, 3))
-    np.testing.assert_array_equal(op.nearest(c), np.repeat(np.repeat(c, 8, 0), 8, 1))
-    rows, cols = op.fine_in_coarse
-    np.testing.assert_allclose(rows[:, 0], (np.arange(32) + 0.5) / 8 - 0.5, atol=1e-6)
-    np.testing.assert_allclose(cols[0], (np.arange(24) + 0.5) / 8 - 0.5, atol=1e-6)

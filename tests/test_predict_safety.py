@@ -274,7 +274,7 @@ class CannotFit(data.DataError):
 
 
 def test_sharpener_that_cannot_fit_is_one_error_line(small, tmp_path, config, monkeypatch):
-    def refuse(self, lr_lst, hr_guidance):
+    def refuse(self, lr_lst, hr_guidance, footprint=None):
         raise CannotFit("model 'tsharp': 3 valid coarse pixels, needs at least 20")
     monkeypatch.setattr(sharpeners.Sharpener, "fit", refuse)
     with pytest.raises(SystemExit, match=r"^error: .*lst.tif: model 'tsharp' cannot fit this scene: model 'tsharp': 3 "
@@ -295,10 +295,10 @@ def test_test_py_skips_an_image_a_sharpener_cannot_fit(demo_root, tmp_path, conf
     victim = sorted(full["per_image"])[1]
     real = sharpeners.Sharpener.fit
 
-    def picky(self, lr_lst, hr_guidance):  # the victim is recognised by its LR LST
+    def picky(self, lr_lst, hr_guidance, footprint=None):  # the victim is recognised by its LR LST
         if abs(float(np.nanmean(np.asarray(lr_lst))) - victim_mean) < 1e-4:
             raise CannotFit("model 'linreg': 5 valid coarse pixels, needs at least 110")
-        return real(self, lr_lst, hr_guidance)
+        return real(self, lr_lst, hr_guidance, footprint)
 
     ds = groklst.build_dataset(groklst.load_config(argv[0], argv[1:]), "test")
     victim_mean = float(np.nanmean(ds[ds.names.index(victim)]["lr_lst"].numpy()))
