@@ -302,8 +302,8 @@ def uncertainty_panel(path, lst, sigma, error, half=None, title=""):
     """Per-pixel uncertainty of one tile: the predicted LST, its sigma (the model's spread), |error| against
     the truth and, with half (the calibrated interval's half-width, K, an array or a number), the pixels
     whose truth falls outside prediction +- half, with the tile's coverage. Arrays (H, W) Kelvin, NaN where
-    invalid (grey). sigma and |error| share one colour scale (0 to the 99th percentile of both) so that a
-    sigma close to the error reads as such."""
+    invalid (grey). sigma and |error| each have their own scale (0 to their 99th percentile): intervals use
+    the shape of sigma, not its scale; the titles give both means."""
     mpl = require_matplotlib("uncertainty_panel")
     from matplotlib.figure import Figure
     lst, sigma, error = (np.asarray(a, np.float64) for a in (lst, sigma, error))
@@ -317,14 +317,13 @@ def uncertainty_panel(path, lst, sigma, error, half=None, title=""):
                         interpolation="nearest")
     fig.colorbar(im, ax=axes[0], shrink=0.8, label="LST (K)")
     axes[0].set_title("prediction", fontsize=9)
-    both = np.concatenate([v[np.isfinite(v)] for v in (sigma, absolute)])
-    top = float(np.percentile(both, 99)) if both.size else 1.0
     magma = mpl.colormaps["magma"].with_extremes(bad="0.8")
     for ax, values, name in ((axes[1], sigma, "sigma"), (axes[2], absolute, "|error|")):
-        im = ax.imshow(values, cmap=magma, vmin=0.0, vmax=max(top, 1e-6), interpolation="nearest")
         ok = np.isfinite(values)
+        top = float(np.percentile(values[ok], 99)) if ok.any() else 1.0
+        im = ax.imshow(values, cmap=magma, vmin=0.0, vmax=max(top, 1e-6), interpolation="nearest")
         ax.set_title(f"{name}: mean {values[ok].mean():.3f} K" if ok.any() else name, fontsize=9)
-    fig.colorbar(im, ax=axes[1:3].tolist(), shrink=0.8, label="K")
+        fig.colorbar(im, ax=ax, shrink=0.8, label="K")
     if half is not None:
         half = np.broadcast_to(np.asarray(half, np.float64), error.shape)
         ok = np.isfinite(error) & np.isfinite(half)

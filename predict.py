@@ -255,9 +255,9 @@ def check_output(out, inputs, overwrite, flag="--out"):
 
 
 def _strips(array, strip=ROW_STRIP):
-    """A whole (H, W) array as the row strips write_geotiff_rows takes."""
-    for r in range(0, len(array), strip):
-        yield array[r:r + strip]
+    """A whole (H, W) or (C, H, W) array as the row strips write_geotiff_rows takes."""
+    for r in range(0, array.shape[-2], strip):
+        yield array[..., r:r + strip, :]
 
 
 def _keep_decimated(strips, step, look):
@@ -364,7 +364,7 @@ def predict(config, lst, out, guidance=(), guidance_dir=None, checkpoint=None, o
     engine.make_consistent's mode (default: the config's `consistency`), applied to the whole output.
     overwrite: replace an existing `out`; allow_empty: write an output without a valid pixel.
     checkpoint: one path, or several (a deep ensemble: the mean of the members). uncertainty_band: also write
-    sigma (K) as band 2 (uncertainty_rows); calibrate: alpha, also write the bounds of the 1 - alpha interval
+    sigma (K) as band 2 (spread_model); calibrate: alpha, also write the bounds of the 1 - alpha interval
     (bands 3, 4) from the scene's anchored q and `transfer` ('variogram', 'none' or a factor; uncertainty.py);
     aligned grids only.
     Returns {'out', 'shape': (H, W), 'seconds', 'mpx_per_s', 'calibration' (calibrate_scene's dict or None)}.
@@ -588,7 +588,10 @@ def spread_model(members, normalizer, amp, wanted, name, progress):
         raise ConfigError(f"--checkpoint: model {name!r} has no weights; a deep ensemble needs a learned model")
     net = uncertainty.WithSpread(members, normalizer, amp="bf16" if amp == "bf16" else "none")
     if progress and wanted:
-        print(f"note: sigma from {net.source}: {uncertainty.SOURCES[net.source]} forward(s) per tile", file=sys.stderr)
+        print(f"note: sigma from {net.source}: {uncertainty.SOURCES[net.source]}, per tile", file=sys.stderr)
+    if wanted and net.source == "draws" and getattr(members[0], "num_samples", 2) < 2:
+        print(f"warning: model {name!r} averages {members[0].num_samples} draw: sigma is 0; give model.num_samples=8 "
+              f"(or more) for the spread of its draws", file=sys.stderr)
     return net
 
 
@@ -604,6 +607,10 @@ def calibrate_rows(net, lst, guidance, scale, mode, alpha, transfer):
     print(f"calibration: q {cal['q']:.3f} K (at the scene's mean sigma) from {cal['n']} pixels of the scene's own "
           f"{cal['scale']}-fold reduction (consistency {mode}); transfer {cal['transfer']:.3f} ({how}); alpha "
           f"{alpha:g}: half-width {cal['transfer'] * cal['q']:.3f} K x sigma / mean sigma")
+    if cal["in_sample"] and transfer in ("variogram", "none"):
+        print(f"warning: the scene's {cal['scale']}-fold reduction has too few pixels to refit the sharpener: its residuals "
+              f"are those of its own fit and q is too small (the intervals under-cover); give --transfer as measured by "
+              f"test.py --calibrate on scenes of this size", file=sys.stderr)
     return cal
 
 

@@ -36,9 +36,11 @@ correlation with |error|. --calibrate (alpha, default 0.1) adds the measured cov
 the 1 - alpha interval, pooled over the pixels of the split, for: each image's own scene-anchored q (its
 reduced-resolution experiment, corrected by the config's `consistency` as the prediction is) with no
 transfer, with the variogram transfer, and with the transfer measured on --calibration-split (default
-data.val_split; `k` there, uncertainty.calibrated_transfer); and plain split conformal on that split (one
-q for every image, no anchoring). It also prints the transfer measured on this split: the number to give
-predict.py --transfer. Rank 0 only, after the metrics; in the JSON under "uncertainty".
+data.val_split; `k` there, uncertainty.calibrated_transfer), also with constant widths (sigma ignored)
+when the model has a sigma; and plain split conformal on that split (one q for every image, no
+anchoring). It also prints the transfer measured on this split: the number to give predict.py
+--transfer. Rank 0 only, after the metrics; in the JSON under "uncertainty".
+--uncertainty-figure PNG draws figures.uncertainty_panel of one image (--figure-samples' first).
 """
 import argparse
 import json
@@ -193,7 +195,7 @@ def uncertainty_report(cfg, checkpoint, split, device, alpha, calibration_split,
     figures.uncertainty_panel of image `sample` (default the first) there, with the last interval of the
     table (the calibrated transfer when there is a calibration split)."""
     images, skipped, source = uncertainty_images(cfg, checkpoint, split, device, alpha)
-    print(f"\nuncertainty: sigma from {source} ({uncertainty.SOURCES[source]} forward(s) per image)")
+    print(f"\nuncertainty: sigma from {source} ({uncertainty.SOURCES[source]}, per image)")
     report = {"source": source, "per_image": {}, "skipped": skipped}
     for r in images:
         row = {"sigma_mean": r["sigma_mean"], "sigma_error_corr": _correlation(r["error"].abs(), torch.as_tensor(
@@ -219,11 +221,19 @@ def uncertainty_report(cfg, checkpoint, split, device, alpha, calibration_split,
         k_cal = U.calibrated_transfer([U.transfer_scores(r["error"], r["sigma"], r["q"]) for r in calib], alpha)
         q_val = U.conformal_quantile(torch.cat([U.normalised_scores(r["error"] / U.relative_sigma(r["sigma"]))
                                                 for r in calib]), alpha)
+        if source != "none":  # does sigma's shape help? the same calibration with constant widths
+            k_flat = U.calibrated_transfer([U.transfer_scores(r["error"], None, r["q"]) for r in calib], alpha)
+            rows.append(("as below, sigma ignored (constant width)", f"k {k_flat:.3f}",
+                         [U.half_width(None, r["q"], k_flat) for r in images]))
         rows.append((f"scene-anchored q, transfer calibrated on {calibration_split}", f"k {k_cal:.3f}",
                      [U.half_width(r["sigma"], r["q"], k_cal) for r in images]))
         rows.insert(2, (f"split conformal on {calibration_split} (no anchoring)", f"q {q_val:.3f} K",
                         [U.half_width(r["sigma"], q_val) for r in images]))
-    report.update(alpha=alpha, transfer_measured_here=k_here, intervals={})
+    report.update(alpha=alpha, transfer_measured_here=k_here, intervals={},
+                  in_sample=sum(bool(r["in_sample"]) for r in images))
+    if report["in_sample"]:
+        print(f"note: {report['in_sample']} of {len(images)} images have too few reduced pixels to refit the sharpener: "
+              f"their reduced experiment reuses the image's own fit (in-sample residuals, q too small)")
     print(f"{1 - alpha:.0%} intervals on {split} ({len(images)} images, consistency {cfg['consistency']}):\n")
     print("| calibration | factor | nominal | coverage | mean width K |\n|---|---|---|---|---|")
     for label, factor, halves in rows:

@@ -63,12 +63,12 @@ from errors import ConfigError, DataError
 
 SIGMA_FLOOR = 0.01   # K: smallest sigma a score is divided by (members that agree exactly)
 DIHEDRAL = 8         # identity, 3 rotations, and the 4 of them after a left-right flip
-SOURCES = {          # where sigma comes from -> forwards per prediction (the cost)
-    "ensemble": "one per checkpoint",
-    "draws": "the model's num_samples draws",
+SOURCES = {          # where sigma comes from -> its cost per prediction
+    "ensemble": "one forward per checkpoint",
+    "draws": "the model's num_samples draws (model.num_samples; 1 draw has no spread)",
     "trees": "one pass over the trees",
-    "tta": "8 (flips and rotations)",
-    "none": "1 (sigma 0)",
+    "tta": "8 forwards (the flips and rotations)",
+    "none": "1 forward (sigma 0)",
 }
 TREE_MODELS = ("rf", "dms")  # sharpeners with trees (sharpeners.py model_name)
 BLOCK_POINTS = 128   # block_semivariance: sample points per block side beyond which the pairs are subsampled
@@ -338,7 +338,9 @@ def scene_scores(predict, lr_lst, hr_guidance, footprint, scale=None, use_tta=Tr
     |residual| scores); consistency: 'none', 'nearest', 'bicubic' (engine.make_consistent) or 'atpk', as the
     full-scale prediction is corrected.
     Returns {'residual': (h', w') K, prediction - lr_lst on the cropped coarse grid (h' = h - h % scale),
-    'sigma': like it or None, 'scores': 1-D float64, |residual| / relative_sigma (K), 'scale': s}."""
+    'sigma': like it or None, 'scores': 1-D float64, |residual| / relative_sigma (K), 'scale': s,
+    'in_sample': True when a sharpener kept its scene fit (too few reduced pixels to refit: the residuals
+    are then those of its own training pixels, and q is too small)}."""
     lr = torch.as_tensor(lr_lst).double()
     if tuple(lr.shape) != tuple(footprint.coarse.shape) or (
             hr_guidance is not None and tuple(hr_guidance.shape[-2:]) != tuple(footprint.fine.shape)):
@@ -362,7 +364,8 @@ def scene_scores(predict, lr_lst, hr_guidance, footprint, scale=None, use_tta=Tr
     sigma = None
     sharpener = _sharpener_of(predict)
     kept = getattr(sharpener, "fitted", None)
-    if kept is not None and int(torch.isfinite(lr_reduced).sum()) >= sharpener.min_samples:
+    in_sample = kept is not None and int(torch.isfinite(lr_reduced).sum()) < sharpener.min_samples
+    if kept is not None and not in_sample:
         sharpener.fitted = None  # refitted on the reduced LST, as the scene's fit was made on the coarse one
     try:
         if use_tta:
@@ -378,7 +381,8 @@ def scene_scores(predict, lr_lst, hr_guidance, footprint, scale=None, use_tta=Tr
     pred = _make_consistent(pred.double(), lr_reduced, s, consistency)[0, 0]
     residual = pred - lr
     scores = residual.abs() / relative_sigma(sigma, floor)
-    return {"residual": residual, "sigma": sigma, "scores": scores[torch.isfinite(scores)].reshape(-1), "scale": s}
+    return {"residual": residual, "sigma": sigma, "scores": scores[torch.isfinite(scores)].reshape(-1), "scale": s,
+            "in_sample": in_sample}
 
 
 # --------------------------------------------------------------------------- scale transfer
@@ -449,7 +453,8 @@ def calibrate_scene(predict, lr_lst, hr_guidance, footprint, consistency, alpha=
                     scale=None, use_tta=False):
     """The interval calibration of one scene: its anchored q (scene_scores) and the transfer k.
     transfer: 'variogram' (scene_transfer), 'none' (k = 1) or a number (a calibrated_transfer measured where
-    truth exists). Returns {'q' K, 'transfer', 'n' (calibration pixels), 'scale', 'variogram' or None}."""
+    truth exists). Returns {'q' K, 'transfer', 'n' (calibration pixels), 'scale', 'variogram' or None,
+    'in_sample' (scene_scores)}."""
     k = parse_transfer(transfer)
     out = scene_scores(predict, lr_lst, hr_guidance, footprint, scale, use_tta, consistency)
     q = conformal_quantile(out["scores"], alpha)
@@ -458,7 +463,8 @@ def calibrate_scene(predict, lr_lst, hr_guidance, footprint, consistency, alpha=
         k, variogram = scene_transfer(lr_lst, footprint, out["scale"])
     elif k == "none":
         k = 1.0
-    return {"q": q, "transfer": k, "n": len(out["scores"]), "scale": out["scale"], "variogram": variogram}
+    return {"q": q, "transfer": k, "n": len(out["scores"]), "scale": out["scale"], "variogram": variogram,
+            "in_sample": out["in_sample"]}
 
 
 def parse_transfer(value):
@@ -495,41 +501,41 @@ def pooled(errors, halves):
 
 
 def _benchmark(argv=None):
-    """Print the tables of docs/notruth.md: split-conformal coverage and width on Gaussian errors with known
-    heteroscedastic sigma, and the scene-anchored calibration on synthetic scenes with a fine truth."""
+    """Print the tables of docs/notruth.md: `gaussian`, split-conformal coverage and width on Gaussian errors
+    with known heteroscedastic sigma; `synthetic`, the scene-anchored intervals on layout.synth_scene
+    scenes with a fine truth (synthetic_table)."""
     import argparse
 
     import numpy as np
     p = argparse.ArgumentParser(description="conformal coverage on synthetic cases (docs/notruth.md)")
-    p.add_argument("--pixels", type=int, default=20000, help="calibration (and test) pixels of the Gaussian case")
-    p.add_argument("--size", type=int, default=1024, help="fine pixels per side of each synthetic scene")
+    p.add_argument("table", choices=["gaussian", "synthetic"])
+    p.add_argument("--pixels", type=int, default=20000, help="gaussian: calibration (and test) pixels")
+    p.add_argument("--size", type=int, default=1024, help="synthetic: fine pixels per side of each scene")
     p.add_argument("--scale", type=int, default=8)
     p.add_argument("--seeds", default="0,1,2", help="test scenes (layout.synth_scene seeds)")
     p.add_argument("--calibration-seeds", default="10,11", help="scenes where calibrated_transfer is measured")
     p.add_argument("--models", default="bicubic,tsharp,linreg,dms",
                    help="registry names, or CONFIG.yaml:CKPT for a learned model of --scale")
     p.add_argument("--consistency", default="bicubic")
-    p.add_argument("--gaussian", action="store_true", help="also the Gaussian table")
     args = p.parse_args(argv)
-
-    if args.gaussian:
-        rng = np.random.default_rng(0)
-        n = args.pixels
-        sigma = torch.from_numpy(rng.uniform(0.3, 3.0, 2 * n))
-        truth = torch.zeros(2 * n, dtype=torch.float64)
-        mean = sigma * torch.from_numpy(rng.normal(size=2 * n))
-        wide = sigma[n:] > float(sigma[n:].quantile(0.75))
-        print(f"Gaussian errors, sigma uniform in 0.3..3 K, {n} calibration and {n} test pixels\n")
-        print("| alpha | scores | q | coverage | coverage, widest-sigma quarter | mean width K |\n" + "|---" * 6 + "|")
-        for alpha in (0.2, 0.1, 0.05):
-            for name, s in (("normalised by sigma", sigma), ("plain abs residual", None)):
-                q = conformal_quantile(normalised_scores(mean[:n] - truth[:n], None if s is None else s[:n]), alpha)
-                lo, hi = interval(mean[n:], None if s is None else s[n:], q)
-                print(f"| {alpha:g} | {name} | {q:.3f} | {coverage(truth[n:], lo, hi):.3f} | "
-                      f"{coverage(truth[n:][wide], lo[wide], hi[wide]):.3f} | {mean_width(lo, hi):.3f} |")
-        print()
-    synthetic_table(args.models.split(","), args.size, args.scale, [int(x) for x in args.seeds.split(",")],
-                    [int(x) for x in args.calibration_seeds.split(",") if x], args.consistency)
+    if args.table == "synthetic":
+        synthetic_table(args.models.split(","), args.size, args.scale, [int(x) for x in args.seeds.split(",")],
+                        [int(x) for x in args.calibration_seeds.split(",") if x], args.consistency)
+        return
+    rng = np.random.default_rng(0)
+    n = args.pixels
+    sigma = torch.from_numpy(rng.uniform(0.3, 3.0, 2 * n))
+    truth = torch.zeros(2 * n, dtype=torch.float64)
+    mean = sigma * torch.from_numpy(rng.normal(size=2 * n))
+    wide = sigma[n:] > float(sigma[n:].quantile(0.75))
+    print(f"Gaussian errors, sigma uniform in 0.3..3 K, {n} calibration and {n} test pixels\n")
+    print("| alpha | scores | q | coverage | coverage, widest-sigma quarter | mean width K |\n" + "|---" * 6 + "|")
+    for alpha in (0.2, 0.1, 0.05):
+        for name, s in (("normalised by sigma", sigma), ("plain abs residual", None)):
+            q = conformal_quantile(normalised_scores(mean[:n] - truth[:n], None if s is None else s[:n]), alpha)
+            lo, hi = interval(mean[n:], None if s is None else s[n:], q)
+            print(f"| {alpha:g} | {name} | {q:.3f} | {coverage(truth[n:], lo, hi):.3f} | "
+                  f"{coverage(truth[n:][wide], lo[wide], hi[wide]):.3f} | {mean_width(lo, hi):.3f} |")
 
 
 def _synthetic_model(spec, scale):

@@ -23,9 +23,10 @@ TINY = ["model.num_feats=4", "model.reduction=4", "model.num_stages=1", "model.n
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
-    """A 128 x 128 synthetic scene at 30 m (its truth), its 4-fold LR LST at 120 m and the guidance."""
+    """A 320 x 128 synthetic scene at 30 m (its truth; more rows than one 256-row output strip), its 4-fold
+    LR LST at 120 m and the guidance."""
     d = tmp_path_factory.mktemp("unc_scene")
-    hr, gui = layout.synth_scene(128, 128, seed=4)
+    hr, gui = layout.synth_scene(320, 128, seed=4)
     geotiff.write_geotiff(str(d / "lst.tif"), data.block_mean(hr, 4), geotiff.make_geo(X0, Y0, 120.0), ["lst"])
     geotiff.write_geotiff(str(d / "bands.tif"), gui, geotiff.make_geo(X0, Y0, 30.0), list(data.BANDS))
     # the same LST on a grid shifted by a third of its pixel: not aligned with the guidance grid
@@ -50,7 +51,7 @@ def test_sigma_band_of_a_sharpener_without_trees_is_zero(scene, tmp_path, config
     run(config, scene, tmp_path / "sigma.tif", name="demo_tsharp_x8", uncertainty_band=True)
     plain, _ = bands(tmp_path / "plain.tif")
     both, names = bands(tmp_path / "sigma.tif")
-    assert names == ["lst", "sigma"] and both.shape == (2, 128, 128)
+    assert names == ["lst", "sigma"] and both.shape == (2, 320, 128)
     assert np.array_equal(both[0], plain[0])  # band 1 is the prediction as without --uncertainty
     assert np.array_equal(both[1], np.zeros_like(both[1]))
 
@@ -63,7 +64,7 @@ def test_calibrated_interval_bands(scene, tmp_path, config, capsys):
     cal = r["calibration"]
     printed = capsys.readouterr().out
     assert f"q {cal['q']:.3f} K" in printed and f"transfer {cal['transfer']:.3f} (variogram)" in printed
-    assert cal["n"] == 1024 and cal["scale"] == 4 and 0 < cal["transfer"] < 1  # 32 x 32 coarse pixels
+    assert cal["n"] == 2560 and cal["scale"] == 4 and 0 < cal["transfer"] < 1  # 80 x 32 coarse pixels
     assert (lo <= lst).all() and (lst <= hi).all()
     # sigma 0 everywhere: one width, 2 k q, around the prediction
     assert np.allclose(hi - lst, lst - lo, atol=1e-4)
