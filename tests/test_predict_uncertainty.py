@@ -139,7 +139,9 @@ def test_test_py_coverage_table(demo_root, tmp_path, config, root, capsys):
     script = importlib.util.module_from_spec(spec)  # test.py: the standard library has a `test` package
     spec.loader.exec_module(script)
     out = tmp_path / "tsharp.json"
-    script.main([config("demo_tsharp_x8"), f"data.root={demo_root}", "consistency=bicubic", "--calibrate", "--out", str(out)])
+    figure = tmp_path / "uncertainty.png" if importlib.util.find_spec("matplotlib") else None
+    script.main([config("demo_tsharp_x8"), f"data.root={demo_root}", "consistency=bicubic", "--calibrate", "--out", str(out)]
+                + (["--uncertainty-figure", str(figure)] if figure else []))
     printed = capsys.readouterr().out
     stored = json.loads(out.read_text())
     report = stored["uncertainty"]
@@ -150,3 +152,7 @@ def test_test_py_coverage_table(demo_root, tmp_path, config, root, capsys):
     none, variogram = rows["scene-anchored q, no transfer"], rows["scene-anchored q, variogram transfer"]
     assert variogram["width"] < none["width"] and variogram["coverage"] <= none["coverage"]
     assert report["transfer_measured_here"] > 0 and "| scene-anchored q, transfer calibrated on val |" in printed
+    if figure:  # prediction, sigma, |error| and the pixels outside the interval of the split's first image
+        from matplotlib.image import imread
+        pixels = imread(str(figure))
+        assert pixels.shape[1] > 3 * pixels.shape[0] and pixels[..., :3].mean(-1).std() > 0.05
