@@ -32,21 +32,23 @@ shift of the whole scene (a model trained on other days) is removed by the corre
 does not inflate q. Scores are |residual| / relative_sigma, so q is in Kelvin (the error at the scene's
 mean sigma). A sharpener fitted on the whole scene (fit_scene) is refitted on the reduced LST, as its
 scene fit was made on the coarse one, when that has enough pixels (its min_samples); else it keeps the
-scene's fit (a 16 x 16 tile at x8 leaves 2 x 2 reduced pixels). Measured in docs/notruth.md: keeping it
-halves linreg's q on a 1024 x 1024 scene (it hides the change of the regression with the support).
+scene's fit (a 16 x 16 tile at x8 leaves 2 x 2 reduced pixels): its residuals are then in-sample and q
+too small ('in_sample'). Keeping it where a refit is possible would hide the change of the regression
+with the support.
 
 Scale transfer. The experiment measures errors of downscaling sP -> P, the output P -> F (F the fine
 pixel, P = s x s of them). Errors shrink with the pixel size: surfaces hold more variance between P and sP
-than below P, and q is 2.4-5 times too large on layout.synth_scene (docs/notruth.md). A factor k carries it:
+than below P, and q is 2.4-7 times too large on layout.synth_scene (docs/notruth.md). A factor k carries it:
  - scene_transfer, from the scene alone: Krige's relation gives the expected squared error of recovering
    the pixels of a block from its mean, for a field of point variogram gamma, as the dispersion variance
    D^2(F|P) = gamma_bar(P, P) - gamma_bar(F, F) (dispersion_variance), and in the reduced experiment
    D^2(P|sP); k = sqrt(D^2(F|P) / D^2(P|sP)) (variogram_transfer) with gamma the coarse LST's variogram
    deconvolved by atpk.fit_variogram, its point nugget dropped: coarse data do not determine it (a point
    nugget c0 shows as c0 / s^2 at the coarse scale but enters D^2(F|P) whole; where the fit finds one, k
-   was 2-6, worse than none). What remains extrapolates the fitted model below P (exponential: rough,
-   linear at the origin); it does not see how much of that variance a model recovers, and is conservative
-   where the surface is smoother than that (measured in docs/notruth.md).
+   exceeds 1, worse than none). What remains extrapolates the fitted model below P (exponential: rough,
+   linear at the origin); it does not see how much of that variance a model recovers: conservative where
+   the surface is smoother than that, too narrow where q is in-sample (docs/notruth.md: 93-99.6 % and
+   54-87 % coverage of the 90 % interval).
  - calibrated_transfer, measured where a fine truth exists (a validation split; a scene with an
    independent fine thermal): the conformal quantile of |error| / (q_scene relative_sigma) pooled over
    the pixels of those images, q_scene each image's own anchored q. It is split conformal with the scene's
