@@ -329,3 +329,46 @@ def accuracy_vs_throughput(path, points, reference=None, title=""):
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="upper right")
     fig.savefig(path, dpi=110)
+
+
+def uncertainty_panel(path, lst, sigma, error, half=None, title=""):
+    """Per-pixel uncertainty of one tile: the predicted LST, its sigma (the model's spread), |error| against
+    the truth and, with half (the calibrated interval's half-width, K, an array or a number), the pixels
+    whose truth falls outside prediction +- half, with the tile's coverage. Arrays (H, W) Kelvin, NaN where
+    invalid (grey). sigma and |error| each have their own scale (0 to their 99th percentile): intervals use
+    the shape of sigma, not its scale; the titles give both means."""
+    mpl = require_matplotlib("uncertainty_panel")
+    from matplotlib.figure import Figure
+    lst, sigma, error = (np.asarray(a, np.float64) for a in (lst, sigma, error))
+    absolute = np.abs(error)
+    panels = 4 if half is not None else 3
+    fig = Figure(figsize=(3.0 * panels + 0.6, 3.3), layout="constrained")
+    axes = fig.subplots(1, panels)
+    finite = lst[np.isfinite(lst)]
+    vmin, vmax = np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0)
+    im = axes[0].imshow(lst, cmap=mpl.colormaps["RdYlBu_r"].with_extremes(bad="0.8"), vmin=vmin, vmax=vmax,
+                        interpolation="nearest")
+    fig.colorbar(im, ax=axes[0], shrink=0.8, label="LST (K)")
+    axes[0].set_title("prediction", fontsize=9)
+    magma = mpl.colormaps["magma"].with_extremes(bad="0.8")
+    for ax, values, name in ((axes[1], sigma, "sigma"), (axes[2], absolute, "|error|")):
+        ok = np.isfinite(values)
+        top = float(np.percentile(values[ok], 99)) if ok.any() else 1.0
+        im = ax.imshow(values, cmap=magma, vmin=0.0, vmax=max(top, 1e-6), interpolation="nearest")
+        ax.set_title(f"{name}: mean {values[ok].mean():.3f} K" if ok.any() else name, fontsize=9)
+        fig.colorbar(im, ax=ax, shrink=0.8, label="K")
+    if half is not None:
+        half = np.broadcast_to(np.asarray(half, np.float64), error.shape)
+        ok = np.isfinite(error) & np.isfinite(half)
+        outside = np.where(ok, (absolute > half).astype(np.float64), np.nan)
+        axes[3].imshow(outside, cmap=mpl.colors.ListedColormap(["0.92", "crimson"]).with_extremes(bad="0.8"),
+                       vmin=0, vmax=1, interpolation="nearest")
+        covered = 1.0 - float(outside[ok].mean()) if ok.any() else float("nan")
+        axes[3].set_title(f"outside the interval (red)\ncoverage {covered:.3f}, mean width {2 * half[ok].mean():.2f} K",
+                          fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=100)

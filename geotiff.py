@@ -284,33 +284,38 @@ class _Overview:
                 self.sum[:], self.count[:] = 0.0, 0
 
 
-def _tiles(rows, shape, tile, fill, consume=None):
+def _tiles(rows, shape, tile, fill, consume=None, bands=1):
     """tile x tile float32 tiles, row-major, of a raster given as row bands of `tile` rows (the last may be
-    shorter); NaN -> fill (None: kept). consume(band) sees each band first (NaN as NaN)."""
+    shorter), (rows, W) arrays, or (bands, rows, W) for bands > 1 (tiles then (tile, tile, bands): pixel
+    interleaved); NaN -> fill (None: kept). consume(band) sees each row band first (NaN as NaN)."""
     h, w = shape
     done = 0
     for band in rows:
         band = np.asarray(band, np.float32)
-        if band.shape[1] != w or (band.shape[0] != tile and done + band.shape[0] != h):
-            raise ValueError(f"row band of shape {band.shape} at row {done}: expected ({tile}, {w}) (the last may be shorter)")
+        planes = band if bands > 1 else band[None]
+        if planes.shape[0] != bands or planes.shape[2] != w or (planes.shape[1] != tile and done + planes.shape[1] != h):
+            raise ValueError(f"row band of shape {band.shape} at row {done}: expected "
+                             f"({'' if bands == 1 else f'{bands}, '}{tile}, {w}) (the last may be shorter)")
         if consume is not None:
             consume(band)
         if fill is not None:
-            band = np.where(np.isnan(band), fill, band)
+            planes = np.where(np.isnan(planes), fill, planes)
         for c in range(0, w, tile):
-            block = np.zeros((tile, tile), np.float32)
-            block[:band.shape[0], :min(tile, w - c)] = band[:, c:c + tile]
-            yield block
-        done += band.shape[0]
+            block = np.zeros((tile, tile, bands), np.float32)
+            block[:planes.shape[1], :min(tile, w - c)] = np.moveaxis(planes[:, :, c:c + tile], 0, -1)
+            yield block if bands > 1 else block[..., 0]
+        done += planes.shape[1]
     if done != h:
         raise ValueError(f"write_geotiff_rows: got {done} rows, expected {h}")
 
 
-def write_geotiff_rows(path, shape, rows, geo=None, nodata=float("nan"), tile=256, band_name=None, overviews=True):
-    """Write a single-band float32 (H, W) GeoTIFF from an iterator of row bands, so that host memory
-    holds one band, not the scene: `rows` yields (tile, W) float32 arrays top to bottom (the last may
-    be shorter), each consumed as tifffile writes its tile x tile tiles. NaN pixels are written as
-    `nodata` (the GDAL_NODATA tag); band_name: the GDAL band description.
+def write_geotiff_rows(path, shape, rows, geo=None, nodata=float("nan"), tile=256, band_name=None, overviews=True,
+                       bands=1):
+    """Write a float32 (H, W) GeoTIFF from an iterator of row bands, so that host memory holds one band,
+    not the scene: `rows` yields (tile, W) float32 arrays top to bottom (the last may be shorter), each
+    consumed as tifffile writes its tile x tile tiles. NaN pixels are written as `nodata` (the GDAL_NODATA
+    tag); band_name: the GDAL band description. bands > 1: `rows` yields (bands, tile, W) arrays, the file
+    holds them pixel-interleaved (read_geotiff gives (bands, H, W)) and band_name is a list of names.
 
     overviews: also write reduced-resolution pages (overview_factors: 2, 4, ... until one is below 256 px),
     each the NaN-aware mean of f x f blocks of the full page (partial blocks at the right and bottom
@@ -325,29 +330,36 @@ def write_geotiff_rows(path, shape, rows, geo=None, nodata=float("nan"), tile=25
     factors = overview_factors(shape) if overviews else []
     sizes = [(-(-h // f), -(-w // f)) for f in factors]
     spill = temp_path(path) if factors else None
-    store = np.memmap(spill, np.float32, "w+", shape=(sum(a * b for a, b in sizes),)) if factors else None
-    levels, offset = [], 0
+    store = np.memmap(spill, np.float32, "w+", shape=(bands * sum(a * b for a, b in sizes),)) if factors else None
+    levels, offset = [], 0  # levels[k][b]: overview k of band b
     for f, (a, b) in zip(factors, sizes):
-        levels.append(_Overview(f, shape, store[offset:offset + a * b].reshape(a, b)))
-        offset += a * b
+        levels.append([_Overview(f, shape, store[offset + i * a * b:offset + (i + 1) * a * b].reshape(a, b))
+                       for i in range(bands)])
+        offset += bands * a * b
+    names = None if band_name is None else ([band_name] if bands == 1 else list(band_name))
+    page_shape = (h, w) if bands == 1 else (h, w, bands)
+    interleave = {} if bands == 1 else {"planarconfig": "contig"}
 
     def consume(band):
         for level in levels:
-            level.add(band)
+            for overview, plane in zip(level, band if bands > 1 else [band]):
+                overview.add(plane)
 
     def bands_of(level):
-        for r in range(0, len(level.out), tile):
-            yield level.out[r:r + tile]
+        for r in range(0, len(level[0].out), tile):
+            yield np.stack([o.out[r:r + tile] for o in level]) if bands > 1 else level[0].out[r:r + tile]
 
     def pages():
-        yield dict(data=_tiles(rows, shape, tile, fill, consume), shape=(h, w), dtype=np.float32, tile=(tile, tile),
-                   extratags=_extratags(geo, None if band_name is None else [band_name], nodata))
+        yield dict(data=_tiles(rows, shape, tile, fill, consume, bands), shape=page_shape, dtype=np.float32,
+                   tile=(tile, tile), extratags=_extratags(geo, names, nodata), **interleave)
         for level in levels:
-            yield dict(data=_tiles(bands_of(level), level.out.shape, tile, fill), shape=level.out.shape,
-                       dtype=np.float32, tile=(tile, tile), subfiletype=1, extratags=_extratags(None, None, nodata))
+            size = level[0].out.shape
+            yield dict(data=_tiles(bands_of(level), size, tile, fill, bands=bands),
+                       shape=size if bands == 1 else size + (bands,), dtype=np.float32, tile=(tile, tile),
+                       subfiletype=1, extratags=_extratags(None, None, nodata), **interleave)
 
     try:
-        _atomic_imwrite(path, pages(), bigtiff=4.0 * h * w * 4 / 3 > 3.9e9, spill=spill)
+        _atomic_imwrite(path, pages(), bigtiff=4.0 * h * w * bands * 4 / 3 > 3.9e9, spill=spill)
     finally:
         if spill and os.path.exists(spill):
             os.remove(spill)

@@ -44,6 +44,20 @@ with --overwrite. Stale temp files of the output (`<out>.tmp<pid>.<hex>` of kill
 first. An output without one valid pixel (all-no-data LST or guidance) is an error unless --allow-empty.
 Written atomically: a failure (also a full disk) leaves the previous file, or nothing, at --out.
 
+Uncertainty. --uncertainty writes a second band, `sigma` (K): the spread of the model's members
+(uncertainty.WithSpread): for rf / dms the trees, for a stochastic model (PGDM) its draws, for several
+checkpoints (`--checkpoint a.pth b.pth c.pth`, a deep ensemble whose mean is band 1) the checkpoints, for
+other learned models and bicubic the 8 flips / rotations of the inputs (test-time augmentation: 8 forwards
+per tile, sigma 0 for a model that commutes with them); tsharp and linreg have none (sigma 0). Tiles are
+blended for sigma as for the LST; consistency corrects band 1 only. --calibrate [ALPHA] (aligned grids)
+adds `lo` and `hi`, the bounds of the 1 - ALPHA interval (default 90 %): the scene's own reduced-resolution
+experiment (the LST averaged s-fold, downscaled back, corrected as the output is) gives q, the (1 - ALPHA)
+conformal quantile of its errors in K at the scene's mean sigma; --transfer carries it from that scale to
+the output's (variogram: from the scene's own variogram; a number: the factor test.py --calibrate measured
+where truth exists; none); half-width = k q sigma / mean sigma. q, k and the number of calibration pixels
+are printed; --calibrate holds the output in memory (12 bytes per fine pixel). docs/notruth.md has the
+coverage measured.
+
 Memory. Aligned grids: the output is written as it is made, in 256-row strips (tiling.predict_rows ->
 geotiff.write_geotiff_rows), about (tile*scale + 256) x W float32 (plus the PNG's 2000-px decimation).
 The inputs are read whole: the LST and the guidance, 4 * bands bytes per HR pixel (read_geotiff decodes
@@ -63,6 +77,7 @@ scene, size, seconds, Mpx/s); a scene that fails (also one whose output would be
 is 1 if any failed.
 """
 import argparse
+import collections
 import os
 import sys
 import time
@@ -76,6 +91,7 @@ import engine
 import figures
 import groklst
 import sensors
+import uncertainty
 from data import guidance_names, lst_band, read_lst_geotiff, read_scene_list
 from errors import ConfigError, DataError, UserError, command
 from footprint import Footprint, Grid
@@ -239,17 +255,18 @@ def check_output(out, inputs, overwrite, flag="--out"):
 
 
 def _strips(array, strip=ROW_STRIP):
-    """A whole (H, W) array as the row strips write_geotiff_rows takes."""
-    for r in range(0, len(array), strip):
-        yield array[r:r + strip]
+    """A whole (H, W) or (C, H, W) array as the row strips write_geotiff_rows takes."""
+    for r in range(0, array.shape[-2], strip):
+        yield array[..., r:r + strip, :]
 
 
 def _keep_decimated(strips, step, look):
     """Pass the row strips through, appending every `step`-th row and column of them to `look`."""
     y = 0
     for rows in strips:
-        look.append(rows[(-y) % step::step, ::step])
-        y += rows.shape[0]
+        first = rows if rows.ndim == 2 else rows[0]  # the prediction of a multi-band strip
+        look.append(first[(-y) % step::step, ::step])
+        y += first.shape[0]
         yield rows
 
 
@@ -273,16 +290,30 @@ def _require_data(strips, out, allow_empty):
 # --------------------------------------------------------------------------- one scene
 
 
-_LOADED = {}  # (config, overrides, checkpoint, device) -> model: loaded once per process for many scenes
+_LOADED = {}  # (config, overrides, checkpoints, device) -> models: loaded once per process for many scenes
+
+
+def checkpoint_list(checkpoint):
+    """--checkpoint: None, one path or several (a deep ensemble) -> a list (empty for None)."""
+    if checkpoint is None:
+        return []
+    return [checkpoint] if isinstance(checkpoint, str) else list(checkpoint)
+
+
+def load_members(config, overrides, cfg, checkpoint, device):
+    """groklst.load_model of each checkpoint (one model without any), cached for the scenes of one process
+    (one model set at a time) -> [model, ...]."""
+    paths = checkpoint_list(checkpoint) or [None]
+    key = (os.path.abspath(config), tuple(overrides), tuple(p and os.path.abspath(p) for p in paths), str(device))
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = [groklst.load_model(cfg, p, device) for p in paths]
+    return _LOADED[key]
 
 
 def load_model_once(config, overrides, cfg, checkpoint, device):
     """groklst.load_model, cached for the scenes of one process (one model at a time)."""
-    key = (os.path.abspath(config), tuple(overrides), checkpoint and os.path.abspath(checkpoint), str(device))
-    if key not in _LOADED:
-        _LOADED.clear()
-        _LOADED[key] = groklst.load_model(cfg, checkpoint, device)
-    return _LOADED[key]
+    return load_members(config, overrides, cfg, checkpoint, device)[0]
 
 
 def _tiling(lr_tile, lr_overlap, batch, scale, model=None):
@@ -320,7 +351,7 @@ def _fit_error(model_name, lst, e):
 def predict(config, lst, out, guidance=(), guidance_dir=None, checkpoint=None, overrides=(), lr_tile=None,
             lr_overlap=None, batch=4, device=None, amp="auto", nodata=None, png=False, progress=True,
             lst_scale=None, lst_offset=None, nodata_in=None, consistency=None, product=None, qc=None, qc_rule=None,
-            overwrite=False, allow_empty=False):
+            overwrite=False, allow_empty=False, uncertainty_band=False, calibrate=None, transfer="variogram"):
     """Downscale the GeoTIFF scene `lst` with the model of `config` and write `out`.
 
     out: float32 Kelvin GeoTIFF (geotiff.write_geotiff_rows: zlib, 256 x 256 tiles, overviews), GDAL_NODATA =
@@ -332,7 +363,11 @@ def predict(config, lst, out, guidance=(), guidance_dir=None, checkpoint=None, o
     product instead (read_scene_lst). png: also write <out stem>.png (needs matplotlib). consistency:
     engine.make_consistent's mode (default: the config's `consistency`), applied to the whole output.
     overwrite: replace an existing `out`; allow_empty: write an output without a valid pixel.
-    Returns {'out', 'shape': (H, W), 'seconds', 'mpx_per_s'}.
+    checkpoint: one path, or several (a deep ensemble: the mean of the members). uncertainty_band: also write
+    sigma (K) as band 2 (spread_model); calibrate: alpha, also write the bounds of the 1 - alpha interval
+    (bands 3, 4) from the scene's anchored q and `transfer` ('variogram', 'none' or a factor; uncertainty.py);
+    aligned grids only.
+    Returns {'out', 'shape': (H, W), 'seconds', 'mpx_per_s', 'calibration' (calibrate_scene's dict or None)}.
     """
     t0 = time.time()
     cfg = groklst.load_config(config, overrides)
@@ -346,8 +381,14 @@ def predict(config, lst, out, guidance=(), guidance_dir=None, checkpoint=None, o
         raise ConfigError(f"--qc {qc}: give --product too (its QC rule reads the flags)")
     if png:
         figures.require_matplotlib("--png")  # fail before the long part
+    checkpoints = checkpoint_list(checkpoint)
+    if calibrate is not None:
+        uncertainty_band = True
+        if not 0.0 < float(calibrate) < 1.0:
+            raise ConfigError(f"--calibrate {calibrate}: the miscoverage alpha must lie between 0 and 1 (0.1: 90 % intervals)")
+        uncertainty.parse_transfer(transfer)
     paths = guidance_paths(guidance, guidance_dir)
-    inputs = [lst, *paths, qc, checkpoint, config]
+    inputs = [lst, *paths, qc, *checkpoints, config]
     check_output(out, inputs, overwrite)
     png_path = os.path.splitext(out)[0] + ".png"
     if png:
@@ -379,7 +420,8 @@ def predict(config, lst, out, guidance=(), guidance_dir=None, checkpoint=None, o
     aligned = gheader is None or _aligned(lst, array.shape, info["geo"], gpath, gheader, scale)
     if bands == [] and paths and aligned:
         print(f"note: model {name!r} is single-image; guidance ignored", file=sys.stderr)
-    model = load_model_once(config, overrides, cfg, checkpoint, device)
+    members = load_members(config, overrides, cfg, checkpoint, device)
+    model = members[0]
     _tiling(tile, overlap, batch, scale, model)
     if gui is not None and not getattr(model, "physical_units", False):
         for line in guidance_warnings(cfg, bands, gui):
@@ -388,6 +430,11 @@ def predict(config, lst, out, guidance=(), guidance_dir=None, checkpoint=None, o
     mode = consistency or cfg["consistency"]
     in_band = (info.get("bands") or [None])[0]
     out_band = in_band if figures.quantity_label(in_band) != "LST (K)" else "lst"
+    net = spread_model(members, normalizer, amp, uncertainty_band, name, progress)
+    if calibrate is not None and not aligned:
+        raise ConfigError(f"--calibrate: {lst} is on its own grid, not the guidance grid / {scale}; the reduced-resolution "
+                          f"experiment runs on aligned grids only (--uncertainty alone works on any grid)")
+    calibration = None
     if aligned:
         if hasattr(model, "fit_scene"):  # statistical sharpeners: one fit on the whole scene, applied to every tile
             try:
@@ -405,33 +452,49 @@ def predict(config, lst, out, guidance=(), guidance_dir=None, checkpoint=None, o
         else:
             print(f"warning: {lst}: no georeferencing (ModelPixelScale + ModelTiepoint or ModelTransformation); "
                   f"{out} will have none", file=sys.stderr)
-        rows = predict_rows(model, normalizer, array, gui, scale, tile, overlap, batch, device, amp, progress)
-        rows = consistent_rows(rows, array, scale, mode)
+        if calibrate is not None:
+            calibration = calibrate_rows(net, array, gui, scale, mode, calibrate, transfer)
+        if net is None:
+            rows = predict_rows(model, normalizer, array, gui, scale, tile, overlap, batch, device, amp, progress)
+            rows = consistent_rows(rows, array, scale, mode)
+        else:
+            rows = predict_rows(net, normalizer, array, gui, scale, tile, overlap, batch, device, "none", progress)
+            rows = _mean_corrected(rows, lambda means: consistent_rows(means, array, scale, mode))
     else:
         shape, geo = tuple(gheader["shape"][1:]), gheader["geo"]
         rows = own_grid_rows(model, normalizer, array, Grid.from_geotiff(lst, info), gui,
                              Grid.from_geotiff(gpath, gheader), name, scale, mode, tile, overlap, batch, device, amp,
-                             progress, lst)
+                             progress, lst, net)
+    band_names = out_band
+    if net is not None and not uncertainty_band:  # an ensemble's mean alone
+        rows = (strip[0] for strip in rows)
+    elif calibration is not None:
+        rows, band_names = interval_rows(rows, calibration), [out_band, "sigma", "lo", "hi"]
+    elif net is not None:
+        band_names = [out_band, "sigma"]
     rows = _require_data(rows, out, allow_empty)
     step = max(1, -(-max(shape) // 2000))  # the PNG's decimation (figures.write_png): kept as the rows pass
     look = []
     if png:
         rows = _keep_decimated(rows, step, look)
     write_geotiff_rows(out, shape, rows, geo, nodata=float("nan") if nodata is None else float(nodata), tile=ROW_STRIP,
-                       band_name=out_band)
+                       band_name=band_names, bands=1 if isinstance(band_names, str) else len(band_names))
     if png:
         figures.write_png(png_path, np.concatenate(look), f"{os.path.basename(out)}: {name} x{scale}",
                           figures.quantity_label(out_band))
     seconds = time.time() - t0
-    return {"out": out, "shape": shape, "seconds": seconds, "mpx_per_s": shape[0] * shape[1] / 1e6 / max(seconds, 1e-9)}
+    return {"out": out, "shape": shape, "seconds": seconds, "mpx_per_s": shape[0] * shape[1] / 1e6 / max(seconds, 1e-9),
+            "calibration": calibration}
 
 
 def own_grid_rows(model, normalizer, lst, coarse, guidance, fine, name, scale, mode, tile, overlap, batch, device,
-                  amp, progress, lst_path):
+                  amp, progress, lst_path, net=None):
     """Output row strips on the guidance grid `fine` of an LST (h, w) K on its own grid `coarse` (crossgrid.py):
     sharpeners through the footprint, interpolation baselines at the fine pixel centres, a learned model on its
     LR grid. NaN where the sensor pixel holding a fine pixel is NaN or outside, or a guidance band is NaN;
-    consistency `mode` through the footprint (engine.make_consistent). guidance (C, H, W) or None."""
+    consistency `mode` through the footprint (engine.make_consistent). guidance (C, H, W) or None.
+    net: the uncertainty.WithSpread of the model (spread_model), or None; with it the strips are (2, rows, W):
+    the prediction and sigma (trees for rf / dms, 0 for the other sharpeners and interpolation)."""
     fp = Footprint(fine, coarse)
     H, W = fine.shape
     pixel = crossgrid.sensor_pixel(fp)
@@ -441,15 +504,23 @@ def own_grid_rows(model, normalizer, lst, coarse, guidance, fine, name, scale, m
     if progress:
         print(f"{name}: {coarse.describe()} -> {fine.describe()} (sensor pixel = {pixel:.3g} fine pixels)", file=sys.stderr)
     interpolation = crossgrid.interpolation_mode(model)
+    sigma = None
     if crossgrid.is_sharpener(model) or interpolation:
         if interpolation:
             out = np.asarray(fp.interpolate(lst, interpolation), np.float32)
         else:
             try:
-                out = crossgrid.sharpen_on_footprint(model, lst, guidance, fp)
+                if net is not None and net.source == "trees":
+                    out, sigma = _sharpen_spread_on_footprint(net, lst, guidance, fp)
+                else:
+                    out = crossgrid.sharpen_on_footprint(model, lst, guidance, fp)
             except UserError as e:
                 raise _fit_error(name, lst_path, e) from None
-        rows = _strips(np.where(dark, np.float32(np.nan), out))
+        out = np.where(dark, np.float32(np.nan), out)
+        if net is not None:
+            sigma = np.where(np.isfinite(out), np.float32(0.0), np.float32(np.nan)) if sigma is None else sigma
+            out = np.stack([out, np.where(dark, np.float32(np.nan), sigma)])
+        rows = _strips(out)
     else:
         ratio = pixel / scale
         crossgrid.check_ratio(ratio, scale, name, lst_path)
@@ -461,26 +532,105 @@ def own_grid_rows(model, normalizer, lst, coarse, guidance, fine, name, scale, m
         if guidance is not None and (lr.shape[0] * scale, lr.shape[1] * scale) != (H, W):  # NaN beyond the fine grid
             gui = np.full((len(guidance), lr.shape[0] * scale, lr.shape[1] * scale), np.nan, np.float32)
             gui[:, :H, :W] = guidance
-        strips = predict_rows(model, normalizer, lst_lr, gui, scale, tile, overlap, batch, device, amp, progress)
+        if net is None:
+            strips = predict_rows(model, normalizer, lst_lr, gui, scale, tile, overlap, batch, device, amp, progress)
+        else:
+            strips = predict_rows(net, normalizer, lst_lr, gui, scale, tile, overlap, batch, device, "none", progress)
         rows = _cropped(strips, dark, W)
         if mode == "none":
             return rows
-        rows = [np.concatenate(list(rows))]
+        rows = [np.concatenate(list(rows), -2)]
     if mode == "none":
         return rows
-    whole = torch.from_numpy(np.concatenate(list(rows)))
-    fixed = engine.make_consistent(whole[None, None], torch.from_numpy(lst)[None, None], mode, fp)[0, 0].numpy()
-    return _strips(fixed)
+    whole = torch.from_numpy(np.concatenate(list(rows), -2))
+    mean = whole if net is None else whole[0]
+    fixed = engine.make_consistent(mean[None, None], torch.from_numpy(lst)[None, None], mode, fp)[0, 0].numpy()
+    return _strips(fixed if net is None else np.stack([fixed.astype(np.float32), whole[1].numpy()]))
+
+
+def _sharpen_spread_on_footprint(net, lst, guidance, fp):
+    """crossgrid.sharpen_on_footprint with the trees' spread (net: a WithSpread of rf / dms) -> ((H, W), (H, W))
+    float32 K: the sharpener fitted and applied through the footprint."""
+    mean, sigma = net._trees(net.members[0], torch.from_numpy(np.asarray(lst, np.float32))[None, None],
+                             torch.from_numpy(guidance)[None], fp)
+    return mean[0, 0].numpy(), sigma[0, 0].numpy()
 
 
 def _cropped(strips, dark, width):
-    """Strips of a padded LR-grid prediction cut to the fine grid (`dark`'s shape), NaN where `dark`."""
+    """Strips of a padded LR-grid prediction, (rows, W') or (C, rows, W'), cut to the fine grid (`dark`'s
+    shape), NaN where `dark`."""
     y = 0
     for rows in strips:
-        rows = rows[:len(dark) - y, :width]
-        if len(rows):
-            yield np.where(dark[y:y + len(rows)], np.float32(np.nan), rows)
-        y += len(rows)
+        rows = rows[..., :len(dark) - y, :width]
+        n = rows.shape[-2]
+        if n:
+            yield np.where(dark[y:y + n], np.float32(np.nan), rows)
+        y += n
+
+
+# --------------------------------------------------------------------------- uncertainty
+
+
+def spread_model(members, normalizer, amp, wanted, name, progress):
+    """The uncertainty.WithSpread of the loaded models when sigma is wanted or several checkpoints are given
+    (then their mean is the prediction), else None. It runs in float32 unless --amp bf16 (auto's check
+    against float32 is not made on this path)."""
+    if len(members) == 1 and not wanted:
+        return None
+    if len(members) > 1 and getattr(members[0], "physical_units", False):
+        raise ConfigError(f"--checkpoint: model {name!r} has no weights; a deep ensemble needs a learned model")
+    net = uncertainty.WithSpread(members, normalizer, amp="bf16" if amp == "bf16" else "none")
+    if progress and wanted:
+        print(f"note: sigma from {net.source}: {uncertainty.SOURCES[net.source]}, per tile", file=sys.stderr)
+    if wanted and net.source == "draws" and getattr(members[0], "num_samples", 2) < 2:
+        print(f"warning: model {name!r} averages {members[0].num_samples} draw: sigma is 0; give model.num_samples=8 "
+              f"(or more) for the spread of its draws", file=sys.stderr)
+    return net
+
+
+def calibrate_rows(net, lst, guidance, scale, mode, alpha, transfer):
+    """--calibrate on an aligned grid pair: the scene's anchored q and the transfer k (uncertainty.calibrate_scene,
+    the reduced experiment corrected by consistency `mode` as the output is), printed -> that dict."""
+    fp = Footprint.aligned((lst.shape[0] * scale, lst.shape[1] * scale), scale)
+    cal = uncertainty.calibrate_scene(net, lst, guidance, fp, mode, alpha, transfer, scale)
+    if not np.isfinite(cal["q"]):
+        raise DataError(f"--calibrate {alpha:g}: the scene's {scale}-fold reduction has {cal['n']} valid pixels, too few "
+                        f"for a 1 - {alpha:g} quantile; use a larger scene or a larger alpha")
+    how = "variogram" if cal["variogram"] is not None else "given" if transfer != "none" else "none"
+    print(f"calibration: q {cal['q']:.3f} K (at the scene's mean sigma) from {cal['n']} pixels of the scene's own "
+          f"{cal['scale']}-fold reduction (consistency {mode}); transfer {cal['transfer']:.3f} ({how}); alpha "
+          f"{alpha:g}: half-width {cal['transfer'] * cal['q']:.3f} K x sigma / mean sigma")
+    if cal["in_sample"] and transfer in ("variogram", "none"):
+        print(f"warning: the scene's {cal['scale']}-fold reduction has too few pixels to refit the sharpener: its residuals "
+              f"are those of its own fit and q is too small (the intervals under-cover); give --transfer as measured by "
+              f"test.py --calibrate on scenes of this size", file=sys.stderr)
+    return cal
+
+
+def _mean_corrected(strips, correct):
+    """(2, rows, W) strips of prediction and sigma -> the same, the prediction passed through `correct` (a
+    generator over the prediction strips such as consistent_rows, which reads one strip ahead: the sigmas
+    wait in a queue)."""
+    waiting = collections.deque()
+
+    def means():
+        for strip in strips:
+            waiting.append(strip[1])
+            yield strip[0]
+
+    for mean in correct(means()):
+        yield np.stack([mean, waiting.popleft()])
+
+
+def interval_rows(strips, calibration):
+    """(2, rows, W) strips -> (4, rows, W): prediction, sigma, lo, hi = prediction -+ k q relative_sigma
+    (uncertainty.half_width). The relative sigma needs the scene's mean sigma, so the scene is held in memory
+    here: 12 bytes per fine pixel."""
+    whole = np.concatenate(list(strips), -2)
+    half = uncertainty.half_width(torch.from_numpy(whole[1]), calibration["q"], calibration["transfer"]).numpy()
+    for r in range(0, whole.shape[1], ROW_STRIP):
+        mean, h = whole[0, r:r + ROW_STRIP], half[r:r + ROW_STRIP]
+        yield np.stack([mean, whole[1, r:r + ROW_STRIP], mean - h, mean + h])
 
 
 # --------------------------------------------------------------------------- many scenes
@@ -593,7 +743,8 @@ def main(argv=None):
     p.add_argument("--scenes", default=None, help="many scenes: a list file of `LST [GUIDANCE ...]` lines, or a folder "
                                                   "of `landsat` outputs (subfolders with lst.tif, guidance.tif)")
     p.add_argument("--out-dir", default=None, help="with --scenes: write <out-dir>/<scene>.tif")
-    p.add_argument("--checkpoint", default=None, help="weights (not needed for bicubic / bilinear)")
+    p.add_argument("--checkpoint", nargs="+", default=None, metavar="CKPT",
+                   help="weights (not needed for bicubic / bilinear / sharpeners); several: a deep ensemble (their mean)")
     p.add_argument("--lr-tile", type=int, default=None, help="tile side in LR (input) pixels (default 512 // scale)")
     p.add_argument("--lr-overlap", type=int, default=None, help="tile overlap in LR pixels (default lr-tile // 4)")
     p.add_argument("--tile", "--overlap", dest="old_tile", default=None, help=argparse.SUPPRESS)
@@ -619,6 +770,15 @@ def main(argv=None):
     p.add_argument("--consistency", nargs="?", const="bicubic", default=None, choices=engine.CONSISTENCY_MODES,
                    help="block mean of the output = LR input (engine.make_consistent); alone: bicubic; "
                         "default: the config's consistency (none)")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="also write sigma (K) as band 2: trees (rf, dms), the draws (stochastic models), the checkpoints "
+                        "of an ensemble, else test-time augmentation (8 forwards); 0 for tsharp / linreg")
+    p.add_argument("--calibrate", nargs="?", type=float, const=0.1, default=None, metavar="ALPHA",
+                   help="also write lo / hi (bands 3, 4) of the 1 - ALPHA interval (default 0.1: 90 %%), calibrated on "
+                        "the scene's own reduced-resolution experiment (aligned grids; implies --uncertainty)")
+    p.add_argument("--transfer", default="variogram", metavar="K",
+                   help="with --calibrate: the reduced-to-full scale factor of q: variogram (default, from the scene), "
+                        "none, or a number measured by test.py --calibrate on a split with truth")
     args = p.parse_intermixed_args(argv)
     if args.old_tile is not None:  # prepare.py's --tile is in HR pixels: predict's LR sizes say so in their names
         raise ConfigError("predict.py: --tile / --overlap are now --lr-tile / --lr-overlap (LR, i.e. input, pixels)")
@@ -629,7 +789,8 @@ def main(argv=None):
     common = dict(checkpoint=args.checkpoint, overrides=args.overrides, lr_tile=args.lr_tile, lr_overlap=args.lr_overlap,
                   batch=args.batch, amp=args.amp, nodata=args.nodata, png=args.png, lst_scale=args.lst_scale,
                   lst_offset=args.lst_offset, nodata_in=args.nodata_in, consistency=args.consistency,
-                  product=args.product, qc_rule=args.qc_rule, overwrite=args.overwrite, allow_empty=args.allow_empty)
+                  product=args.product, qc_rule=args.qc_rule, overwrite=args.overwrite, allow_empty=args.allow_empty,
+                  uncertainty_band=args.uncertainty, calibrate=args.calibrate, transfer=args.transfer)
     if args.scenes:
         if args.lst or args.out or args.guidance or args.guidance_dir or args.qc or not args.out_dir:
             raise ConfigError("--scenes takes --out-dir DIR and no --lst / --out / --guidance / --guidance-dir / --qc "

@@ -27,6 +27,20 @@ scale with a colour bar and a zoomed inset; --figure-guidance BAND adds that 30 
 comma-separated CONFIG.yaml:CKPT, CONFIG.yaml (parameter-free, e.g. configs/bicubic_x8.yaml) or
 CKPT alone (train.py stores its config in the checkpoint); default: the model tested. Data root,
 scale and split always come from the command's CONFIG and --split.
+
+    python test.py CFG [CKPT] consistency=bicubic --uncertainty [--calibrate [ALPHA]] [--calibration-split val]
+
+--uncertainty adds, per image, the mean sigma (K) of the model's spread (uncertainty.WithSpread: trees of
+rf / dms, draws of a stochastic model, else the 8 flips / rotations; 0 for tsharp / linreg) and its
+correlation with |error|. --calibrate (alpha, default 0.1) adds the measured coverage and mean width of
+the 1 - alpha interval, pooled over the pixels of the split, for: each image's own scene-anchored q (its
+reduced-resolution experiment, corrected by the config's `consistency` as the prediction is) with no
+transfer, with the variogram transfer, and with the transfer measured on --calibration-split (default
+data.val_split; `k` there, uncertainty.calibrated_transfer), also with constant widths (sigma ignored)
+when the model has a sigma; and plain split conformal on that split (one q for every image, no
+anchoring). It also prints the transfer measured on this split: the number to give predict.py
+--transfer. Rank 0 only, after the metrics; in the JSON under "uncertainty".
+--uncertainty-figure PNG draws figures.uncertainty_panel of one image (--figure-samples' first).
 """
 import argparse
 import json
@@ -36,10 +50,12 @@ import torch
 
 import engine
 import groklst
+import uncertainty
 from checkpoints import read_checkpoint
 from data import Normalizer, hole_mask
 from errors import ConfigError, DataError, command
-from figures import draw_figure, require_matplotlib
+from figures import draw_figure, require_matplotlib, uncertainty_panel
+from footprint import Footprint
 from geotiff import check_writable, write_atomic, write_geotiff
 from metrics import COLUMNS, CONS, METRICS, format_table
 
@@ -125,6 +141,131 @@ def prediction_writer(dataset, folder):
     return write
 
 
+@torch.no_grad()
+def uncertainty_images(cfg, checkpoint, split, device, alpha):
+    """Each image of `split`: prediction (consistency as the config says), sigma and its scene calibration
+    (uncertainty.calibrate_scene, variogram transfer) -> ([{'name', 'error' (H, W) K (NaN where no truth),
+    'sigma' (H, W) or None, 'q', 'transfer', 'n'}], {image: why skipped}, spread source). A sharpener is
+    fitted on each image and keeps that fit for its reduced experiment."""
+    d, mode = cfg["data"], cfg["consistency"]
+    dataset = groklst.build_dataset(cfg, split)
+    model = groklst.load_model(cfg, checkpoint, device)
+    net = uncertainty.WithSpread([model], groklst.build_normalizer(cfg))
+    images, skipped = [], {}
+    for i in range(len(dataset)):
+        item = dataset[i]
+        lr, hr = item["lr_lst"].to(device), item["hr_lst"][0].to(device)
+        gui = item["hr_guidance"].to(device) if "hr_guidance" in item else None
+        try:
+            if hasattr(model, "fit_scene"):
+                model.fitted = None
+                model.fit_scene(lr, gui)
+            both = net(lr[None], None if gui is None else gui[None])
+            cal = None
+            if alpha is not None:
+                fp = Footprint.aligned(tuple(hr.shape), d["scale"])
+                cal = uncertainty.calibrate_scene(net, lr[0].cpu(), None if gui is None else gui.cpu(), fp, mode,
+                                                  alpha, "variogram", d["scale"])
+        except DataError as e:
+            skipped[item["name"]] = str(e)
+            continue
+        finally:
+            if hasattr(model, "fit_scene"):
+                model.fitted = None
+        pred = engine.make_consistent(both[:, :1], lr[None], mode)[0, 0]
+        pred = torch.where(hole_mask(lr[None], d["scale"])[0, 0], float("nan"), pred)
+        sigma = both[0, 1].cpu()
+        images.append({"name": item["name"], "pred": pred.cpu(), "error": (pred - hr).cpu(),
+                       "sigma": None if net.source == "none" else sigma,
+                       "sigma_mean": float(sigma[torch.isfinite(sigma)].double().mean()), **(cal or {})})
+    return images, skipped, net.source
+
+
+def _correlation(a, b):
+    ok = torch.isfinite(a) & torch.isfinite(b)
+    a, b = a[ok].double(), b[ok].double()
+    if len(a) < 2 or float(a.std()) == 0 or float(b.std()) == 0:
+        return float("nan")
+    return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+
+
+def uncertainty_report(cfg, checkpoint, split, device, alpha, calibration_split, figure=None, sample=None):
+    """--uncertainty / --calibrate: print per-image sigma and, with alpha, the coverage and width of the
+    1 - alpha intervals (module docstring) -> the JSON's "uncertainty" dict. figure: also draw
+    figures.uncertainty_panel of image `sample` (default the first) there, with the last interval of the
+    table (the calibrated transfer when there is a calibration split)."""
+    images, skipped, source = uncertainty_images(cfg, checkpoint, split, device, alpha)
+    print(f"\nuncertainty: sigma from {source} ({uncertainty.SOURCES[source]}, per image)")
+    report = {"source": source, "per_image": {}, "skipped": skipped}
+    for r in images:
+        row = {"sigma_mean": r["sigma_mean"], "sigma_error_corr": _correlation(r["error"].abs(), torch.as_tensor(
+            r["sigma"] if r["sigma"] is not None else torch.zeros_like(r["error"])))}
+        if alpha is not None:
+            row.update(q=r["q"], k_variogram=r["transfer"], calibration_pixels=r["n"])
+        report["per_image"][r["name"]] = row
+    for image, reason in skipped.items():
+        print(f"skipped {image}: {reason}")
+    if alpha is None or not images:
+        means = [row["sigma_mean"] for row in report["per_image"].values()]
+        print(f"mean sigma over {len(means)} images: {sum(means) / max(len(means), 1):.4f} K")
+        _uncertainty_figure(figure, images, sample, None, cfg, source)
+        return report
+    U = uncertainty
+    errors = [r["error"] for r in images]
+    k_here = U.calibrated_transfer([U.transfer_scores(r["error"], r["sigma"], r["q"]) for r in images], alpha)
+    rows = [("scene-anchored q, no transfer", "k 1", [U.half_width(r["sigma"], r["q"]) for r in images]),
+            ("scene-anchored q, variogram transfer", "k per image",
+             [U.half_width(r["sigma"], r["q"], r["transfer"]) for r in images])]
+    if calibration_split and calibration_split != split:
+        calib, _, _ = uncertainty_images(cfg, checkpoint, calibration_split, device, alpha)
+        k_cal = U.calibrated_transfer([U.transfer_scores(r["error"], r["sigma"], r["q"]) for r in calib], alpha)
+        q_val = U.conformal_quantile(torch.cat([U.normalised_scores(r["error"] / U.relative_sigma(r["sigma"]))
+                                                for r in calib]), alpha)
+        if source != "none":  # does sigma's shape help? the same calibration with constant widths
+            k_flat = U.calibrated_transfer([U.transfer_scores(r["error"], None, r["q"]) for r in calib], alpha)
+            rows.append(("as below, sigma ignored (constant width)", f"k {k_flat:.3f}",
+                         [U.half_width(None, r["q"], k_flat) for r in images]))
+        rows.append((f"scene-anchored q, transfer calibrated on {calibration_split}", f"k {k_cal:.3f}",
+                     [U.half_width(r["sigma"], r["q"], k_cal) for r in images]))
+        rows.insert(2, (f"split conformal on {calibration_split} (no anchoring)", f"q {q_val:.3f} K",
+                        [U.half_width(r["sigma"], q_val) for r in images]))
+    report.update(alpha=alpha, transfer_measured_here=k_here, intervals={},
+                  in_sample=sum(bool(r["in_sample"]) for r in images))
+    if report["in_sample"]:
+        print(f"note: {report['in_sample']} of {len(images)} images have too few reduced pixels to refit the sharpener: "
+              f"their reduced experiment reuses the image's own fit (in-sample residuals, q too small)")
+    print(f"{1 - alpha:.0%} intervals on {split} ({len(images)} images, consistency {cfg['consistency']}):\n")
+    print("| calibration | factor | nominal | coverage | mean width K |\n|---|---|---|---|---|")
+    for label, factor, halves in rows:
+        cov, width, pixels = U.pooled(errors, halves)
+        report["intervals"][label] = {"factor": factor, "nominal": 1 - alpha, "coverage": cov, "width": width,
+                                      "pixels": pixels}
+        print(f"| {label} | {factor} | {1 - alpha:.2f} | {cov:.3f} | {width:.3f} |")
+    print(f"\ntransfer measured on {split} (predict.py --transfer): {k_here:.3f}")
+    _uncertainty_figure(figure, images, sample, rows[-1], cfg, source)
+    return report
+
+
+def _uncertainty_figure(path, images, sample, interval, cfg, source):
+    """--uncertainty-figure: figures.uncertainty_panel of one image (`sample`, default the first)."""
+    if not path:
+        return
+    names = [r["name"] for r in images]
+    if sample is not None and sample not in names:
+        raise DataError(f"--figure-samples: {sample!r} is not among the images of this split ({', '.join(names[:5])}, ...)")
+    i = names.index(sample) if sample is not None else 0
+    r = images[i]
+    sigma = r["sigma"] if r["sigma"] is not None else torch.where(torch.isfinite(r["pred"]), 0.0, float("nan"))
+    half, label = None, ""
+    if interval is not None:
+        half = interval[2][i]
+        half = half.numpy() if torch.is_tensor(half) else half
+        label = f"; interval: {interval[0]} ({interval[1]})"
+    uncertainty_panel(path, r["pred"].numpy(), sigma.numpy(), r["error"].numpy(), half,
+                     f"{cfg['model']['name']} x{cfg['data']['scale']} on {r['name']}: sigma from {source}{label}")
+    print(f"uncertainty figure written to {path}")
+
+
 def evaluate_split(args):
     """`test.py CONFIG [CHECKPOINT]`: the metrics table of one model on one split, its JSON, and the
     optional predictions (--save-dir) and figure (--figure); sharded over ranks under torchrun."""
@@ -165,6 +306,14 @@ def evaluate_split(args):
                                         "skipped": skipped},
                                        indent=1))
             print(f"metrics written to {out}")
+            if args.uncertainty or args.calibrate is not None:
+                report = uncertainty_report(cfg, args.checkpoint, split, device, args.calibrate,
+                                            args.calibration_split or cfg["data"].get("val_split"),
+                                            args.uncertainty_figure,
+                                            args.figure_samples and args.figure_samples.split(",")[0])
+                stored = json.loads(open(out).read())
+                write_text(out, json.dumps(dict(stored, uncertainty=report), indent=1))
+                print(f"uncertainty written to {out}")
             if args.figure:
                 models = figure_models(args.figure_models, cfg, args.checkpoint)
                 rows = figure_rows(cfg, models, split, args.figure_samples and args.figure_samples.split(","),
@@ -197,9 +346,23 @@ def main(argv=None):
                    help="comma-separated CONFIG.yaml:CKPT, CONFIG.yaml or CKPT (default: the model tested)")
     p.add_argument("--figure-guidance", default=None, metavar="BAND",
                    help="add a column with this 30 m guidance band (e.g. dem, ndvi) after the LR input")
+    p.add_argument("--uncertainty", action="store_true", help="per image: mean sigma of the model's spread")
+    p.add_argument("--calibrate", nargs="?", type=float, const=0.1, default=None, metavar="ALPHA",
+                   help="coverage and width of the 1 - ALPHA intervals (default 0.1); implies --uncertainty")
+    p.add_argument("--uncertainty-figure", default=None, metavar="PNG",
+                   help="with --uncertainty: draw prediction, sigma, |error| (and the interval) of one image (the first "
+                        "of --figure-samples, default the split's first); needs matplotlib")
+    p.add_argument("--calibration-split", default=None, metavar="SPLIT",
+                   help="with --calibrate: the split the transfer and plain split conformal are measured on "
+                        "(default data.val_split)")
     args = p.parse_intermixed_args(argv)  # key=value overrides may follow options
+    if args.calibrate is not None and not 0.0 < args.calibrate < 1.0:
+        raise ConfigError(f"--calibrate {args.calibrate}: the miscoverage alpha must lie between 0 and 1 (0.1: 90 %)")
     if args.figure:
         require_matplotlib("--figure")  # fail before evaluating, not after
+    if args.uncertainty_figure:
+        require_matplotlib("--uncertainty-figure")
+        args.uncertainty = True
     if args.checkpoint and "=" in args.checkpoint:  # `test.py CFG key=value` for baselines
         args.overrides.insert(0, args.checkpoint)
         args.checkpoint = None

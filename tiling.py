@@ -76,22 +76,26 @@ class StripBlender:
     of `strip` rows that a tile still to come may touch, and handed out normalised once none can.
 
     Each output pixel is sum(w * pred) / sum(w) over the tiles that cover it, with the separable tile
-    weight w(y) w(x) (taper); sum(w) is then outer(row_sums, col_sums), so only sum(w * pred) is stored."""
+    weight w(y) w(x) (taper); sum(w) is then outer(row_sums, col_sums), so only sum(w * pred) is stored.
+    Predictions with several channels (a model that returns mean and sigma) are (C, th, tw) arrays and
+    the strips (C, rows, W): each channel is blended alike."""
 
     def __init__(self, shape, row_sums, col_sums, strip=ROW_STRIP):
         self.shape, self.row_sums, self.col_sums, self.strip = shape, row_sums, col_sums, strip
         self.sums = {}  # strip index -> (rows, W) float32 sum of w * pred
         self.emitted = 0  # strips handed out so far
+        self.lead = ()  # the channel dims of the predictions: () or (C,)
 
     def add(self, y0, x0, weighted):
-        """Add a tile's w * pred (th, tw) whose top-left output pixel is (y0, x0)."""
+        """Add a tile's w * pred (th, tw), or (C, th, tw), whose top-left output pixel is (y0, x0)."""
         H, W = self.shape
-        th, tw = weighted.shape
+        th, tw = weighted.shape[-2:]
+        self.lead = weighted.shape[:-2]
         for k in range(y0 // self.strip, (y0 + th - 1) // self.strip + 1):  # the strips this tile overlaps
             top, bottom = k * self.strip, min((k + 1) * self.strip, H)
-            acc = self.sums.setdefault(k, np.zeros((bottom - top, W), np.float32))
+            acc = self.sums.setdefault(k, np.zeros(self.lead + (bottom - top, W), np.float32))
             a, b = max(top, y0), min(bottom, y0 + th)
-            acc[a - top:b - top, x0:x0 + tw] += weighted[a - y0:b - y0]
+            acc[..., a - top:b - top, x0:x0 + tw] += weighted[..., a - y0:b - y0, :]
 
     def finished(self, upto):
         """Yield (y0, y1, blended rows) for every strip lying wholly above output row `upto`: tiles still to
@@ -100,7 +104,7 @@ class StripBlender:
         while self.emitted * self.strip < H and min((self.emitted + 1) * self.strip, H) <= upto:
             y0, y1 = self.emitted * self.strip, min((self.emitted + 1) * self.strip, H)
             acc = self.sums.pop(self.emitted, None)
-            acc = np.zeros((y1 - y0, W), np.float32) if acc is None else acc  # no tile here: all no-data
+            acc = np.zeros(self.lead + (y1 - y0, W), np.float32) if acc is None else acc  # no tile here: all no-data
             self.emitted += 1
             yield y0, y1, acc / np.outer(self.row_sums[y0:y1], self.col_sums)
 
@@ -114,7 +118,8 @@ def predict_rows(model, normalizer, lst, guidance=None, scale=8, lr_tile=64, lr_
     no data in both. lr_tile, lr_overlap: tile side and overlap in LR pixels. amp: see resolve_amp ('auto' and 'bf16' put the
     model in channels_last). Yields (strip, w*scale) float32 Kelvin arrays top to bottom (the last
     may be shorter), NaN where data.hole_mask says (the LR support pixel or any guidance band is
-    invalid). Tiles run in row-major order and StripBlender keeps only the strips a tile still to come
+    invalid); (C, strip, w*scale) for a model returning C > 1 channels (uncertainty.WithSpread: mean and
+    sigma, blended alike). Tiles run in row-major order and StripBlender keeps only the strips a tile still to come
     touches, so host memory is about one row of tiles (tile*scale + strip rows x w*scale float32),
     and device memory one batch of tiles.
     """
@@ -162,10 +167,11 @@ def predict_rows(model, normalizer, lst, guidance=None, scale=8, lr_tile=64, lr_
             g = None if g is None else g.contiguous(memory_format=torch.channels_last)
         if verify and amp == "bf16":
             amp = bf16_check(model, normalizer, x, g)
-        pred = engine.downscale(model, normalizer, x, g, amp)[:, 0].float().cpu().numpy()
+        pred = engine.downscale(model, normalizer, x, g, amp).float().cpu().numpy()
+        pred = pred[:, 0] if pred.shape[1] == 1 else pred
         for (r, c), p in zip(chunk, pred):
             th, tw = min(tile, h - r) * s, min(tile, w - c) * s  # a padded tile (scene smaller than it) is cut back
-            blender.add(r * s, c * s, w2d[:th, :tw] * p[:th, :tw])
+            blender.add(r * s, c * s, w2d[:th, :tw] * p[..., :th, :tw])
         if progress:
             done = b + len(chunk) + total - len(tiles)  # skipped (all no-data) tiles count as done
             rate = done / total * H * W / max(time.time() - start, 1e-9)
@@ -177,9 +183,10 @@ def predict_rows(model, normalizer, lst, guidance=None, scale=8, lr_tile=64, lr_
 
 def predict_array(model, normalizer, lst, guidance=None, scale=8, lr_tile=64, lr_overlap=16, batch=4,
                   device="cpu", amp="none", progress=False):
-    """predict_rows assembled in memory: (h*scale, w*scale) float32 Kelvin (for small scenes and tests)."""
+    """predict_rows assembled in memory: (h*scale, w*scale) float32 Kelvin, or (C, h*scale, w*scale) (for small
+    scenes and tests)."""
     strips = list(predict_rows(model, normalizer, lst, guidance, scale, lr_tile, lr_overlap, batch, device, amp, progress))
-    return np.concatenate(strips) if strips else np.zeros((0, lst.shape[1] * scale), np.float32)
+    return np.concatenate(strips, -2) if strips else np.zeros((0, lst.shape[1] * scale), np.float32)
 
 
 

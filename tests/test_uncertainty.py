@@ -164,3 +164,207 @@ def test_scene_too_small_and_ratio_of_a_foreign_grid():
     coarse = Grid((2, 2), (15.0, 900.0, 0.0, 2685.0, 0.0, -900.0), None, "coarse")  # half a fine pixel off
     fp = Footprint(fine, coarse)
     assert fp.scale is None and U._ratio(fp) == 30
+
+
+def test_scene_scores_refit_a_sharpener_only_with_enough_reduced_pixels():
+    """A sharpener fitted on the whole scene is refitted on the reduced LST when that has its min_samples
+    pixels (and its scene fit restored after); otherwise the scene's fit is applied at the reduced ratio."""
+    import sharpeners
+    lr, guidance, fp = scene(n=256, s=4)
+    model = sharpeners.LinReg(scale=4, guidance_channels=1)
+    scene_fit = model.fit_scene(lr, guidance)
+    out = U.scene_scores(model, lr, guidance, fp, use_tta=False, consistency="none")
+    assert model.fitted is scene_fit
+    refit = sharpeners.LinReg(scale=4, guidance_channels=1)  # fitted per image: on the 16 x 16 reduced LST
+    expected = U.scene_scores(refit, lr, guidance, fp, use_tta=False, consistency="none")
+    assert torch.allclose(out["residual"], expected["residual"], atol=1e-4)
+    small, g_small, fp_small = scene(n=64, s=4)  # 4 x 4 reduced pixels, linreg needs 20
+    model.fit_scene(small, g_small)
+    kept = U.scene_scores(model, small, g_small, fp_small, use_tta=False, consistency="none")
+    coef = model.fitted["coef"]  # by hand: the scene's regression on the coarse guidance, plus the reduced residual
+    g_coarse = block_mean(g_small, 4)[0].double()
+    fine = coef[0] + coef[1] * g_coarse
+    reduced = block_mean(small, 4)
+    by_hand = fine + upsample(reduced - block_mean(fine, 4), 4) - small
+    assert torch.allclose(kept["residual"], by_hand, atol=1e-3)
+
+
+# --------------------------------------------------------------------------- spread sources
+
+
+class Ramp(torch.nn.Module):
+    """A learned-model stand-in: nearest upsampling plus `bias` times the column index (not equivariant)."""
+    kind, physical_units = "sisr", False
+
+    def __init__(self, bias=0.1):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.tensor(float(bias)))
+
+    def forward(self, lr, g=None):
+        up = upsample(lr, 4)
+        return up + self.bias * torch.arange(up.shape[-1], dtype=up.dtype)
+
+
+def identity_normalizer():
+    from data import Normalizer
+    return Normalizer({"lst": {"method": "none"}, "guidance": {"method": "none", "stats": {}}})
+
+
+def test_with_spread_sources():
+    import sharpeners
+    assert U.spread_source(sharpeners.TsHARP()) == "none" and U.spread_source(sharpeners.DMS()) == "trees"
+    assert U.spread_source(sharpeners.RFSharpener()) == "trees" and U.spread_source(Ramp()) == "tta"
+    assert U.spread_source(Ramp(), members=3) == "ensemble"
+    stochastic = Ramp()
+    stochastic.stochastic = True
+    assert U.spread_source(stochastic) == "draws"
+    lr = 290 + torch.rand(1, 1, 4, 4)
+    norm = identity_normalizer()
+    # identical checkpoints: no spread, the mean is the single model's prediction
+    same = U.WithSpread([Ramp(0.1), Ramp(0.1), Ramp(0.1)], norm)(lr)
+    assert same.shape == (1, 2, 16, 16) and torch.equal(same[:, 1], torch.zeros_like(same[:, 1]))
+    assert torch.allclose(same[:, :1], Ramp(0.1)(lr), atol=1e-4)
+    # members that differ: their sample std
+    differ = U.WithSpread([Ramp(0.0), Ramp(0.1), Ramp(0.2)], norm)(lr)
+    j = torch.arange(16, dtype=torch.float32)
+    assert torch.allclose(differ[0, 1], (0.1 * j).expand(16, 16), atol=1e-4)
+    # one learned model: test-time augmentation (the ramp turns with the flips: a spread where it is steep)
+    tta = U.WithSpread([Ramp(0.1)], norm)(lr)
+    assert float(tta[:, 1].min()) > 0
+    with pytest.raises(ConfigError, match="at least 2"):
+        U.WithSpread([Ramp()], norm, source="ensemble")
+
+
+def test_tree_spread_of_rf_is_the_std_over_its_trees():
+    """rf: the sample std of the forest's trees at each fine pixel, computed here tree by tree."""
+    pytest.importorskip("sklearn")
+    import sharpeners
+    lr, guidance, _ = scene(n=64, s=4)
+    model = sharpeners.RFSharpener(scale=4, guidance_channels=1, n_estimators=6)
+    out = U.WithSpread([model])(lr[None, None].float(), guidance[None].float())
+    fit = model.fit(lr, guidance)
+    x = guidance[0].reshape(-1, 1).float().numpy()
+    trees = np.stack([t.predict(x) for t in fit["coef"].estimators_])
+    assert torch.allclose(out[0, 1].double(), torch.from_numpy(trees.std(0, ddof=1)).reshape(64, 64), atol=1e-3)
+    assert torch.allclose(out[0, 0], model(lr[None, None].float(), guidance[None].float())[0, 0], atol=1e-4)
+    dms = U.WithSpread([sharpeners.DMS(scale=4, guidance_channels=1, window=0, n_estimators=5)])
+    both = dms(lr[None, None].float(), guidance[None].float())
+    assert float(both[:, 1].min()) >= 0 and float(both[:, 1].max()) > 0
+
+
+# --------------------------------------------------------------------------- scale transfer
+
+
+def exponential_field(n, range_, sill, nugget, rng):
+    """Two independent Gaussian random fields (n, n) with covariance sill exp(-3 d / range_) + nugget [d = 0]
+    (circulant embedding on a 2n torus: the real and imaginary parts)."""
+    m = 2 * n
+    i = np.minimum(np.arange(m), m - np.arange(m))
+    eigen = np.fft.fft2(sill * np.exp(-3.0 * np.hypot(i[:, None], i[None, :]) / range_)).real.clip(min=0)
+    z = np.fft.ifft2(np.sqrt(eigen) * (rng.standard_normal((m, m)) + 1j * rng.standard_normal((m, m))))[:n, :n] * m
+    return [part + np.sqrt(nugget) * rng.standard_normal((n, n)) for part in (z.real, z.imag)]
+
+
+def within_block_variance(x, side):
+    """Mean over side x side blocks of the population variance of their pixels."""
+    n = x.shape[0] // side
+    blocks = x[:n * side, :n * side].reshape(n, side, n, side)
+    return float(blocks.var(axis=(1, 3)).mean())
+
+
+def test_dispersion_variance_against_monte_carlo():
+    """Krige's relation on simulated fields of a known variogram: the mean within-block variance of 4 x 4
+    pixel blocks is D^2(1|4), that of the 4 x 4 block means within 16 x 16 blocks D^2(4|16); and the
+    transfer factor is the square root of their ratio."""
+    rng = np.random.default_rng(0)
+    variogram = {"model": "exponential", "nugget": 0.3, "sill": 1.0, "range": 12.0}
+    fine, reduced = [], []
+    for _ in range(30):
+        for x in exponential_field(128, 12.0, 1.0, 0.3, rng):
+            fine.append(within_block_variance(x, 4))
+            reduced.append(within_block_variance(x.reshape(32, 4, 32, 4).mean((1, 3)), 4))
+    assert abs(np.mean(fine) - U.dispersion_variance(variogram, 1, 4)) < 0.02 * np.mean(fine)
+    assert abs(np.mean(reduced) - U.dispersion_variance(variogram, 4, 16)) < 0.05 * np.mean(reduced)
+    assert abs(U.variogram_transfer(variogram, 4) - np.sqrt(np.mean(fine) / np.mean(reduced))) < 0.03
+    assert U.block_semivariance(variogram, 1) == 0.0
+    # a pure nugget: D^2(1|s) = c0 (1 - 1/s^2), D^2(s|s^2) = c0 (1/s^2 - 1/s^4): the factor is s
+    white = dict(variogram, sill=0.0)
+    assert abs(U.dispersion_variance(white, 1, 4) - 0.3 * (1 - 1 / 16)) < 1e-12
+    assert abs(U.variogram_transfer(white, 4) - 4.0) < 1e-9
+
+
+def test_block_semivariance_of_large_blocks_is_subsampled_closely(monkeypatch):
+    variogram = {"model": "exponential", "nugget": 0.0, "sill": 2.0, "range": 40.0}
+    exact = U.block_semivariance(variogram, 64)
+    monkeypatch.setattr(U, "BLOCK_POINTS", 16)
+    assert abs(U.block_semivariance(variogram, 64) - exact) < 0.01 * exact
+
+
+def test_scene_transfer_of_a_field_with_a_known_variogram():
+    """scene_transfer fits the coarse field's variogram (atpk.fit_variogram), drops the point nugget and
+    gives the transfer of the structured part: within 10 % of the true one (0.71) on a simulated field."""
+    rng = np.random.default_rng(1)
+    field = torch.from_numpy(exponential_field(256, 30.0, 1.0, 0.0, rng)[0])
+    fp = Footprint.aligned((256, 256), 4)
+    k, fitted = U.scene_transfer(fp.aggregate(field), fp)
+    true = U.variogram_transfer({"model": "exponential", "nugget": 0.0, "sill": 1.0, "range": 30.0}, 4)
+    assert abs(k - true) < 0.1 * true, (k, true, fitted["range"])
+    assert abs(U.scene_transfer(fp.aggregate(field + 5.0), fp)[0] - k) < 1e-6  # a level does not change it
+
+
+def test_calibrated_transfer_covers_new_scenes():
+    """Full-scale errors a fixed factor 0.4 of each scene's own reduced-scale q (heteroscedastic through a
+    known sigma shape): k from 20 calibration scenes recovers the factor and covers 90 % of new scenes."""
+    rng = np.random.default_rng(2)
+
+    def scenes(n):
+        out = []
+        for _ in range(n):
+            q = rng.uniform(2.0, 9.0)  # each scene's own anchored q, K
+            sigma = torch.from_numpy(rng.uniform(0.5, 2.0, 4000))
+            error = 0.4 * q / 1.645 * U.relative_sigma(sigma) * torch.from_numpy(rng.normal(size=4000))
+            out.append((error, sigma, q))
+        return out
+
+    k = U.calibrated_transfer([U.transfer_scores(e, s, q) for e, s, q in scenes(20)], 0.1)
+    assert abs(k - 0.4) < 0.02
+    test = scenes(20)
+    cov, width, pixels = U.pooled([e for e, _, _ in test], [U.half_width(s, q, k) for _, s, q in test])
+    assert abs(cov - 0.9) < 0.01 and pixels == 80000
+    assert abs(width - 2 * k * np.mean([q for _, _, q in test])) < 0.05 * width  # relative sigma has mean 1
+
+
+def test_relative_sigma_half_width_and_transfer_settings():
+    sigma = torch.tensor([0.0, 1.0, 3.0, float("nan")], dtype=torch.float32)
+    rel = U.relative_sigma(sigma)
+    assert rel.dtype == torch.float32 and torch.isnan(rel[3])
+    assert torch.allclose(rel[:3], torch.tensor([0.01, 1.0, 3.0]) / (4.01 / 3), atol=1e-6)
+    assert torch.equal(U.relative_sigma(torch.zeros(5)), torch.ones(5)) and U.relative_sigma(None) == 1.0
+    assert U.half_width(None, 2.0, 0.5) == 1.0
+    assert U.parse_transfer("0.35") == 0.35 and U.parse_transfer("variogram") == "variogram"
+    for bad in ("-1", "x", "nan"):
+        with pytest.raises(ConfigError, match="transfer"):
+            U.parse_transfer(bad)
+
+
+def test_stochastic_models_use_the_spread_of_engine_downscale():
+    """The seam for stochastic models (PGDM): sigma is engine.downscale(..., spread=True)'s; an engine without
+    that parameter is a one-line ConfigError, not a silent zero."""
+    import inspect
+
+    import engine
+
+    class Draws(Ramp):
+        stochastic = True
+
+        def sample(self, x, g=None, num_samples=None, generator=None):
+            mean = self(x, g)
+            return mean, torch.full_like(mean, 0.5)  # the draws' std in normalised units
+
+    norm = identity_normalizer()
+    if "spread" not in inspect.signature(engine.downscale).parameters:
+        with pytest.raises(ConfigError, match="stochastic"):
+            U.WithSpread([Draws()], norm)
+        return
+    out = U.WithSpread([Draws()], norm)(290 + torch.rand(1, 1, 4, 4))
+    assert torch.allclose(out[:, 1], torch.full_like(out[:, 1], 0.5))  # norm 'none': K per unit is 1
