@@ -245,7 +245,9 @@ def test_torchrun_ranks_all_stop_when_the_work_dir_is_held(tmp_path, demo_root, 
         locks.release(str(wd))
     assert out.returncode != 0
     errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 2 and all(f"{wd} is in use by another run (pid {os.getpid()}, test)" in e for e in errors)
+    # every rank stops with the same line; torchrun may stop a rank before it prints once another has failed
+    assert 1 <= len(errors) <= 2 and all(f"{wd} is in use by another run (pid {os.getpid()}, test)" in e
+                                         for e in errors)
     assert sorted(os.listdir(wd)) == [".lock"]
 
 
