@@ -236,12 +236,17 @@ def fit_state_dict(model, state, path, explain=None, name=None):
         if k in ours:
             kept[k] = v
             continue
+        # a key the model does not store may still be one it computes (the original stored attention masks
+        # and position indices): dropped only if it holds exactly what the model computes, else the file was
+        # made for another configuration (window size, image size) and loading it would change the function
         own = derived_buffer(model, k, v)
         if own is None:
             unexpected.append(k)
         elif own.shape != v.shape or not torch.equal(own, v.to(own.dtype)):
             differ.append(k)
     missing = [k for k in ours if k not in kept]
+    # every kind of misfit is collected before failing, so one message says all that is wrong (a few
+    # examples each), not only the first key load_state_dict would trip on
     shapes = [f"{k} {tuple(v.shape)} vs model {tuple(ours[k].shape)}" for k, v in kept.items() if v.shape != ours[k].shape]
     problems = [f"{len(items)} {what}: {examples(items)}" for what, items in (
         ("size mismatches", shapes), ("missing", missing), ("unexpected", unexpected),

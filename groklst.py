@@ -75,7 +75,7 @@ from models.srfbn import SRFBN
 from models.suft import SUFTNet
 from models.svlrm import SVLRM
 from models.swinir import SwinIR
-from sharpeners import LinReg, RFSharpener, TsHARP
+from sharpeners import DMS, LinReg, RFSharpener, TsHARP
 
 # --------------------------------------------------------------------------- registry
 # Each model name (the config's model.name) and its class, in one explicit dict.
@@ -85,6 +85,7 @@ MODELS = {
     "bicubic": Bicubic,
     "bilinear": Bilinear,
     # statistical sharpeners (parameter-free, fit per image; sharpeners.py)
+    "dms": DMS,
     "linreg": LinReg,
     "rf": RFSharpener,
     "tsharp": TsHARP,

@@ -12,7 +12,7 @@ import groklst
 import layout
 import predict
 import sharpeners
-from errors import ConfigError
+from errors import ConfigError, DataError
 from metrics import CONS, METRICS, consistency_error
 
 X0, Y0 = 500000.0, 4300000.0
@@ -284,3 +284,58 @@ def test_consistency_on_a_row_stream_equals_the_whole_scene(mode):
     assert streamed.shape == pred.shape
     np.testing.assert_array_equal(np.isnan(streamed), np.isnan(whole.numpy()))
     assert np.nanmax(np.abs(streamed - whole.numpy())) < 1e-4
+
+
+# --------------------------------------------------------------------------- when a sharpener cannot fit
+
+
+def test_tsharp_with_one_valid_coarse_pixel_cannot_fit():
+    """One valid LR pixel used to give a map at 139 K from a 278 K input: now an error that says why."""
+    lr, gui, _ = tsharp_scene()  # 12 x 10 LR pixels
+    one = np.full_like(lr, np.nan)
+    one[4, 4] = 278.0
+    assert issubclass(sharpeners.CannotFit, DataError)
+    with pytest.raises(sharpeners.CannotFit, match=r"^model 'tsharp': 1 valid coarse pixel, needs at least 20 \(10 per "
+                                                   r"fitted parameter, 2 parameters\); use a larger area"):
+        sharpeners.TsHARP(scale=4)(torch.from_numpy(one)[None, None], torch.from_numpy(gui)[None])
+    # at the minimum it fits: 20 valid pixels (2 parameters), 19 do not
+    some = np.full_like(lr, np.nan)
+    some.reshape(-1)[:20] = lr.reshape(-1)[:20]
+    assert sharpeners.TsHARP(scale=4).fit(some, gui)["samples"] == 20
+    some.reshape(-1)[19] = np.nan
+    with pytest.raises(sharpeners.CannotFit, match="19 valid coarse pixels, needs at least 20"):
+        sharpeners.TsHARP(scale=4).fit(some, gui)
+
+
+def test_linreg_with_five_valid_coarse_pixels_cannot_fit():
+    lr, gui, _, _ = linear_scene(holes=False)
+    five = np.full_like(lr, np.nan)
+    five[2, 3:8] = lr[2, 3:8]
+    model = sharpeners.LinReg(scale=4, guidance_channels=3)
+    with pytest.raises(sharpeners.CannotFit, match=r"^model 'linreg': 5 valid coarse pixels, needs at least 40 .*4 parameters\); "
+                                                   r".*fewer guidance bands \(data.guidance_bands\) or model 'tsharp'"):
+        model.fit(five, gui)
+    assert model.fit(lr, gui)["samples"] == lr.size  # enough pixels: fits
+
+
+@pytest.mark.parametrize("name", ["linreg", "rf", "dms"])
+def test_all_nan_guidance_band_cannot_fit(name):
+    if name != "linreg":
+        pytest.importorskip("sklearn", reason=f"model {name!r} needs scikit-learn (optional dependency)")
+    lr, gui, _, _ = linear_scene(holes=False)
+    gui[1] = np.nan
+    model = groklst.MODELS[name](scale=4, guidance_channels=3, guidance_bands=("dem", "red", "nir"))
+    with pytest.raises(sharpeners.CannotFit, match=rf"^model '{name}': guidance band 'red' is valid in only 0 of the 192 "
+                                                   r"coarse pixels with a valid LST \(needs 40;.*drop it from data.guidance_bands$"):
+        model.fit(lr, gui)
+
+
+def test_constant_band_cannot_fit_a_slope():
+    lr, gui, _, _ = linear_scene(holes=False)
+    gui[2] = 0.3
+    with pytest.raises(sharpeners.CannotFit, match="model 'linreg': guidance band 'band 3' is constant .* its slope cannot be fitted"):
+        sharpeners.LinReg(scale=4, guidance_channels=3).fit(lr, gui)
+    lr_t, gui_t, _ = tsharp_scene()
+    gui_t[data.BANDS.index("ndvi")] = 0.4
+    with pytest.raises(sharpeners.CannotFit, match="model 'tsharp': guidance band 'ndvi' is constant"):
+        sharpeners.TsHARP(scale=4).fit(lr_t, gui_t)
