@@ -646,7 +646,8 @@ def write_cpu_config(out, s):
                "train": recipe["train"]}
     header = (f"# The CPU-sized MoCoLSK-Net recipe of configs/cpu_mocolsk_x8.yaml on {out} at x{s} (written by\n"
               f"# `prepare.py`; data and statistics from base_x{s}.yaml). On a 2-core CPU it trains in well under an\n"
-              f"# hour (docs/training.md#on-a-cpu):  python train.py {out}/cpu_mocolsk_x{s}.yaml\n")
+              f"# hour (docs/scenes.md#what-training-costs-and-a-recipe-for-a-cpu):\n"
+              f"#   python train.py {out}/cpu_mocolsk_x{s}.yaml\n")
     _write_yaml(os.path.join(out, f"cpu_mocolsk_x{s}.yaml"), content, header)
 
 

@@ -526,9 +526,22 @@ def test_coarse_mode_statistics(coarse):
     assert prepare.fine_guidance_warnings(train, {"ndvi": [np.linspace(0, 0.5, 100)]}) == []
 
 
-@pytest.mark.slow  # a training run (2 iterations) in a subprocess
+def test_coarse_mode_arguments(coarse, tmp_path):
+    modis, gui = os.path.join(coarse["folder"], "modis.tif"), os.path.join(coarse["folder"], "gui.tif")
+    with pytest.raises(SystemExit, match="--coarse-lst .* and --lst / --scenes .* give one or the other"):
+        prepare.main(["--coarse-lst", modis, "--lst", modis, "--guidance", gui, "--guidance", gui, "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="1 --coarse-lst but 0 --guidance"):
+        prepare.main(["--coarse-lst", modis, "--out", str(tmp_path / "x")])
+
+
+@pytest.mark.slow  # the command line, then a training run (2 iterations), in subprocesses
 def test_coarse_mode_trains(coarse, run_script, tmp_path):
-    result = run_script(["train.py", os.path.join(coarse["out"], "base_x4.yaml"), "model.name=srcnn",
-                         "train.max_iters=2", "train.val_interval=2", f"work_dir={tmp_path / 'w'}"])
+    out = str(tmp_path / "data")
+    result = run_script(["prepare.py", "--coarse-lst", os.path.join(coarse["folder"], "modis.tif"), "--guidance",
+                         os.path.join(coarse["folder"], "gui.tif"), "--scale", "4", "--out", out])
+    assert result.returncode == 0 and "coarse scene(s)" in result.stdout, result.stderr[-2000:]
+    assert data.read_split(out, "train") == data.read_split(coarse["out"], "train")  # the CLI is prepare(coarse=True)
+    result = run_script(["train.py", os.path.join(out, "base_x4.yaml"), "model.name=srcnn", "train.max_iters=2",
+                         "train.val_interval=2", f"work_dir={tmp_path / 'w'}"])
     assert result.returncode == 0, result.stderr[-2000:]
     assert os.path.exists(tmp_path / "w" / "best.pth")
