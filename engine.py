@@ -13,11 +13,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from atpk import atpk_consistent
 from data import block_mean_tensor, fill_holes, hole_mask
-from errors import ConfigError
-from metrics import average, image_metrics_by_name
+from errors import ConfigError, DataError
+from metrics import COLUMNS, average, image_metrics_by_name
 
-CONSISTENCY_MODES = ("none", "nearest", "bicubic")
+CONSISTENCY_MODES = ("none", "nearest", "bicubic", "atpk")
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # train.amp / --amp -> autocast dtype
 
 
@@ -44,7 +45,7 @@ def downscale(model, normalizer, lr_lst, hr_guidance=None, amp="none", consisten
     return make_consistent(out, lr_lst, consistency)
 
 
-def make_consistent(pred, lr_lst, mode="bicubic"):
+def make_consistent(pred, lr_lst, mode="bicubic", footprint=None):
     """Coarse-scale consistency ("energy conservation"): add back the residual between the LR input
     and the block mean of the prediction, so that the block mean of the output (data.block_mean's
     rule over its finite pixels) equals lr_lst exactly (float64 inside, ~1e-5 K after float32).
@@ -56,11 +57,24 @@ def make_consistent(pred, lr_lst, mode="bicubic"):
                one nearest pass on what is left: exact too, and the steps are only that remainder.
                The one `--consistency` turns on without a value, because it is as exact as nearest
                without imprinting the LR grid on the output.
-    Coarse pixels where lr_lst (or the whole block of pred) is NaN get no correction."""
+      atpk     the residual brought to the fine grid by area-to-point kriging (atpk.atpk_consistent: a
+               variogram fitted on the coarse residuals, deconvolved to point support): coherent and
+               smooth, without bicubic's assumption that the residual is a smooth surface. Whole images.
+    Coarse pixels where lr_lst (or the whole block of pred) is NaN get no correction.
+
+    footprint: a footprint.Footprint when lr_lst is on another grid than pred's blocks (a sensor's own
+    grid: any CRS, any pixel size, not aligned); None (or an integer-aligned one) is the block case
+    above, unchanged. Then the block mean is footprint.aggregate and consistent_on_footprint does the
+    passes with the footprint's operators (interpolate for bicubic's smooth part)."""
     if mode not in CONSISTENCY_MODES:
         raise ConfigError(f"consistency={mode!r}: expected one of {', '.join(CONSISTENCY_MODES)}")
     if mode == "none":
         return pred
+    if mode == "atpk":
+        return atpk_consistent(pred, lr_lst, footprint)
+    if footprint is not None and footprint.scale is None:
+        return torch.stack([consistent_on_footprint(p[0], lr[0], mode, footprint)[None]
+                            for p, lr in zip(pred, lr_lst)]).to(pred.dtype)
     scale = pred.shape[-1] // lr_lst.shape[-1]
     lr, out = lr_lst.double(), pred.double()
     holes = hole_mask(lr, scale)
@@ -73,6 +87,64 @@ def make_consistent(pred, lr_lst, mode="bicubic"):
         out = out + torch.where(holes, 0.0, smooth)
     out = out + residual(out).repeat_interleave(scale, -2).repeat_interleave(scale, -1)
     return out.to(pred.dtype)
+
+
+CG_TOL_K, CG_MAX_ITERS = 1e-6, 200  # consistent_on_footprint: largest footprint residual left (K), iterations
+
+
+def consistent_on_footprint(pred, lr_lst, mode, footprint):
+    """make_consistent on any grid pair: pred (H, W) K on footprint.fine, lr_lst (h, w) K on footprint.coarse
+    (tensors) -> (H, W) float64, whose footprint means (footprint.aggregate, min_valid included) equal lr_lst
+    to CG_TOL_K wherever both are finite; NaN pixels stay NaN and other coarse pixels set no constraint.
+
+    With A the aggregation (row c: the overlap weights w_cf of coarse pixel c over its finite fine pixels,
+    divided by their sum, so A x = footprint.aggregate(x)), the exact pass adds A^T y where A A^T y = r,
+    the residual lr_lst - A pred (solved by conjugate gradients, A A^T being symmetric positive definite
+    on the constrained pixels): the smallest correction that makes every footprint mean exact. On an
+    aligned grid A^T y is r repeated over each block, i.e. the `nearest` pass. `bicubic` first adds
+    footprint.interpolate(r, 'bicubic') (0 where the coarse pixel holding a fine pixel is NaN), so that
+    the exact pass only carries what is left. Memory: float64 copies of the scene and int64 indices,
+    whole-scene: 73 bytes per fine pixel beyond the footprint's own (tools/consistency_memory.py)."""
+    out = pred.double().reshape(-1).clone()
+    lr = lr_lst.double().reshape(-1)
+    a = footprint.weights
+    crow, col = a.crow_indices().long(), a.col_indices().long()
+    row = torch.repeat_interleave(torch.arange(len(crow) - 1), crow.diff())
+    shape = tuple(footprint.fine.shape)
+
+    def residual(x):  # coarse (h*w,) K, NaN where unconstrained
+        return lr - torch.as_tensor(footprint.aggregate(x.reshape(shape))).reshape(-1)
+
+    if mode == "bicubic":
+        r = torch.nan_to_num(residual(out), nan=0.0).reshape(footprint.coarse.shape)
+        smooth = torch.as_tensor(footprint.interpolate(r, "bicubic")).reshape(-1)
+        under_data = torch.isfinite(torch.as_tensor(footprint.nearest(lr.reshape(r.shape)))).reshape(-1)
+        out = out + torch.where(under_data & torch.isfinite(smooth), smooth, 0.0)
+    r = residual(out)
+    active = torch.isfinite(r)
+    r = torch.where(active, r, 0.0)
+    w = a.values().double() * torch.isfinite(out)[col]  # the weights over finite fine pixels
+    total = torch.zeros(len(lr), dtype=torch.float64).index_add_(0, row, w)
+    active &= total > 0
+    scale = torch.where(active, 1.0 / torch.where(total > 0, total, 1.0), 0.0)
+
+    def spread(y):  # A^T y: coarse -> fine
+        return torch.zeros(len(out), dtype=torch.float64).index_add_(0, col, w * (y * scale)[row])
+
+    def gather(x):  # A x over the active coarse pixels
+        return torch.zeros(len(lr), dtype=torch.float64).index_add_(0, row, w * x[col]) * scale
+
+    y, p, rest = torch.zeros_like(r), r.clone(), r.clone()
+    for _ in range(CG_MAX_ITERS):
+        if float(rest.abs().max()) <= CG_TOL_K:
+            break
+        q = gather(spread(p))
+        alpha = float(rest @ rest) / float(p @ q)
+        y += alpha * p
+        new = rest - alpha * q
+        p = new + (float(new @ new) / float(rest @ rest)) * p
+        rest = new
+    return (out + spread(y)).reshape(shape)
 
 
 # --------------------------------------------------------------------------- training losses
@@ -164,14 +236,20 @@ def _batch_to(item, device):
 
 
 @torch.no_grad()
-def evaluate(model, normalizer, dataset, device, amp="none", consistency="none", on_prediction=None, progress=False):
+def evaluate(model, normalizer, dataset, device, amp="none", consistency="none", on_prediction=None, progress=False,
+             on_error=None):
     """Per-image metrics over a dataset, sharded over ranks (image i on rank i % world), gathered and
     averaged in dataset order: the same numbers as one process.
 
     Returns (means, per_image): means = metrics.average of the rows ({metric: mean} plus 'images'),
     per_image = [(name, {metric: value})] with every metric of metrics.COLUMNS (the paper's five and CONS).
     consistency: make_consistent's mode for every prediction. on_prediction(index, item, pred): called
-    with each dataset item (batched, on `device`) and its prediction (1, 1, H, W) K, e.g. to write it."""
+    with each dataset item (batched, on `device`) and its prediction (1, 1, H, W) K, e.g. to write it.
+    on_error(name, message): given, an image whose prediction raises a DataError (a sharpener that cannot
+    fit it: sharpeners' CannotFit) gets a row of NaN metrics (left out of the means, like an image
+    without valid pixels) and on_error is called, on every rank after the gather, once per such image in
+    dataset order; without it the error propagates. Other errors (a ConfigError: the same for every
+    image) always propagate."""
     rank, world = rank_and_world()
     was_training = model.training
     model.eval()
@@ -179,8 +257,14 @@ def evaluate(model, normalizer, dataset, device, amp="none", consistency="none",
     indices = range(rank, len(dataset), world)
     for n, i in enumerate(indices):
         item = _batch_to(dataset[i], device)
-        pred = downscale(model, normalizer, item["lr_lst"], item.get("hr_guidance"), amp, consistency)
-        rows.append((i, item["name"], image_metrics_by_name(pred, item["hr_lst"], item["mask"], item["lr_lst"])[0]))
+        try:
+            pred = downscale(model, normalizer, item["lr_lst"], item.get("hr_guidance"), amp, consistency)
+        except DataError as e:
+            if on_error is None:
+                raise
+            rows.append((i, item["name"], {k: float("nan") for k in COLUMNS}, str(e)))
+            continue
+        rows.append((i, item["name"], image_metrics_by_name(pred, item["hr_lst"], item["mask"], item["lr_lst"])[0], None))
         if on_prediction is not None:
             on_prediction(i, item, pred)
         if progress and rank == 0:
@@ -189,4 +273,7 @@ def evaluate(model, normalizer, dataset, device, amp="none", consistency="none",
         print(file=sys.stderr)
     model.train(was_training)
     rows = sorted((r for part in gather(rows) for r in part), key=lambda r: r[0])
+    for _, name, _, message in rows:
+        if message is not None:
+            on_error(name, message)
     return average([r[2] for r in rows]), [(r[1], r[2]) for r in rows]

@@ -24,8 +24,21 @@ def require_matplotlib(what):
         raise DataError(f"{what} needs matplotlib: pip install matplotlib") from None
 
 
-def write_png(path, array, title=""):
-    """Quick-look PNG of a Kelvin array (2-98 % stretch, colour bar; NaN transparent)."""
+# band descriptions of a temperature that is not LST: landsat.py's Level-1 output (top-of-atmosphere brightness
+# temperature of B10, optionally emissivity-corrected); predict copies the input's description to its output
+BRIGHTNESS_TEMPERATURE_BANDS = ("bt", "bt_emissivity_corrected")
+
+
+def quantity_label(band_name):
+    """Colour-bar label of a temperature raster from its band description: 'brightness temperature (K)'
+    for BRIGHTNESS_TEMPERATURE_BANDS (any case), 'LST (K)' otherwise (also without a description)."""
+    if band_name and band_name.strip().lower() in BRIGHTNESS_TEMPERATURE_BANDS:
+        return "brightness temperature (K)"
+    return "LST (K)"
+
+
+def write_png(path, array, title="", label="LST (K)"):
+    """Quick-look PNG of a Kelvin array (2-98 % stretch, colour bar labelled `label`; NaN transparent)."""
     require_matplotlib("--png")
     from matplotlib.figure import Figure
     step = max(1, -(-max(array.shape) // 2000))  # at most ~2000 px a side
@@ -35,7 +48,7 @@ def write_png(path, array, title=""):
     fig = Figure(figsize=(8, 8 * a.shape[0] / a.shape[1] + 0.6))
     ax = fig.add_subplot()
     im = ax.imshow(a, cmap="inferno", vmin=vmin, vmax=vmax, interpolation="nearest")
-    fig.colorbar(im, ax=ax, label="LST (K)", shrink=0.8)
+    fig.colorbar(im, ax=ax, label=label, shrink=0.8)
     ax.set_title(title, fontsize=9)
     ax.set_axis_off()
     fig.savefig(path, dpi=120, bbox_inches="tight")
@@ -283,3 +296,36 @@ def error_panel(path, preds, gt, max_points=20000, seed=0):
     bx.legend(fontsize=7, loc="upper left", markerscale=6)
     bx.set_title("prediction against truth (a sample of pixels)", fontsize=9)
     fig.savefig(path, dpi=100)
+
+
+# --------------------------------------------------------------------------- choosing a model
+
+
+def accuracy_vs_throughput(path, points, reference=None, title=""):
+    """Accuracy against speed, one labelled marker per method: points [(label, Mpx/s, RMSE K, kind)] with
+    kind 'gisr' (guided), 'sisr' (single-image) or anything else (baselines), drawn in three styles; both
+    axes logarithmic (throughputs span 3 decades, RMSEs 2). reference: (label, RMSE K) as a dashed line,
+    e.g. bicubic's: a model above it does worse than interpolation."""
+    require_matplotlib("the accuracy / throughput figure")
+    from matplotlib.figure import Figure
+    if not points:
+        raise DataError(f"{path}: no method with both a test RMSE and a throughput to draw")
+    styles = {"gisr": ("tab:blue", "o", "guided (GISR)"), "sisr": ("tab:orange", "s", "single-image (SISR)")}
+    fig = Figure(figsize=(9, 6), layout="constrained")
+    ax = fig.add_subplot()
+    shown = set()
+    for label, speed, rmse, kind in points:
+        color, marker, name = styles.get(kind, ("tab:gray", "D", "baseline"))
+        ax.scatter(speed, rmse, color=color, marker=marker, s=28, label=None if name in shown else name, zorder=3)
+        shown.add(name)
+        ax.annotate(label, (speed, rmse), xytext=(4, 3), textcoords="offset points", fontsize=7)
+    if reference is not None:
+        ax.axhline(reference[1], color="k", ls="--", lw=0.8, label=f"{reference[0]} ({reference[1]:.3f} K)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("CPU throughput (output Mpx/s, log)")
+    ax.set_ylabel("test RMSE (K, log)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="upper right")
+    fig.savefig(path, dpi=110)

@@ -12,6 +12,7 @@ GeoTIFF default) and its centre for PixelIsPoint; `corner_transform` always give
 Band names are GDAL band descriptions (the GDAL_METADATA tag); no-data is the GDAL_NODATA tag or
 NaN, read as NaN.
 """
+import errno
 import math
 import os
 import sys
@@ -188,49 +189,168 @@ def write_geotiff(path, array, geo=None, band_names=None, nodata=float("nan"), t
     if nodata is not None and not math.isnan(nodata):
         array = np.where(np.isnan(array), np.float32(nodata), array)
     kwargs = {"planarconfig": "separate"} if array.ndim == 3 else {}
-    _atomic_imwrite(path, array, extratags=_extratags(geo, band_names, nodata), tile=tile,
-                    bigtiff=array.nbytes > 3.9e9, **kwargs)
+    _atomic_imwrite(path, [dict(data=array, extratags=_extratags(geo, band_names, nodata), tile=tile, **kwargs)],
+                    bigtiff=array.nbytes > 3.9e9)
 
 
-def _atomic_imwrite(path, data, **kwargs):
-    """tifffile.imwrite to a temp file beside `path`, fsync, rename: `path` is either the old file or
-    the whole new one, never half-written, and no temp file is left behind on an error."""
+def _atomic_imwrite(path, pages, bigtiff=False, spill=None):
+    """Write TIFF pages (dicts of tifffile.TiffWriter.write arguments, zlib-compressed) to a temp file beside
+    `path`, fsync, rename: `path` is either the old file or the whole new one, never half-written, and no temp
+    file is left behind on an error. spill: another temp file the pages read from (removed here too). A failed
+    write (a full disk: ENOSPC, or EFBIG past a file size limit) is one DataError naming `path`."""
     tmp = temp_path(path)
     try:
-        tifffile.imwrite(tmp, data, photometric="minisblack", compression="zlib", metadata=None, **kwargs)
+        with tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tif:
+            for page in pages:
+                tif.write(photometric="minisblack", compression="zlib", metadata=None, **page)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno is None:
+            raise
+        kept = "the previous file is intact" if os.path.exists(path) else "nothing was written there"
+        free = "free some space and " if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else ""
+        raise DataError(f"{path}: writing the GeoTIFF failed ({e.strerror or e}); {kept}; {free}run again") from None
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for name in (tmp, spill):
+            if name and os.path.exists(name):
+                os.remove(name)
 
 
-def write_geotiff_rows(path, shape, rows, geo=None, nodata=float("nan"), tile=256):
+def remove_stale_temps(path):
+    """Remove the temp files of `path` (temp_path's `<path>.tmp<pid>.<hex>`) left by processes that no longer
+    exist (killed runs); a temp file of a live process, or of a pid this user cannot see, is kept.
+    Returns the removed paths."""
+    folder, name = os.path.split(os.path.abspath(path))
+    removed = []
+    for entry in os.listdir(folder) if os.path.isdir(folder) else ():
+        rest = entry[len(name) + 4:] if entry.startswith(name + ".tmp") else ""
+        pid = rest.split(".", 1)[0]
+        if not pid.isdigit() or "." not in rest:
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError):
+            continue
+        try:
+            os.remove(os.path.join(folder, entry))
+            removed.append(os.path.join(folder, entry))
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+OVERVIEW_MIN = 256  # px: reduced-resolution pages are added until one is smaller than this
+
+
+def overview_factors(shape, min_size=OVERVIEW_MIN):
+    """Reduction factors 2, 4, 8, ... of a raster's overviews: each is added while the previous level's
+    longer side is at least `min_size` pixels, so the last one is the first below it ([] for a raster
+    smaller than min_size)."""
+    factors, f = [], 1
+    while -(-max(shape) // f) >= min_size:
+        f *= 2
+        factors.append(f)
+    return factors
+
+
+class _Overview:
+    """One reduced-resolution level of a raster written row band by row band: NaN-aware means of its
+    f x f blocks (the blocks of the last row and column may be partial: means of the pixels there),
+    stored into `out` ((ceil(H/f), ceil(W/f)) float32, NaN where a block has no finite pixel) as each
+    block row is complete. Host memory: one row of block sums."""
+
+    def __init__(self, f, shape, out):
+        self.f, self.H, self.out = f, shape[0], out
+        self.starts = np.arange(0, shape[1], f)
+        self.sum, self.count, self.row = np.zeros(len(self.starts)), np.zeros(len(self.starts), np.int64), 0
+
+    def add(self, band):
+        i = 0
+        while i < len(band):
+            take = min(self.f - self.row % self.f, len(band) - i)
+            part = band[i:i + take]
+            finite = np.isfinite(part)
+            self.sum += np.add.reduceat(np.where(finite, part, 0).sum(0, dtype=np.float64), self.starts)
+            self.count += np.add.reduceat(finite.sum(0), self.starts)
+            self.row, i = self.row + take, i + take
+            if self.row % self.f == 0 or self.row == self.H:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    self.out[(self.row - 1) // self.f] = np.where(self.count > 0, self.sum / self.count, np.nan)
+                self.sum[:], self.count[:] = 0.0, 0
+
+
+def _tiles(rows, shape, tile, fill, consume=None):
+    """tile x tile float32 tiles, row-major, of a raster given as row bands of `tile` rows (the last may be
+    shorter); NaN -> fill (None: kept). consume(band) sees each band first (NaN as NaN)."""
+    h, w = shape
+    done = 0
+    for band in rows:
+        band = np.asarray(band, np.float32)
+        if band.shape[1] != w or (band.shape[0] != tile and done + band.shape[0] != h):
+            raise ValueError(f"row band of shape {band.shape} at row {done}: expected ({tile}, {w}) (the last may be shorter)")
+        if consume is not None:
+            consume(band)
+        if fill is not None:
+            band = np.where(np.isnan(band), fill, band)
+        for c in range(0, w, tile):
+            block = np.zeros((tile, tile), np.float32)
+            block[:band.shape[0], :min(tile, w - c)] = band[:, c:c + tile]
+            yield block
+        done += band.shape[0]
+    if done != h:
+        raise ValueError(f"write_geotiff_rows: got {done} rows, expected {h}")
+
+
+def write_geotiff_rows(path, shape, rows, geo=None, nodata=float("nan"), tile=256, band_name=None, overviews=True):
     """Write a single-band float32 (H, W) GeoTIFF from an iterator of row bands, so that host memory
     holds one band, not the scene: `rows` yields (tile, W) float32 arrays top to bottom (the last may
     be shorter), each consumed as tifffile writes its tile x tile tiles. NaN pixels are written as
-    `nodata`. Atomic like write_geotiff: on any error (also one raised by `rows`) the temp file is
-    removed and a previous `path` is intact."""
+    `nodata` (the GDAL_NODATA tag); band_name: the GDAL band description.
+
+    overviews: also write reduced-resolution pages (overview_factors: 2, 4, ... until one is below 256 px),
+    each the NaN-aware mean of f x f blocks of the full page (partial blocks at the right and bottom
+    edges: the mean of the pixels there), tiled and compressed like page 0, as the IFDs after it with
+    NewSubfileType = 1, the layout GDAL reads as internal overviews (QGIS then draws a large map fast).
+    They are accumulated from the row bands as they pass, into a temp file beside `path` (float32, 1/3 of
+    the page at most), so host memory stays one band plus one row of block sums per level.
+    Atomic like write_geotiff: on any error (also one raised by `rows`) the temp files are removed and
+    a previous `path` is intact."""
     h, w = shape
     fill = None if nodata is None or math.isnan(nodata) else np.float32(nodata)
+    factors = overview_factors(shape) if overviews else []
+    sizes = [(-(-h // f), -(-w // f)) for f in factors]
+    spill = temp_path(path) if factors else None
+    store = np.memmap(spill, np.float32, "w+", shape=(sum(a * b for a, b in sizes),)) if factors else None
+    levels, offset = [], 0
+    for f, (a, b) in zip(factors, sizes):
+        levels.append(_Overview(f, shape, store[offset:offset + a * b].reshape(a, b)))
+        offset += a * b
 
-    def tiles():
-        done = 0
-        for band in rows:
-            band = np.asarray(band, np.float32)
-            if fill is not None:
-                band = np.where(np.isnan(band), fill, band)
-            for c in range(0, w, tile):
-                block = np.zeros((tile, tile), np.float32)
-                block[:band.shape[0], :min(tile, w - c)] = band[:, c:c + tile]
-                yield block
-            done += band.shape[0]
-        if done != h:
-            raise ValueError(f"write_geotiff_rows: got {done} rows, expected {h}")
+    def consume(band):
+        for level in levels:
+            level.add(band)
 
-    _atomic_imwrite(path, tiles(), shape=(h, w), dtype=np.float32, tile=(tile, tile),
-                    extratags=_extratags(geo, None, nodata), bigtiff=4.0 * h * w > 3.9e9)
+    def bands_of(level):
+        for r in range(0, len(level.out), tile):
+            yield level.out[r:r + tile]
+
+    def pages():
+        yield dict(data=_tiles(rows, shape, tile, fill, consume), shape=(h, w), dtype=np.float32, tile=(tile, tile),
+                   extratags=_extratags(geo, None if band_name is None else [band_name], nodata))
+        for level in levels:
+            yield dict(data=_tiles(bands_of(level), level.out.shape, tile, fill), shape=level.out.shape,
+                       dtype=np.float32, tile=(tile, tile), subfiletype=1, extratags=_extratags(None, None, nodata))
+
+    try:
+        _atomic_imwrite(path, pages(), bigtiff=4.0 * h * w * 4 / 3 > 3.9e9, spill=spill)
+    finally:
+        if spill and os.path.exists(spill):
+            os.remove(spill)
 
 
 def check_writable(path):

@@ -22,6 +22,7 @@ import copy
 import difflib
 import fnmatch
 import inspect
+import json
 import os
 import re
 import sys
@@ -32,7 +33,7 @@ import yaml
 from checkpoints import checkpoint_weights, fit_state_dict, load_weights, misfit_hint, read_checkpoint, write_checkpoint
 from data import BANDS, LST_UNITS, GrokLSTDataset, Normalizer, compute_stats, dataset_bands, dataset_scales, lr_folder
 from engine import AMP_DTYPES, CONSISTENCY_MODES, LOSSES
-from errors import ConfigError, UserError, command
+from errors import ConfigError, DataError, UserError, command
 from geotiff import write_atomic
 from layout import make_demo
 from models.act import ACT
@@ -188,6 +189,47 @@ def count_parameters(name, scale):
         return num_parameters(create_model(name, scale=scale))
 
 
+# --------------------------------------------------------------------------- cost of a forward
+# What a model costs, beside what it achieves: GMACs counted here, CPU throughput measured by speed.py
+# --throughput into a JSON that `list --markdown` and zoo.py's table read (a measurement is not rerun
+# each time a table is printed, and the committed file keeps docs/models.md reproducible).
+
+THROUGHPUT_JSON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "docs", "throughput_cpu.json")
+COST_HR = 256  # side of the output the costs are given for (pixels)
+
+
+def count_macs(cfg, hr=COST_HR, batch=1):
+    """GMACs of one forward of the config's model (model.*, data.scale, data.guidance_bands) for `batch`
+    outputs of hr x hr pixels, counted by torch's FlopCounterMode on the meta device: shapes only, no
+    memory, no compute; MACs = FLOPs / 2. A model that needs values while it runs (the statistical
+    sharpeners fit per image) raises NotImplementedError or RuntimeError there."""
+    from torch.utils.flop_counter import FlopCounterMode
+    scale = cfg["data"]["scale"]
+    with torch.device("meta"):
+        model = build_model(cfg)
+        lr_lst = torch.zeros(batch, 1, hr // scale, hr // scale)
+        hr_guidance = torch.zeros(batch, len(guidance_bands(cfg)), hr, hr) if model.kind == "gisr" else None
+        with FlopCounterMode(display=False) as counter:
+            model(lr_lst, hr_guidance)
+    return counter.get_total_flops() / 2e9
+
+
+def read_throughput(path=THROUGHPUT_JSON):
+    """speed.py --throughput's JSON -> ({model: row}, the file's `machine` dict); ({}, {}) when there is no
+    such file. A row: model, scale, hr, gmacs and either the measurement (amp, mpx_per_s, parameters, the
+    machine: cpu, threads, torch, load_average) or the `error` that stopped it."""
+    if not os.path.exists(path):
+        return {}, {}
+    try:
+        with open(path) as f:
+            content = json.load(f)
+        rows = {r["model"]: r for r in content["rows"]}
+        return rows, content.get("machine", {})
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{path}: not a throughput file of speed.py --throughput ({type(e).__name__}: {e}); "
+                        f"measure again: python speed.py all --hr {COST_HR} --throughput --json {path}") from None
+
+
 # --------------------------------------------------------------------------- configuration
 # A config is a nested dict. SCHEMA below is every key a config may set, one row each: its default,
 # its type, the rule its value must follow beyond the type, whether it may be null (None) though its
@@ -258,8 +300,11 @@ SCHEMA = {
     "train.betas": key([0.9, 0.999], list, ((lambda v, cfg: len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v)),
                                             "two numbers in [0, 1)")),
     "train.restart_period": key(2500, int, at_least(1)),  # cosine annealing with warm restarts (per iteration)
-    "train.eta_min": key(1.0e-7, float, at_least(0)),
-    "train.warmup_iters": key(0, int, at_least(0)),
+    # the cosine's floor, under its peak (above it the schedule would rise as it anneals)
+    "train.eta_min": key(1.0e-7, float, ((lambda v, cfg: 0 <= v <= cfg["train"]["lr"]), ">= 0 and <= train.lr")),
+    # a warm-up as long as the run would be all of it
+    "train.warmup_iters": key(0, int, ((lambda v, cfg: 0 <= v and (v == 0 or v < cfg["train"]["max_iters"])),
+                                       ">= 0 and < train.max_iters (0: none)")),
     "train.loss": key("l1", str, one_of(*LOSSES)),  # engine.LOSSES, over valid pixels, in Kelvin
     "train.clip_grad": key(None, float, above(0)),  # max gradient norm, or null
     "train.val_interval": key(1000, int, at_least(1), resume_free=True),
@@ -563,11 +608,25 @@ def load_model(cfg, checkpoint, device):
 
 def cmd_list(args):
     if args.markdown:
-        print("| model | kind | scales | parameters (x2 / x4 / x8) | paper |\n|---|---|---|---|---|")
+        measured, machine = read_throughput(args.throughput)
+        print(f"| model | kind | scales | parameters (x2 / x4 / x8) | GMACs per {COST_HR}² output | CPU Mpx/s | paper |\n"
+              "|---|---|---|---|---|---|---|")
         for name in list_models(args.pattern):
             cls = MODELS[name]
             counts = " / ".join(f"{count_parameters(name, s):,}" if s in cls.scales else "-" for s in (2, 4, 8))
-            print(f"| {name} | {cls.kind} | {', '.join(f'x{s}' for s in cls.scales)} | {counts} | {paper(name)} |")
+            row = measured.get(name, {})
+            at = f" (x{row['scale']})" if row.get("scale", 8) != 8 else ""
+            gmacs = f"{row['gmacs']:.3g}{at}" if row.get("gmacs") is not None else "-"
+            speed = f"{row['mpx_per_s']:.3g}{at}" if "mpx_per_s" in row else "failed" if "error" in row else "-"
+            print(f"| {name} | {cls.kind} | {', '.join(f'x{s}' for s in cls.scales)} | {counts} | {gmacs} | {speed} | "
+                  f"{paper(name)} |")
+        if measured:
+            print(f"\nGMACs and CPU Mpx/s at x8 (else at the scale shown), for one {COST_HR} x {COST_HR} output, default "
+                  f"model arguments: MACs counted on the meta device; Mpx/s of output through predict.py's tiled "
+                  f"inference with --amp auto (bf16 where the CPU has it natively and the model has weights, else "
+                  f"float32), measured on {machine.get('cpu', '?')}, {machine.get('threads', '?')} threads, torch "
+                  f"{machine.get('torch', '?')} (`{machine.get('command', 'speed.py --throughput')}`); failed: the "
+                  f"measurement ended in the error its row in that file records.")
         return
     rows = []
     for name in list_models(args.pattern):
@@ -642,6 +701,8 @@ def main(argv=None):
     s = sub.add_parser("list", help="registered models")
     s.add_argument("pattern", nargs="?", default="*")
     s.add_argument("--markdown", action="store_true", help="the model table of docs/models.md")
+    s.add_argument("--throughput", default=THROUGHPUT_JSON, help="--markdown: the GMACs and CPU Mpx/s of this "
+                   "speed.py --throughput JSON (default docs/throughput_cpu.json)")
     s.set_defaults(func=cmd_list)
     s = sub.add_parser("stats", help="normalisation statistics of a dataset split, as YAML")
     s.add_argument("root")

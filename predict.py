@@ -1,4 +1,4 @@
-"""Scene-scale prediction: downscale a whole georeferenced LST scene of any size, tile by tile.
+"""Scene-scale prediction: downscale a whole georeferenced LST scene of any size onto the guidance grid.
 
     python predict.py configs/mocolsk_x8.yaml --checkpoint best.pth \
         --lst lst_240m.tif --guidance bands_30m.tif --out lst_30m.tif [--png]
@@ -7,60 +7,60 @@
     python predict.py configs/bicubic_x8.yaml --lst lst_240m.tif --out lst_30m.tif
     python predict.py configs/bicubic_x8.yaml --lst st_dn.tif --lst-scale 0.00341802 --lst-offset 149 \
         --nodata-in 0 --out lst_30m.tif                                  # a DN product (Landsat C2 ST)
+    python predict.py configs/demo_tsharp_x8.yaml --lst MOD11A1_LST_Day_1km.tif --product mod11a1 \
+        --qc MOD11A1_QC_Day.tif --guidance bands_30m.tif --out lst_30m.tif   # a sensor on its own grid
     [torchrun --standalone --nproc_per_node=N] python predict.py CFG --checkpoint best.pth \
         --scenes scenes.txt|landsat_dir --out-dir out/                    # many scenes -> out/<scene>.tif
 
 Inputs. The LST is one band in Kelvin, or stored values with --lst-scale / --lst-offset (Kelvin =
 stored * scale + offset) and --nodata-in (the input fill value of a file without a GDAL_NODATA tag);
 these override the config's data.lst_scale / data.lst_offset / data.nodata, and the converted values
-must lie in data.lst_range (default 150..400 K; data.to_kelvin). --nodata is the OUTPUT no-data value.
-The guidance is one multi-band GeoTIFF whose GDAL band
-descriptions name the bands, or several files (`--guidance a.tif b.tif`, `--guidance-dir DIR`),
-a single-band file being named by its file stem (dem.tif -> dem). Bands are used in the order of
-the config's data.guidance_bands; SISR models read none. NaN or the GDAL_NODATA value is no-data.
-Grids must agree: guidance pixel = LST pixel / scale, same CRS (GeoKeys), same extent within
-half an LST pixel, guidance shape = LST shape x scale.
+must lie in data.lst_range (default 150..400 K; data.to_kelvin). --product NAME decodes a sensor
+product's stored values instead (sensors.decode_lst: fill, valid range, DN or Kelvin export; not with
+--lst-scale / --lst-offset) and --qc QC.tif (on the LST's grid) masks the pixels its QC rule rejects
+(sensors.qc_good; --qc-rule picks another rule). --nodata is the OUTPUT no-data value.
+The guidance is one multi-band GeoTIFF whose GDAL band descriptions name the bands, or several files
+(`--guidance a.tif b.tif`, `--guidance-dir DIR`, all on one grid), a single-band file being named by its
+file stem (dem.tif -> dem). Bands are used in the order of the config's data.guidance_bands; SISR models
+read none. NaN or the GDAL_NODATA value is no-data. A guidance band whose scene mean is more than 3
+training stds from the training mean (config norm.guidance.stats), or whose std is more than 3 training
+stds, is a `warning:` line (another reflectance convention, units or scale): learned models only.
 
-Tiling. Tiles of `--lr-tile` x `--lr-tile` LR (input) pixels (default 512 // scale, the training crop:
-512 output pixels) step by lr_tile - lr_overlap; the last tile of a row/column ends flush with the scene, so every tile is
-full-size and scene borders see the same border as a whole-scene forward. A scene smaller than
-one tile is edge-padded (replicate) to a full tile. Each HR pixel of a tile has the separable
-weight w(y) w(x), where w is 1 inside the tile and falls linearly to `eps` (1e-6) at overlap/4
-from the tile edge, staying eps in that outer band; the output is sum(w * pred) / sum(w). Two
-neighbours thus hand over across the middle half of their overlap and the outermost overlap/4
-LR pixels of every tile (where zero padding of the convolutions is felt) get weight ~0.
-Receptive-field caveat: the blend equals a whole-scene forward (to ~eps) only for models whose
-receptive field radius is <= overlap/4 LR pixels (bicubic: 2.5). CNNs reach further, and global
-operations (channel attention's global mean, MoCoLSK's pyramid pooling, window attention) make a
-tile's prediction depend on the whole tile: the residual difference is small but not zero (see
-tests/test_predict.py for the bound measured on a 1504 x 1504 scene).
+Grids. When the LST grid is the guidance grid coarsened by the model's scale (geotiff.check_grids: same
+CRS, pixel x scale, same corner) the scene is tiled as in tiling.py and the output is the LST grid
+refined by the scale. Otherwise the LST is a sensor on its own grid (another CRS, any pixel size, not
+aligned) and the output is exactly the guidance grid (crossgrid.py): sharpeners fit on the sensor's
+pixels through footprint.Footprint, interpolation baselines interpolate at the fine pixel centres, and
+a learned model gets the LST brought onto its LR grid (the guidance grid / scale) by bicubic
+interpolation or area-weighted means (a `note:` line says which), refused when the sensor pixel is not
+within 0.5..2 LR pixels. Fine pixels under a no-data sensor pixel are no-data. Single-image models take
+the output grid from the guidance file when it is given and not aligned.
 
-No-data. Invalid inputs become 0 after normalisation (the band mean for z-score; the Normalizer
-does this), so the model always sees finite numbers. Output pixels whose LR support pixel or
-any guidance band is invalid are written as NaN (or --nodata). A hole changes valid pixels only
-within the model's receptive field of it (bicubic: 2 LR pixels); tiles with no valid LR pixel
-are skipped.
+Outputs. A float32 Kelvin GeoTIFF (zlib, 256 x 256 tiles, GDAL_NODATA, internal overviews: see
+geotiff.write_geotiff_rows) whose band description is the input's for a brightness temperature (landsat.py's
+Level-1 `bt`, `bt_emissivity_corrected`; --png then labels its colour bar so) and `lst` otherwise. An
+output that is (the same file as) an input is refused before any work; an existing output is replaced only
+with --overwrite. Stale temp files of the output (`<out>.tmp<pid>.<hex>` of killed runs) are removed
+first. An output without one valid pixel (all-no-data LST or guidance) is an error unless --allow-empty.
+Written atomically: a failure (also a full disk) leaves the previous file, or nothing, at --out.
 
-Memory. Host: the output is written as it is made, in 256-row strips (geotiff.write_geotiff_rows):
-tiles run in row-major order and only the strips a later tile still touches are kept, about
-(tile*scale + 256) x W float32 (plus the PNG's 2000-px decimation with --png). The inputs are read
-whole: the LST (1/scale^2 of the output) and the guidance, 4 * bands bytes per HR pixel (read_geotiff
-decodes whole pages), which dominates for guided models. Device: one batch of tiles, batch * bands *
-(tile*scale)^2 inputs plus the model's activations at that size, whatever the scene size. The output
-is checked writable before any work and written atomically: a failure leaves nothing at --out.
-
-Precision. --amp auto (default): bf16 autocast with model and inputs in channels_last on CUDA with
-bf16 and on CPUs with AMX / AVX512-BF16, for models with weights; float32 elsewhere. The first tile
-is also run in float32 (once per process) and auto falls back to float32 if the two differ by
->= 0.01 K RMSE. --amp none: float32; --amp bf16: bf16 whatever the device. Training is not affected.
+Memory. Aligned grids: the output is written as it is made, in 256-row strips (tiling.predict_rows ->
+geotiff.write_geotiff_rows), about (tile*scale + 256) x W float32 (plus the PNG's 2000-px decimation).
+The inputs are read whole: the LST and the guidance, 4 * bands bytes per HR pixel (read_geotiff decodes
+whole pages), which dominates for guided models. A sensor on its own grid: the footprint (26 bytes per
+fine pixel) and, for sharpeners, interpolation and any consistency, the output in memory (73 more bytes
+per fine pixel while consistency corrects it; tools/consistency_memory.py); a learned model without
+consistency still streams. --amp: see tiling.resolve_amp.
 
 Many scenes. --scenes LIST (lines `LST_PATH [GUIDANCE_PATH ...]`, relative to LIST, '#' comments,
 shell quoting) or --scenes DIR (subfolders with lst.tif and guidance.tif, as landsat.py writes them)
 write --out-dir/<scene>.tif, scene = LST file stem (its folder's name for lst.tif) or subfolder
-name. The model is loaded once per process; under torchrun scene i runs on rank i % world. Each
-scene prints a line (rank, scene, size, seconds, Mpx/s); a scene that fails prints `error: scene
-NAME: ...` and the others go on; rank 0 prints the done/failed counts, and the exit code is 1 if
-any failed.
+name. An output that would be an input's file is refused before any scene runs; an existing output is
+skipped (`skipped (exists)`) unless --overwrite, so a rerun does only what is missing. The model is
+loaded once per process; under torchrun scene i runs on rank i % world. Each scene prints a line (rank,
+scene, size, seconds, Mpx/s); a scene that fails (also one whose output would be all no-data) prints
+`error: scene NAME: ...` and the others go on; rank 0 prints the done/failed counts, and the exit code
+is 1 if any failed.
 """
 import argparse
 import os
@@ -71,20 +71,39 @@ import traceback
 import numpy as np
 import torch
 
+import crossgrid
 import engine
 import figures
 import groklst
-from data import guidance_names, hole_mask, read_lst_geotiff, read_scene_list
+import sensors
+from data import guidance_names, lst_band, read_lst_geotiff, read_scene_list
 from errors import ConfigError, DataError, UserError, command
+from footprint import Footprint, Grid
 from geotiff import (
     TIFF_EXTENSIONS,
     check_grids,
     check_writable,
+    corner_transform,
     geo_transform,
     geo_window,
     read_geotiff,
     read_header,
+    remove_stale_temps,
     write_geotiff_rows,
+)
+from tiling import (  # noqa: F401  (the tiling names stay importable as predict.X, as before the split)
+    BF16_MAX_RMSE_K,
+    ROW_STRIP,
+    StripBlender,
+    _window,
+    bf16_check,
+    consistent_rows,
+    cpu_has_bf16,
+    predict_array,
+    predict_rows,
+    resolve_amp,
+    taper,
+    tile_starts,
 )
 
 # --------------------------------------------------------------------------- reading
@@ -114,10 +133,10 @@ def guidance_paths(paths=(), folder=None):
     return paths
 
 
-def read_scene_guidance(paths, bands, lst_path, lst_shape, lst_geo, scale):
-    """Guidance bands `bands` (config order) from GeoTIFF files -> float32 (C, H, W), no-data NaN.
-    Each band is looked up by name in every file (case-insensitive); every file used must be on the
-    LST grid refined by `scale` (check_grids)."""
+def read_scene_guidance(paths, bands):
+    """Guidance bands `bands` (config order) from GeoTIFF files -> (float32 (C, H, W) no-data NaN, the header
+    of the first file read: the guidance grid, that file's path). Each band is looked up by name in every
+    file (case-insensitive); every file used must be on the first one's grid (check_grids)."""
     where = {}  # band -> (path, index in file)
     for path in paths:
         for index, names in enumerate(_peek_bands(path)):
@@ -131,217 +150,127 @@ def read_scene_guidance(paths, bands, lst_path, lst_shape, lst_geo, scale):
         found = sorted({n for p in paths for names in _peek_bands(p) for n in names})
         raise DataError(f"no guidance band {missing[0]!r} in {paths or 'no files'} (found {found}; the config "
                         f"needs {list(bands)}: one multi-band file with band descriptions or one file per band)")
-    out = None
+    out = first = None
     for path in dict.fromkeys(p for p, _ in where.values()):  # each file once, in first-use order
         array, info = read_geotiff(path)
-        check_grids(lst_path, lst_shape, lst_geo, path, array.shape[1:], info["geo"], scale)
-        if out is None:
+        if first is None:
+            first = (info, path)
             out = np.empty((len(bands),) + array.shape[1:], np.float32)
+        else:
+            check_grids(first[1], out.shape[1:], first[0]["geo"], path, array.shape[1:], info["geo"],
+                        labels=("guidance", "guidance"))
         for c, band in enumerate(bands):
             if where[band][0] == path:
                 out[c] = array[where[band][1]]
         del array
-    return out
+    return out, first[0], first[1]
 
 
-# --------------------------------------------------------------------------- tiled inference
+def read_scene_lst(path, units, product=None, qc=None, qc_rule=None):
+    """The LST of a scene -> ((h, w) float32 Kelvin, NaN no-data, its header as read_geotiff's).
+
+    product: a sensors.PRODUCTS name: its stored values are decoded (sensors.decode_lst, with the file's
+    type from its header) instead of units; qc: a QC GeoTIFF on the LST's grid whose pixels the product's
+    rule (qc_rule, default its own) rejects become NaN (sensors.qc_good)."""
+    if product is None:
+        lst, info = read_lst_geotiff(path, units)
+    else:
+        array, info = read_geotiff(path)
+        nodata = units.get("nodata") if units.get("nodata") is not None else info["nodata"]
+        lst = sensors.decode_lst(product, lst_band(array, path), path, dtype=read_header(path)["dtype"], nodata=nodata)
+    if qc is not None:
+        flags, qinfo = read_geotiff(qc)
+        check_grids(path, lst.shape, info["geo"], qc, flags.shape[1:], qinfo["geo"], labels=("LST", "QC"))
+        good = sensors.qc_good(product, lst_band(flags, qc), qc_rule, qc, dtype=read_header(qc)["dtype"])
+        masked = int((~good & np.isfinite(lst)).sum())
+        lst = np.where(good, lst, np.float32(np.nan))
+        print(f"note: {qc}: {masked} of {lst.size} LST pixels masked by {sensors.lookup(product)[0]} QC rule "
+              f"{qc_rule or sensors.lookup(product)[1]['qc_default']!r}", file=sys.stderr)
+    return lst, info
 
 
-def tile_starts(n, tile, overlap):
-    """Start offsets of `tile`-pixel tiles covering [0, n), stepping tile - overlap, the last one
-    ending flush at n (so it may overlap more); [0] when n <= tile (that tile gets padded)."""
-    if n <= tile:
-        return [0]
-    return list(range(0, n - tile, tile - overlap)) + [n - tile]
+GUIDANCE_MEAN_STDS, GUIDANCE_STD_RATIO = 3.0, 3.0  # guidance_warnings: how far from the training statistics
 
 
-def taper(n, overlap, eps=1e-6):
-    """1-D blending weight (n,) float32 of a tile n pixels long whose outer `overlap` pixels overlap
-    its neighbours: eps within overlap/4 of an edge, rising linearly to 1 at overlap/2, 1 inside."""
-    if overlap <= 0:
-        return np.ones(n, np.float32)
-    i = np.arange(n)
-    d = np.minimum(i + 0.5, n - 0.5 - i)  # pixel centre to the nearest tile edge
-    return np.clip((d - overlap / 4) / (overlap / 4), eps, 1.0).astype(np.float32)
+def guidance_warnings(cfg, bands, guidance):
+    """`warning:` lines for guidance bands far from the statistics the model was normalised with
+    (norm.guidance.stats): |scene mean - train mean| > 3 train std, or scene std > 3 train std. A scene
+    std far below the training one is not flagged: a small or flat scene has a smaller spread than the
+    whole training set without being in another convention. A band without mean/std there is not checked."""
+    stats, lines = cfg["norm"]["guidance"]["stats"], []
+    for band, values in zip(bands, guidance):
+        train = stats.get(band, {})
+        if not all(isinstance(train.get(k), (int, float)) for k in ("mean", "std")) or train["std"] <= 0:
+            continue
+        finite = values[np.isfinite(values)].astype(np.float64)
+        if finite.size == 0:
+            continue
+        mean, std = float(finite.mean()), float(finite.std())
+        if abs(mean - train["mean"]) > GUIDANCE_MEAN_STDS * train["std"] or std > GUIDANCE_STD_RATIO * train["std"]:
+            lines.append(f"warning: guidance band {band!r}: scene mean {mean:.4g}, std {std:.4g}; the model was trained "
+                         f"on mean {train['mean']:.4g}, std {train['std']:.4g} (norm.guidance.stats): another "
+                         f"reflectance convention, unit or scale? Outputs can move by kelvins")
+    return lines
 
 
-def _window(a, r0, c0, size):
-    """a[..., r0:r0+size, c0:c0+size], edge-padded to size x size where the scene is smaller."""
-    w = a[..., r0:r0 + size, c0:c0 + size]
-    pad = [(0, 0)] * (w.ndim - 2) + [(0, size - w.shape[-2]), (0, size - w.shape[-1])]
-    return np.pad(w, pad, mode="edge") if any(p[1] for p in pad) else w
+# --------------------------------------------------------------------------- outputs
 
 
-ROW_STRIP = 256  # output rows per emitted strip: the GeoTIFF tile height of write_geotiff_rows
-
-
-class StripBlender:
-    """The weighted sum of overlapping tile predictions over an (H, W) output, kept only for the strips
-    of `strip` rows that a tile still to come may touch, and handed out normalised once none can.
-
-    Each output pixel is sum(w * pred) / sum(w) over the tiles that cover it, with the separable tile
-    weight w(y) w(x) (taper); sum(w) is then outer(row_sums, col_sums), so only sum(w * pred) is stored."""
-
-    def __init__(self, shape, row_sums, col_sums, strip=ROW_STRIP):
-        self.shape, self.row_sums, self.col_sums, self.strip = shape, row_sums, col_sums, strip
-        self.sums = {}  # strip index -> (rows, W) float32 sum of w * pred
-        self.emitted = 0  # strips handed out so far
-
-    def add(self, y0, x0, weighted):
-        """Add a tile's w * pred (th, tw) whose top-left output pixel is (y0, x0)."""
-        H, W = self.shape
-        th, tw = weighted.shape
-        for k in range(y0 // self.strip, (y0 + th - 1) // self.strip + 1):  # the strips this tile overlaps
-            top, bottom = k * self.strip, min((k + 1) * self.strip, H)
-            acc = self.sums.setdefault(k, np.zeros((bottom - top, W), np.float32))
-            a, b = max(top, y0), min(bottom, y0 + th)
-            acc[a - top:b - top, x0:x0 + tw] += weighted[a - y0:b - y0]
-
-    def finished(self, upto):
-        """Yield (y0, y1, blended rows) for every strip lying wholly above output row `upto`: tiles still to
-        come start at or below it (tiles run in row-major order), so nothing can be added to those strips."""
-        H, W = self.shape
-        while self.emitted * self.strip < H and min((self.emitted + 1) * self.strip, H) <= upto:
-            y0, y1 = self.emitted * self.strip, min((self.emitted + 1) * self.strip, H)
-            acc = self.sums.pop(self.emitted, None)
-            acc = np.zeros((y1 - y0, W), np.float32) if acc is None else acc  # no tile here: all no-data
-            self.emitted += 1
-            yield y0, y1, acc / np.outer(self.row_sums[y0:y1], self.col_sums)
-
-
-@torch.no_grad()
-def predict_rows(model, normalizer, lst, guidance=None, scale=8, lr_tile=64, lr_overlap=16, batch=4,
-                 device="cpu", amp="none", progress=False, strip=ROW_STRIP):
-    """Tiled, blended downscaling of a whole scene, yielded as finished output row strips.
-
-    lst (h, w) float32 Kelvin; guidance (C, h*scale, w*scale) physical units or None (SISR); NaN =
-    no data in both. lr_tile, lr_overlap: tile side and overlap in LR pixels. amp: see resolve_amp ('auto' and 'bf16' put the
-    model in channels_last). Yields (strip, w*scale) float32 Kelvin arrays top to bottom (the last
-    may be shorter), NaN where data.hole_mask says (the LR support pixel or any guidance band is
-    invalid). Tiles run in row-major order and StripBlender keeps only the strips a tile still to come
-    touches, so host memory is about one row of tiles (tile*scale + strip rows x w*scale float32),
-    and device memory one batch of tiles.
-    """
-    h, w = lst.shape
-    tile, overlap = lr_tile, lr_overlap
-    s, hr_tile = scale, tile * scale
-    H, W = h * s, w * s
-    multiple = getattr(model, "lr_multiple", 1)
-    if not (tile >= 1 and 0 <= overlap < tile and tile % multiple == 0 and batch >= 1 and strip % s == 0):
-        raise ConfigError(f"tile={tile}, overlap={overlap}, batch={batch} (LR pixels): need 0 <= overlap < tile, "
-                          f"tile a multiple of {multiple}, batch >= 1")
-    verify = amp == "auto"  # auto's bf16 is checked against float32 once per model (bf16_check)
-    amp, channels_last = resolve_amp(amp, device, model)
-    rows, cols = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
-    wt = taper(hr_tile, overlap * s)
-    row_sums, col_sums = np.zeros(H, np.float32), np.zeros(W, np.float32)  # sum of the tiles' weights per row / column
-    for r in rows:
-        row_sums[r * s:(r + tile) * s] += wt[:min(tile, h - r) * s]
-    for c in cols:
-        col_sums[c * s:(c + tile) * s] += wt[:min(tile, w - c) * s]
-    blender = StripBlender((H, W), row_sums, col_sums, strip)
-    w2d = np.outer(wt, wt)
-    valid_lr = np.isfinite(lst)
-    tiles = [(r, c) for r in rows for c in cols if valid_lr[r:r + tile, c:c + tile].any()]  # all-NaN tiles: skipped
-    model.eval()
-    start, total = time.time(), len(rows) * len(cols)
-
-    def masked(upto):  # the finished strips, no-data pixels set to NaN
-        for y0, y1, rows_out in blender.finished(upto):
-            holes = hole_mask(lst[y0 // s:y1 // s], s, None if guidance is None else guidance[:, y0:y1])
-            if progress and y1 == H:  # before the last strip: its consumer need not ask for more
-                seconds = time.time() - start
-                print(f"\r  tiles {total}/{total}  {H * W / 1e6:.1f} Mpx in {seconds:.1f} s "
-                      f"({H * W / 1e6 / max(seconds, 1e-9):.3g} Mpx/s)", file=sys.stderr, flush=True)
-            yield np.where(holes, np.float32(np.nan), rows_out)
-
-    for b in range(0, len(tiles), batch):
-        chunk = tiles[b:b + batch]
-        x = torch.from_numpy(np.stack([_window(lst, r, c, tile) for r, c in chunk]))[:, None].to(device)
-        g = None
-        if guidance is not None:
-            g = torch.from_numpy(np.stack([_window(guidance, r * s, c * s, hr_tile) for r, c in chunk])).to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-            g = None if g is None else g.contiguous(memory_format=torch.channels_last)
-        if verify and amp == "bf16":
-            amp = bf16_check(model, normalizer, x, g)
-        pred = engine.downscale(model, normalizer, x, g, amp)[:, 0].float().cpu().numpy()
-        for (r, c), p in zip(chunk, pred):
-            th, tw = min(tile, h - r) * s, min(tile, w - c) * s  # a padded tile (scene smaller than it) is cut back
-            blender.add(r * s, c * s, w2d[:th, :tw] * p[:th, :tw])
-        if progress:
-            done = b + len(chunk) + total - len(tiles)  # skipped (all no-data) tiles count as done
-            rate = done / total * H * W / max(time.time() - start, 1e-9)
-            print(f"\r  tiles {done}/{total}  {rate / 1e6:.3g} Mpx/s", end="", file=sys.stderr, flush=True)
-        more = b + batch < len(tiles)
-        yield from masked(tiles[b + batch][0] * s if more else H)
-    yield from masked(H)  # a scene without any valid LR pixel
-
-
-def predict_array(model, normalizer, lst, guidance=None, scale=8, lr_tile=64, lr_overlap=16, batch=4,
-                  device="cpu", amp="none", progress=False):
-    """predict_rows assembled in memory: (h*scale, w*scale) float32 Kelvin (for small scenes and tests)."""
-    strips = list(predict_rows(model, normalizer, lst, guidance, scale, lr_tile, lr_overlap, batch, device, amp, progress))
-    return np.concatenate(strips) if strips else np.zeros((0, lst.shape[1] * scale), np.float32)
-
-
-# --------------------------------------------------------------------------- precision
-
-
-def cpu_has_bf16():
-    """True when this CPU computes bf16 natively (AMX or AVX512-BF16; oneDNN's own check where torch has it)."""
+def same_file(a, b):
+    """True when paths a and b are one file (os.path.samefile: through symlinks and hard links; realpath when
+    one does not exist)."""
     try:
-        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            return False
-    except (AttributeError, RuntimeError):
-        pass
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = set(next((line for line in f if line.startswith("flags")), "").split())
+        return os.path.samefile(a, b)
     except OSError:
-        return False
-    return bool(flags & {"amx_bf16", "avx512_bf16"})
+        return os.path.realpath(a) == os.path.realpath(b)
 
 
-BF16_MAX_RMSE_K = 0.01  # auto keeps bf16 only while it stays this close to float32
+def check_output(out, inputs, overwrite, flag="--out"):
+    """Before any work: `out` can be created, is none of `inputs` (an output never replaces an input) and, unless
+    overwrite, does not exist yet. Removes stale temp files of `out` (geotiff.remove_stale_temps)."""
+    check_writable(out)
+    for path in inputs:
+        if path and os.path.exists(path) and same_file(out, path):
+            raise ConfigError(f"{flag} {out} is the input {path}: an output never replaces an input; write elsewhere")
+    for stale in remove_stale_temps(out):
+        print(f"note: removed {stale}, a temp file left by a killed run", file=sys.stderr)
+    if os.path.exists(out) and not overwrite:
+        raise DataError(f"{out}: exists; give --overwrite to replace it")
 
 
-def bf16_check(model, normalizer, x, g):
-    """'bf16' or 'none' for `model`: the first tile it sees is run both ways, once per model (the
-    verdict is kept as model.bf16_rmse_k); bf16 is kept when the RMSE between the two is below
-    BF16_MAX_RMSE_K. Most models are ~1e-3 K apart, but not all (tests/test_predict.py)."""
-    if not hasattr(model, "bf16_rmse_k"):  # on one tile: the float32 forward costs ~2.5 bf16 ones
-        x, g = x[:1], None if g is None else g[:1]
-        a = engine.downscale(model, normalizer, x, g, "bf16").float()
-        b = engine.downscale(model, normalizer, x, g, "none").float()
-        model.bf16_rmse_k = float(torch.sqrt(torch.mean((a - b) ** 2)))
-        if model.bf16_rmse_k >= BF16_MAX_RMSE_K:
-            print(f"note: --amp auto: bf16 differs from float32 by {model.bf16_rmse_k:.3f} K RMSE on the first tiles "
-                  f"(> {BF16_MAX_RMSE_K} K); running in float32", file=sys.stderr)
-    return "bf16" if model.bf16_rmse_k < BF16_MAX_RMSE_K else "none"
+def _strips(array, strip=ROW_STRIP):
+    """A whole (H, W) array as the row strips write_geotiff_rows takes."""
+    for r in range(0, len(array), strip):
+        yield array[r:r + strip]
 
 
-def resolve_amp(amp, device, model=None):
-    """--amp -> (autocast dtype name for engine.downscale, channels_last). 'none': float32. 'bf16':
-    bf16 autocast with model and inputs in channels_last. 'auto': bf16 where the device computes it
-    natively (CUDA with bf16, a CPU with AMX / AVX512-BF16) and the model has weights (parameter-free
-    interpolation gains nothing), float32 elsewhere. Puts the model in channels_last when used."""
-    if amp not in ("none", "auto", "bf16"):
-        raise ConfigError(f"amp={amp!r}: expected none, auto or bf16")
-    device = torch.device(device)
-    if amp == "auto":
-        native = torch.cuda.is_bf16_supported() if device.type == "cuda" else device.type == "cpu" and cpu_has_bf16()
-        weights = model is None or any(True for _ in model.parameters())
-        amp = "bf16" if native and weights else "none"
-    if amp == "none":
-        return "none", False
-    if model is not None:
-        model.to(memory_format=torch.channels_last)
-    return "bf16", True
+def _keep_decimated(strips, step, look):
+    """Pass the row strips through, appending every `step`-th row and column of them to `look`."""
+    y = 0
+    for rows in strips:
+        look.append(rows[(-y) % step::step, ::step])
+        y += rows.shape[0]
+        yield rows
 
 
-# --------------------------------------------------------------------------- entry point
+def _require_data(strips, out, allow_empty):
+    """Pass the row strips through, one behind (the writer stops asking after the last tile it expects); before
+    the last one, DataError (the write is then abandoned: nothing is left at `out`) if not one pixel was
+    finite, unless allow_empty."""
+    valid, previous = 0, None
+    for rows in strips:
+        if previous is not None:
+            yield previous
+        valid += int(np.isfinite(rows).sum())
+        previous = rows
+    if valid == 0 and not allow_empty:
+        raise DataError(f"{out}: every output pixel is no-data (no pixel has a valid LST and valid guidance); "
+                        f"nothing written; --allow-empty writes it anyway")
+    if previous is not None:
+        yield previous
+
+
+# --------------------------------------------------------------------------- one scene
 
 
 _LOADED = {}  # (config, overrides, checkpoint, device) -> model: loaded once per process for many scenes
@@ -356,26 +285,73 @@ def load_model_once(config, overrides, cfg, checkpoint, device):
     return _LOADED[key]
 
 
+def _tiling(lr_tile, lr_overlap, batch, scale, model=None):
+    """--lr-tile / --lr-overlap / --batch -> (tile, overlap); ConfigError naming the flag at fault."""
+    tile = max(1, 512 // scale) if lr_tile is None else lr_tile
+    if tile < 1:
+        raise ConfigError(f"--lr-tile {tile}: the tile side is in LR pixels and must be >= 1 (default {max(1, 512 // scale)})")
+    overlap = tile // 4 if lr_overlap is None else lr_overlap
+    if not 0 <= overlap < tile:
+        raise ConfigError(f"--lr-overlap {overlap}: must be >= 0 and below --lr-tile {tile} (LR pixels)")
+    if batch < 1:
+        raise ConfigError(f"--batch {batch}: tiles per forward must be >= 1")
+    multiple = getattr(model, "lr_multiple", 1)
+    if model is not None and tile % multiple:
+        raise ConfigError(f"--lr-tile {tile}: model {type(model).__name__} needs a multiple of {multiple} LR pixels")
+    return tile, overlap
+
+
+def _aligned(lst, lst_shape, lst_geo, gpath, gheader, scale):
+    """True when the guidance grid is the LST grid refined by `scale` (check_grids); False when both are
+    georeferenced but not so (a sensor on its own grid); check_grids' DataError when one is not georeferenced."""
+    try:
+        check_grids(lst, lst_shape, lst_geo, gpath, gheader["shape"][1:], gheader["geo"], scale)
+        return True
+    except DataError:
+        if corner_transform(lst_geo) is None or corner_transform(gheader["geo"]) is None:
+            raise
+        return False
+
+
+def _fit_error(model_name, lst, e):
+    return DataError(f"{lst}: model {model_name!r} cannot fit this scene: {e}")
+
+
 def predict(config, lst, out, guidance=(), guidance_dir=None, checkpoint=None, overrides=(), lr_tile=None,
             lr_overlap=None, batch=4, device=None, amp="auto", nodata=None, png=False, progress=True,
-            lst_scale=None, lst_offset=None, nodata_in=None, consistency=None):
-    """Downscale the GeoTIFF scene `lst` with the model of `config` and write `out`, strip by strip.
+            lst_scale=None, lst_offset=None, nodata_in=None, consistency=None, product=None, qc=None, qc_rule=None,
+            overwrite=False, allow_empty=False):
+    """Downscale the GeoTIFF scene `lst` with the model of `config` and write `out`.
 
-    out: float32 Kelvin GeoTIFF, zlib, 256 x 256 tiles, pixel size / scale, same corner, CRS copied,
-    GDAL_NODATA = nodata (default NaN); written atomically (nothing is left at `out` on failure).
-    lr_tile / lr_overlap in LR pixels (default 512 // scale and lr_tile // 4). amp: see resolve_amp.
+    out: float32 Kelvin GeoTIFF (geotiff.write_geotiff_rows: zlib, 256 x 256 tiles, overviews), GDAL_NODATA =
+    nodata (default NaN); on the LST grid refined by the scale when the grids are aligned, else exactly on the
+    guidance grid (module docstring); written atomically (nothing is left at `out` on failure).
+    lr_tile / lr_overlap in LR pixels (default 512 // scale and lr_tile // 4). amp: see tiling.resolve_amp.
     lst_scale, lst_offset, nodata_in: how the LST is stored (override data.lst_scale / data.lst_offset /
-    data.nodata; nodata_in is the input fill value, nodata the output's). png: also write
-    <out stem>.png (needs matplotlib). consistency: engine.make_consistent's mode (default: the
-    config's `consistency`), applied to the blended scene (consistent_rows).
+    data.nodata; nodata_in is the input fill value, nodata the output's); product, qc, qc_rule: a sensor
+    product instead (read_scene_lst). png: also write <out stem>.png (needs matplotlib). consistency:
+    engine.make_consistent's mode (default: the config's `consistency`), applied to the whole output.
+    overwrite: replace an existing `out`; allow_empty: write an output without a valid pixel.
     Returns {'out', 'shape': (H, W), 'seconds', 'mpx_per_s'}.
     """
     t0 = time.time()
     cfg = groklst.load_config(config, overrides)
-    scale, bands = cfg["data"]["scale"], groklst.guidance_bands(cfg)
+    scale, bands, name = cfg["data"]["scale"], groklst.guidance_bands(cfg), cfg["model"]["name"]
+    tile, overlap = _tiling(lr_tile, lr_overlap, batch, scale)
+    if product is not None and (lst_scale is not None or lst_offset is not None):
+        raise ConfigError(f"--product {product} decodes the LST itself: drop --lst-scale / --lst-offset")
+    if product is not None:
+        sensors.lookup(product)  # an unknown name fails here
+    if qc is not None and product is None:
+        raise ConfigError(f"--qc {qc}: give --product too (its QC rule reads the flags)")
     if png:
         figures.require_matplotlib("--png")  # fail before the long part
-    check_writable(out)
+    paths = guidance_paths(guidance, guidance_dir)
+    inputs = [lst, *paths, qc, checkpoint, config]
+    check_output(out, inputs, overwrite)
+    png_path = os.path.splitext(out)[0] + ".png"
+    if png:
+        check_output(png_path, inputs, overwrite, "--png")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     resolve_amp(amp, device)  # a bad value fails here, before reading
     if amp == "bf16" and device.type == "cpu" and not cpu_has_bf16():
@@ -385,77 +361,126 @@ def predict(config, lst, out, guidance=(), guidance_dir=None, checkpoint=None, o
     for key, value in (("scale", lst_scale), ("offset", lst_offset), ("nodata", nodata_in)):
         if value is not None:
             units[key] = value
-    array, info = read_lst_geotiff(lst, units)
-    paths = guidance_paths(guidance, guidance_dir)
-    gui = None
+    array, info = read_scene_lst(lst, units, product, qc, qc_rule)
+    if not np.isfinite(array).any() and not allow_empty:
+        raise DataError(f"{lst}: no valid LST pixel (all no-data{' after QC' if qc else ''}): nothing to downscale; "
+                        f"--allow-empty writes an all-no-data map")
+    gui = gheader = gpath = None
     if bands:
         if not paths:
-            raise DataError(f"model {cfg['model']['name']!r} is guided: give --guidance (bands {bands})")
-        gui = read_scene_guidance(paths, bands, lst, array.shape, info["geo"], scale)
+            raise DataError(f"model {name!r} is guided: give --guidance (bands {bands})")
+        gui, gheader, gpath = read_scene_guidance(paths, bands)
+        empty = [b for b, g in zip(bands, gui) if not np.isfinite(g).any()]
+        if empty and not allow_empty:
+            raise DataError(f"{gpath}: guidance band {empty[0]!r} is all no-data: every output pixel would be; "
+                            f"--allow-empty writes it anyway")
     elif paths:
-        print(f"note: model {cfg['model']['name']!r} is single-image; guidance ignored", file=sys.stderr)
+        gpath, gheader = paths[0], read_header(paths[0])
+    aligned = gheader is None or _aligned(lst, array.shape, info["geo"], gpath, gheader, scale)
+    if bands == [] and paths and aligned:
+        print(f"note: model {name!r} is single-image; guidance ignored", file=sys.stderr)
     model = load_model_once(config, overrides, cfg, checkpoint, device)
-    if hasattr(model, "fit_scene"):  # statistical sharpeners: one fit on the whole scene, applied to every tile
-        model.fit_scene(array, gui)
+    _tiling(tile, overlap, batch, scale, model)
+    if gui is not None and not getattr(model, "physical_units", False):
+        for line in guidance_warnings(cfg, bands, gui):
+            print(line, file=sys.stderr)
     normalizer = groklst.build_normalizer(cfg)
-    tile = lr_tile or max(1, 512 // scale)
-    overlap = tile // 4 if lr_overlap is None else lr_overlap
-    shape = (array.shape[0] * scale, array.shape[1] * scale)
-    if progress:
-        print(f"{cfg['model']['name']} x{scale}: {array.shape[1]} x {array.shape[0]} -> {shape[1]} x {shape[0]} px, "
-              f"tile {tile} overlap {overlap} (LR px), batch {batch}, {device}, amp {resolve_amp(amp, device, model)[0]}",
-              file=sys.stderr)
-    geo = None
-    if geo_transform(info["geo"]) is not None:
-        geo = geo_window(info["geo"], 0, 0, scale)
+    mode = consistency or cfg["consistency"]
+    in_band = (info.get("bands") or [None])[0]
+    out_band = in_band if figures.quantity_label(in_band) != "LST (K)" else "lst"
+    if aligned:
+        if hasattr(model, "fit_scene"):  # statistical sharpeners: one fit on the whole scene, applied to every tile
+            try:
+                model.fit_scene(array, gui)
+            except UserError as e:
+                raise _fit_error(name, lst, e) from None
+        shape = (array.shape[0] * scale, array.shape[1] * scale)
+        if progress:
+            print(f"{name} x{scale}: {array.shape[1]} x {array.shape[0]} -> {shape[1]} x {shape[0]} px, tile {tile} "
+                  f"overlap {overlap} (LR px), batch {batch}, {device}, amp {resolve_amp(amp, device, model)[0]}",
+                  file=sys.stderr)
+        geo = None
+        if geo_transform(info["geo"]) is not None:
+            geo = geo_window(info["geo"], 0, 0, scale)
+        else:
+            print(f"warning: {lst}: no georeferencing (ModelPixelScale + ModelTiepoint or ModelTransformation); "
+                  f"{out} will have none", file=sys.stderr)
+        rows = predict_rows(model, normalizer, array, gui, scale, tile, overlap, batch, device, amp, progress)
+        rows = consistent_rows(rows, array, scale, mode)
     else:
-        print(f"warning: {lst}: no georeferencing (ModelPixelScale + ModelTiepoint or ModelTransformation); "
-              f"{out} will have none", file=sys.stderr)
-    rows = predict_rows(model, normalizer, array, gui, scale, tile, overlap, batch, device, amp, progress)
-    rows = consistent_rows(rows, array, scale, consistency or cfg["consistency"])
+        shape, geo = tuple(gheader["shape"][1:]), gheader["geo"]
+        rows = own_grid_rows(model, normalizer, array, Grid.from_geotiff(lst, info), gui,
+                             Grid.from_geotiff(gpath, gheader), name, scale, mode, tile, overlap, batch, device, amp,
+                             progress, lst)
+    rows = _require_data(rows, out, allow_empty)
     step = max(1, -(-max(shape) // 2000))  # the PNG's decimation (figures.write_png): kept as the rows pass
     look = []
     if png:
         rows = _keep_decimated(rows, step, look)
-    write_geotiff_rows(out, shape, rows, geo, nodata=float("nan") if nodata is None else float(nodata), tile=ROW_STRIP)
+    write_geotiff_rows(out, shape, rows, geo, nodata=float("nan") if nodata is None else float(nodata), tile=ROW_STRIP,
+                       band_name=out_band)
     if png:
-        figures.write_png(os.path.splitext(out)[0] + ".png", np.concatenate(look),
-                          f"{os.path.basename(out)}: {cfg['model']['name']} x{scale}")
+        figures.write_png(png_path, np.concatenate(look), f"{os.path.basename(out)}: {name} x{scale}",
+                          figures.quantity_label(out_band))
     seconds = time.time() - t0
     return {"out": out, "shape": shape, "seconds": seconds, "mpx_per_s": shape[0] * shape[1] / 1e6 / max(seconds, 1e-9)}
 
 
-def consistent_rows(strips, lr_lst, scale, mode, halo=3):
-    """engine.make_consistent on a stream of output row strips (each a multiple of `scale` rows, as
-    predict_rows yields them), equal to applying it to the whole blended scene: each strip is
-    corrected inside a window with `halo` coarse rows of the neighbouring strips' (uncorrected)
-    prediction above and below, which covers the bicubic residual's 4-tap support; the nearest
-    pass is per block. Host memory: two strips. lr_lst (h, w) K."""
+def own_grid_rows(model, normalizer, lst, coarse, guidance, fine, name, scale, mode, tile, overlap, batch, device,
+                  amp, progress, lst_path):
+    """Output row strips on the guidance grid `fine` of an LST (h, w) K on its own grid `coarse` (crossgrid.py):
+    sharpeners through the footprint, interpolation baselines at the fine pixel centres, a learned model on its
+    LR grid. NaN where the sensor pixel holding a fine pixel is NaN or outside, or a guidance band is NaN;
+    consistency `mode` through the footprint (engine.make_consistent). guidance (C, H, W) or None."""
+    fp = Footprint(fine, coarse)
+    H, W = fine.shape
+    pixel = crossgrid.sensor_pixel(fp)
+    dark = np.isnan(fp.nearest(lst))
+    if guidance is not None:
+        dark |= np.isnan(guidance).any(0)
+    if progress:
+        print(f"{name}: {coarse.describe()} -> {fine.describe()} (sensor pixel = {pixel:.3g} fine pixels)", file=sys.stderr)
+    interpolation = crossgrid.interpolation_mode(model)
+    if crossgrid.is_sharpener(model) or interpolation:
+        if interpolation:
+            out = np.asarray(fp.interpolate(lst, interpolation), np.float32)
+        else:
+            try:
+                out = crossgrid.sharpen_on_footprint(model, lst, guidance, fp)
+            except UserError as e:
+                raise _fit_error(name, lst_path, e) from None
+        rows = _strips(np.where(dark, np.float32(np.nan), out))
+    else:
+        ratio = pixel / scale
+        crossgrid.check_ratio(ratio, scale, name, lst_path)
+        lr = crossgrid.lr_grid(fine, scale)
+        lst_lr, how = crossgrid.to_lr_grid(lst, coarse, lr, ratio)
+        print(f"note: {lst_path}: the sensor pixel is {ratio:.3g} x the LR pixel of {name} x{scale}; the LST is brought "
+              f"onto the LR grid ({lr.shape[1]} x {lr.shape[0]} px) by {how}", file=sys.stderr)
+        gui = guidance
+        if guidance is not None and (lr.shape[0] * scale, lr.shape[1] * scale) != (H, W):  # NaN beyond the fine grid
+            gui = np.full((len(guidance), lr.shape[0] * scale, lr.shape[1] * scale), np.nan, np.float32)
+            gui[:, :H, :W] = guidance
+        strips = predict_rows(model, normalizer, lst_lr, gui, scale, tile, overlap, batch, device, amp, progress)
+        rows = _cropped(strips, dark, W)
+        if mode == "none":
+            return rows
+        rows = [np.concatenate(list(rows))]
     if mode == "none":
-        yield from strips
-        return
-    margin, top = halo * scale, 0  # top: the first output row of `current`
-    tail = None  # the last `margin` rows of the previous strip, uncorrected
-    strips = iter(strips)
-    current = next(strips, None)
-    while current is not None:
-        following = next(strips, None)
-        parts = ([] if tail is None else [tail]) + [current] + ([] if following is None else [following[:margin]])
-        window, start = np.concatenate(parts), top - (0 if tail is None else len(tail))
-        lr = lr_lst[start // scale:(start + len(window)) // scale]
-        fixed = engine.make_consistent(torch.from_numpy(window)[None, None], torch.from_numpy(lr)[None, None], mode)
-        offset = top - start
-        yield fixed[0, 0, offset:offset + len(current)].numpy()
-        tail, top, current = current[-margin:], top + len(current), following
+        return rows
+    whole = torch.from_numpy(np.concatenate(list(rows)))
+    fixed = engine.make_consistent(whole[None, None], torch.from_numpy(lst)[None, None], mode, fp)[0, 0].numpy()
+    return _strips(fixed)
 
 
-def _keep_decimated(strips, step, look):
-    """Pass the row strips through, appending every `step`-th row and column of them to `look`."""
+def _cropped(strips, dark, width):
+    """Strips of a padded LR-grid prediction cut to the fine grid (`dark`'s shape), NaN where `dark`."""
     y = 0
     for rows in strips:
-        look.append(rows[(-y) % step::step, ::step])
-        y += rows.shape[0]
-        yield rows
+        rows = rows[:len(dark) - y, :width]
+        if len(rows):
+            yield np.where(dark[y:y + len(rows)], np.float32(np.nan), rows)
+        y += len(rows)
 
 
 # --------------------------------------------------------------------------- many scenes
@@ -500,7 +525,16 @@ def predict_scenes(config, scenes, out_dir, device=None, **kwargs):
     torchrun scene i goes to rank i % world. A scene that fails (bad input) is an `error:` line on
     stderr and the others go on; at the end rank 0 prints the done / failed counts (after a gather)
     and raises a DataError naming the failed scenes if any (exit code 1; the other ranks exit 1
-    quietly). kwargs: as predict. Returns [(scene, 'done' | 'failed')] of all ranks."""
+    quietly). Outputs that would be an input's file are refused before any scene runs; an existing output
+    is skipped ('skipped') unless kwargs['overwrite']. kwargs: as predict. Returns [(scene, 'done' |
+    'skipped' | 'failed')] of all ranks."""
+    outputs = {name: os.path.join(out_dir, name + ".tif") for name, _, _ in scenes}
+    inputs = [p for _, lst, gui in scenes for p in (lst, *gui)]
+    for name, out in outputs.items():
+        for path in inputs:
+            if os.path.exists(out) and os.path.exists(path) and same_file(out, path):
+                raise ConfigError(f"--out-dir {out_dir}: scene {name}'s output {out} is the input {path}: an output "
+                                  f"never replaces an input; give another --out-dir")
     rank, world, dist_device = engine.setup_distributed()
     try:
         device = torch.device(device) if device else dist_device
@@ -513,9 +547,13 @@ def predict_scenes(config, scenes, out_dir, device=None, **kwargs):
         for i, (name, lst, gui) in enumerate(scenes):
             if i % world != rank:
                 continue
+            if os.path.exists(outputs[name]) and not kwargs.get("overwrite"):
+                remove_stale_temps(outputs[name])
+                status.append((i, name, "skipped"))
+                print(f"rank {rank}/{world} scene {name}: skipped (exists) {outputs[name]}", flush=True)
+                continue
             try:
-                r = predict(config, lst, os.path.join(out_dir, name + ".tif"), guidance=gui, device=device,
-                            progress=False, **kwargs)
+                r = predict(config, lst, outputs[name], guidance=gui, device=device, progress=False, **kwargs)
             except UserError as e:
                 print(f"error: scene {name}: {e}", file=sys.stderr, flush=True)
                 status.append((i, name, "failed"))
@@ -532,8 +570,10 @@ def predict_scenes(config, scenes, out_dir, device=None, **kwargs):
     finally:
         engine.teardown_distributed()
     failed = [name for _, name, state in everything if state == "failed"]
+    skipped = sum(state == "skipped" for _, _, state in everything)
     if rank == 0:
-        print(f"scenes: {len(everything) - len(failed)} done, {len(failed)} failed, {world} process(es)", flush=True)
+        print(f"scenes: {len(everything) - len(failed) - skipped} done, {len(failed)} failed, {world} process(es)"
+              + (f", {skipped} skipped (exist; --overwrite redoes them)" if skipped else ""), flush=True)
     if failed:
         if rank == 0:
             raise DataError(f"{len(failed)} of {len(everything)} scenes failed: {', '.join(failed)} (see the error lines above)")
@@ -569,28 +609,37 @@ def main(argv=None):
     p.add_argument("--lst-scale", type=float, default=None, help="LST = stored * scale + offset (overrides data.lst_scale)")
     p.add_argument("--lst-offset", type=float, default=None, help="(overrides data.lst_offset)")
     p.add_argument("--png", action="store_true", help="also write <out>.png with a colour bar (needs matplotlib)")
+    p.add_argument("--product", default=None, metavar="NAME",
+                   help=f"decode a sensor product's LST (sensors.py: {', '.join(sensors.PRODUCTS)}); not with --lst-scale")
+    p.add_argument("--qc", default=None, metavar="QC.tif", help="with --product: its QC raster on the LST's grid; "
+                                                                "pixels the QC rule rejects become no-data")
+    p.add_argument("--qc-rule", default=None, help="with --qc: another rule of the product (default: its own)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
+    p.add_argument("--allow-empty", action="store_true", help="write an output without a valid pixel instead of failing")
     p.add_argument("--consistency", nargs="?", const="bicubic", default=None, choices=engine.CONSISTENCY_MODES,
                    help="block mean of the output = LR input (engine.make_consistent); alone: bicubic; "
                         "default: the config's consistency (none)")
     args = p.parse_intermixed_args(argv)
     if args.old_tile is not None:  # prepare.py's --tile is in HR pixels: predict's LR sizes say so in their names
         raise ConfigError("predict.py: --tile / --overlap are now --lr-tile / --lr-overlap (LR, i.e. input, pixels)")
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads {args.threads}: give a number of CPU threads >= 1")
         torch.set_num_threads(args.threads)
     common = dict(checkpoint=args.checkpoint, overrides=args.overrides, lr_tile=args.lr_tile, lr_overlap=args.lr_overlap,
                   batch=args.batch, amp=args.amp, nodata=args.nodata, png=args.png, lst_scale=args.lst_scale,
-                  lst_offset=args.lst_offset, nodata_in=args.nodata_in,
-                  consistency=args.consistency)
+                  lst_offset=args.lst_offset, nodata_in=args.nodata_in, consistency=args.consistency,
+                  product=args.product, qc_rule=args.qc_rule, overwrite=args.overwrite, allow_empty=args.allow_empty)
     if args.scenes:
-        if args.lst or args.out or args.guidance or args.guidance_dir or not args.out_dir:
-            raise ConfigError("--scenes takes --out-dir DIR and no --lst / --out / --guidance / --guidance-dir "
+        if args.lst or args.out or args.guidance or args.guidance_dir or args.qc or not args.out_dir:
+            raise ConfigError("--scenes takes --out-dir DIR and no --lst / --out / --guidance / --guidance-dir / --qc "
                               "(each scene line names its files)")
         predict_scenes(args.config, read_scenes(args.scenes), args.out_dir, device=args.device, **common)
         return
     if not (args.lst and args.out) or args.out_dir:
         raise ConfigError("give --lst LST.tif and --out OUT.tif (one scene), or --scenes LIST --out-dir DIR (many)")
     predict(args.config, args.lst, args.out, guidance=args.guidance, guidance_dir=args.guidance_dir,
-            device=args.device, **common)
+            device=args.device, qc=args.qc, **common)
     print(f"wrote {args.out}")
 
 

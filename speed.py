@@ -13,6 +13,16 @@ process, so the numbers do not mix). A train step is forward + L1 loss + backwar
 Achieved TFLOP/s counts model FLOPs: 2 x MACs of the forward, x 3 for a train step (backward ~ twice
 the forward); recomputation (checkpointing) is not counted, so it shows as a lower rate.
 
+--throughput: CPU inference throughput instead, in output megapixels per second of predict.py's own
+inference path (predict.predict_rows on a random --hr x --hr scene, one tile) at the precision of
+`--amp auto` (predict.resolve_amp: bf16 where the CPU computes it natively and the model has weights,
+else float32), one process per model with a --timeout; rows are merged into --json (default
+docs/throughput_cpu.json, which `groklst.py list --markdown` and zoo.py's table read) with the
+machine they ran on:
+
+    python speed.py all --hr 256 --throughput --json docs/throughput_cpu.json
+    python speed.py pgdm --hr 256 --throughput --json docs/throughput_cpu.json   # add or redo one model
+
 --data-wait ROOT: the share of a training step spent waiting for data, for each data.cache and
 num_workers setting, with the model step simulated by a sleep of --step-s seconds per sample (a
 GPU step measured elsewhere; the sleep leaves the CPU to the loader, as a GPU step mostly does).
@@ -21,19 +31,23 @@ GPU step measured elsewhere; the sleep leaves the CPU to the loader, as a GPU st
 import argparse
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
 import time
 
+import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import engine
 import groklst
 from data import BANDS, GrokLSTDataset
 from errors import ConfigError, command
+from geotiff import write_atomic
 from layout import write_mat_dataset
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def inputs(model, scale, hr, batch, device, dtype=torch.float32):
@@ -45,13 +59,10 @@ def inputs(model, scale, hr, batch, device, dtype=torch.float32):
 
 
 def count_macs(name, scale, hr, batch, **model_kwargs):
-    """GMACs of one forward, counted on the meta device (shapes only)."""
-    with torch.device("meta"):
-        model = groklst.create_model(name, scale=scale, **model_kwargs)
-        x, g = inputs(model, scale, hr, batch, "meta")
-        with FlopCounterMode(display=False) as counter:
-            model(x, g)
-    return counter.get_total_flops() / 2e9
+    """GMACs of one forward of a registered model (its arguments at their defaults unless given, the
+    ten GrokLST bands for a guided one), counted on the meta device (groklst.count_macs)."""
+    cfg = {"model": {"name": name, **model_kwargs}, "data": {"scale": scale, "guidance_bands": list(BANDS)}}
+    return groklst.count_macs(cfg, hr, batch)
 
 
 def run_one(name, scale=8, hr=512, batch=1, train=False, device="cpu", amp="none", compile=False,
@@ -106,13 +117,121 @@ def run_one(name, scale=8, hr=512, batch=1, train=False, device="cpu", amp="none
 
 def run_isolated(name, **kw):
     """run_one in a fresh Python process (peak RSS of this model only)."""
-    code = ("import json, sys; sys.path.insert(0, %r); import speed; "
-            "print('RESULT ' + json.dumps(speed.run_one(%r, **%r)))") % (os.path.dirname(os.path.abspath(__file__)), name, kw)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return _in_child(f"speed.run_one({name!r}, **{kw!r})", name)
+
+
+def _in_child(call, name, timeout=None, imports=""):
+    """The JSON result of `call` (Python code using speed and `imports`) run in a fresh process, or
+    {'model': name, 'error': its last line} (also after `timeout` seconds)."""
+    code = (f"import json, sys; sys.path.insert(0, {HERE!r}); import speed{imports}; "
+            f"print('RESULT ' + json.dumps({call}))")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"model": name, "error": f"timed out after {timeout:g} s (--timeout)"}
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
     return {"model": name, "error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
+
+
+# --------------------------------------------------------------------------- CPU inference throughput
+
+
+def machine():
+    """The CPU (model name from /proc/cpuinfo, else platform's), torch's threads and version."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": str(torch.__version__),
+            "load_average": round(os.getloadavg()[0], 1)}  # other processes on the machine slow every number
+
+
+def throughput(name, predict, scale=8, hr=256, steps=3, warmup=1, threads=None, seed=0):
+    """Output megapixels per second of predict.py's inference on one random hr x hr scene (the LST at
+    hr / scale, the ten guidance bands about their GrokLST means): predict.predict_rows with one tile
+    (lr_tile = hr / scale, no overlap, batch 1), which normalises, runs the model, decodes to Kelvin and
+    masks, at --amp auto's precision (predict.resolve_amp). Not run: predict.bf16_check, auto's accuracy
+    check of a trained checkpoint (random weights would decide it; where it rejects bf16, float32's
+    speed applies). A statistical sharpener's per-scene fit (predict.py's fit_scene) is counted in each
+    step. `predict`: the predict module, imported by the caller (a script imports no other script).
+    The fastest of `steps` timed steps after `warmup` (on a shared machine other processes only ever
+    slow a step down); random weights (seed)."""
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    cfg = groklst.load_config(os.path.join(HERE, "configs", "_base_", f"groklst_x{scale}.yaml"), [f"model.name={name}"])
+    model = groklst.build_model(cfg).eval()
+    normalizer, bands = groklst.build_normalizer(cfg), groklst.guidance_bands(cfg)
+    rng = np.random.default_rng(seed)
+    lst = (cfg["norm"]["lst"]["mean"] + cfg["norm"]["lst"]["std"] * rng.standard_normal((hr // scale,) * 2)).astype(np.float32)
+    stats = cfg["norm"]["guidance"]["stats"]
+    gui = np.stack([stats[b]["mean"] + stats[b]["std"] * rng.standard_normal((hr, hr)) for b in bands]).astype(np.float32) \
+        if bands else None
+    amp = predict.resolve_amp("auto", "cpu", model)[0]
+
+    def step():
+        if hasattr(model, "fit_scene"):
+            model.fit_scene(lst, gui)
+        for _ in predict.predict_rows(model, normalizer, lst, gui, scale, hr // scale, 0, 1, "cpu", amp):
+            pass
+
+    with torch.inference_mode():
+        for _ in range(warmup):
+            step()
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+    best = min(times)
+    gmacs = _gmacs(name, scale, hr)
+    return {"model": name, "scale": scale, "hr": hr, "amp": amp, "mpx_per_s": round(hr * hr / 1e6 / best, 4),
+            "forward_s_best": round(best, 4), "forward_s_all": [round(t, 4) for t in times],
+            "parameters": groklst.num_parameters(model), "gmacs": gmacs, **machine()}
+
+
+def _gmacs(name, scale, hr):
+    try:
+        return round(count_macs(name, scale, hr, 1), 4)
+    except (NotImplementedError, RuntimeError):  # fitted per image: nothing to count on the meta device
+        return None
+
+
+def run_throughput(names, args):
+    """--throughput: each model in its own process (--timeout s), its row merged into --json as soon as
+    it is measured (an interrupted measurement keeps the rows done); returns the rows of this call."""
+    rows = {}
+    if os.path.exists(args.json):
+        with open(args.json) as f:
+            rows = {r["model"]: r for r in json.load(f).get("rows", [])}
+    here, results = machine(), []
+    here.pop("load_average")  # each row has its own
+    if args.threads:
+        here["threads"] = args.threads
+    here["command"] = f"python speed.py all --hr {args.hr} --throughput --json {os.path.relpath(args.json)}"  # remakes it
+    for name in names:
+        scale = args.scale if args.scale in groklst.MODELS[name].scales else max(groklst.MODELS[name].scales)
+        t0 = time.perf_counter()
+        kw = dict(scale=scale, hr=args.hr, steps=args.steps, warmup=args.warmup, threads=args.threads)
+        r = _in_child(f"speed.throughput({name!r}, predict, **{kw!r})", name, args.timeout, imports=", predict")
+        r["wall_s"] = round(time.perf_counter() - t0, 1)
+        if "error" in r:  # what it costs can still be counted
+            r.update(scale=scale, hr=args.hr, gmacs=_gmacs(name, scale, args.hr))
+        rows[name] = dict(r, measured=time.strftime("%Y-%m-%d"))
+        results.append(r)
+        print(f"{name:10s} x{scale} " + (f"error: {r['error']}" if "error" in r else
+              f"{r['mpx_per_s']:8.4f} Mpx/s ({r['amp']}) | {r['forward_s_best']:8.3f} s per {args.hr}² | "
+              f"{'-' if r['gmacs'] is None else format(r['gmacs'], '.3g')} GMACs") + f" | {r['wall_s']} s wall", flush=True)
+        content = {"what": f"CPU inference throughput (output Mpx/s, --amp auto) and GMACs per {args.hr} x {args.hr} "
+                           "output, default model arguments, x8 or the model's largest scale (speed.py --throughput)",
+                   "machine": here,
+                   "rows": sorted(rows.values(), key=lambda r: r["model"])}
+        write_atomic(args.json, (json.dumps(content, indent=1) + "\n").encode())
+    return results
 
 
 def data_wait(root, step_s, scale=8, batch=1, num_workers=0, cache=False, steps=30, split="train"):
@@ -211,7 +330,11 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 3; --data-wait: 40)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--json", default="speed.json")
+    p.add_argument("--json", default=None, help="results (default speed.json; --throughput: merged into "
+                   "docs/throughput_cpu.json)")
+    p.add_argument("--throughput", action="store_true", help="CPU inference throughput (Mpx/s of output) under "
+                   "--amp auto, through predict.py's inference")
+    p.add_argument("--timeout", type=float, default=900, help="--throughput: seconds per model (default 900)")
     p.add_argument("--data-wait", default=None, metavar="ROOT", help="measure the data-wait share on this dataset")
     p.add_argument("--make-mat", type=int, default=0, metavar="N", help="--data-wait: first write N .mat samples (size --hr)")
     p.add_argument("--step-s", type=float, default=0.136, help="--data-wait: simulated model step, s per sample")
@@ -227,11 +350,19 @@ def main(argv=None):
     if not args.models:
         raise ConfigError("give model names (or 'all'), or --data-wait ROOT")
     args.steps = args.steps or 3
+    args.json = args.json or (groklst.THROUGHPUT_JSON if args.throughput else "speed.json")
     names = groklst.list_models() if args.models == ["all"] else args.models
     for name in names:  # typos and impossible scales fail before any work
         cls = groklst.get_model_class(name)
         if args.models != ["all"] and args.scale not in cls.scales:
             raise ConfigError(f"{name} supports scales {list(cls.scales)}, not --scale {args.scale}")
+    if args.throughput:
+        if args.device != "cpu" or args.train or args.amp != "none" or args.compile or args.batch != 1:
+            raise ConfigError("--throughput measures CPU inference of one scene under --amp auto: drop --device, "
+                              "--train, --amp, --compile and --batch")
+        run_throughput(names, args)
+        print(f"rows merged into {args.json}")
+        return
     results = []
     for name in names:
         cls = groklst.MODELS[name]

@@ -13,6 +13,9 @@ the JSON's five "metrics" (its own keys "CONS", "per_image_CONS"). The config ke
 (none | nearest | bicubic, groklst.make_consistent) makes every prediction coarse-consistent.
 --save-dir writes each prediction as a float32 GeoTIFF (K), NaN where the LR input had no data,
 georeferenced like its HR tile. Table IX of many trained runs: `python zoo.py --table-only --root DIR`.
+An image the model cannot predict (a sharpener that cannot fit it: a DataError such as sharpeners'
+CannotFit) gets a NaN row, left out of the means; the reason is printed and stored in the JSON under
+"skipped" ({image: reason}). A failed JSON write (a full disk) is one error line after the table.
 
     python test.py CFG CKPT --figure fig.png [--figure-samples NAME1,NAME2] [--figure-models A,B,...]
                             [--figure-guidance dem]
@@ -101,9 +104,15 @@ def figure_rows(cfg, models, split, names=None, device="cpu", amp="none"):
 
 
 def write_text(path, text):
-    """Atomically: an interrupted run leaves the previous file, never half of one."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    write_atomic(path, text.encode())
+    """Atomically: an interrupted run leaves the previous file, never half of one. A failed write (a full
+    disk) is one DataError naming `path`."""
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        write_atomic(path, text.encode())
+    except OSError as e:
+        kept = "the previous file is intact" if os.path.exists(path) else "nothing was written there"
+        raise DataError(f"{path}: writing the metrics failed ({e.strerror or e}); {kept}; the table above has "
+                        f"the numbers") from None
 
 
 def prediction_writer(dataset, folder):
@@ -132,14 +141,18 @@ def evaluate_split(args):
         model = groklst.load_model(cfg, args.checkpoint, device)
         normalizer = groklst.build_normalizer(cfg)
         save = prediction_writer(dataset, args.save_dir) if args.save_dir else None
+        skipped = {}  # image -> why the model could not predict it (a sharpener that cannot fit it)
         means, per_image = engine.evaluate(model, normalizer, dataset, device, args.amp or cfg["train"]["amp"],
-                                           cfg["consistency"], on_prediction=save, progress=True)
+                                           cfg["consistency"], on_prediction=save, progress=True,
+                                           on_error=skipped.__setitem__)
         if rank == 0:
             name = f"{cfg['model']['name']} x{cfg['data']['scale']}"
             print(f"{cfg['name']} on {split} ({means['images']} of {len(dataset)} images with valid pixels)")
             if cfg["consistency"] != "none":
                 name += f" (consistency {cfg['consistency']})"
             print(format_table({name: means}, columns=COLUMNS))
+            for image, reason in skipped.items():
+                print(f"skipped {image} (NaN row, not in the means): {reason}")
             out = args.out
             if out is None:
                 out = (f"{os.path.splitext(args.checkpoint)[0]}.{split}.json" if args.checkpoint
@@ -148,7 +161,8 @@ def evaluate_split(args):
                                         "metrics": {k: means[k] for k in METRICS}, "images": means["images"],
                                         "per_image": {n: {k: m[k] for k in METRICS} for n, m in per_image},
                                         "consistency": cfg["consistency"], CONS: means[CONS],
-                                        f"per_image_{CONS}": {n: m[CONS] for n, m in per_image}},
+                                        f"per_image_{CONS}": {n: m[CONS] for n, m in per_image},
+                                        "skipped": skipped},
                                        indent=1))
             print(f"metrics written to {out}")
             if args.figure:

@@ -8,13 +8,17 @@ The work dir (work_dirs/<config name>/, or `work_dir`) receives config.yaml (res
 (loss, lr, throughput, data wait, skipped batches, validation metrics), last.pth (every ckpt_interval
 iterations and at the end), best.pth (lowest validation RMSE; none with data.val_split=null) and, at the
 end, the test-split table of the weights used (best.pth, else last.pth) next to bicubic's; with
-train.tensorboard=true also TensorBoard events. A work dir that already holds a run is refused unless
---resume (continue it) or --overwrite (delete it first) is given. Checkpoints hold only tensors and
-plain types (torch.load(weights_only=True)), keys without `module.` / `_orig_mod.`, and are written
-atomically (temp file, fsync, rename). --resume restores model, optimizer, grad scaler and the
-iteration, and refuses a config that changes the trajectory. Every random number is a pure function of
-(seed, rank, iteration): the learning rate, the sample order, the crops and the model's own draws (drop
-path, dropout), so an interrupted run (even kill -9) resumes to bit-identical weights on CPU.
+train.tensorboard=true also TensorBoard events. One run at a time per work dir: the run holds an
+exclusive lock on <work_dir>/.lock (rank 0 under torchrun) for its whole life, and a second one (also a
+--resume) stops with the pid of the first; the kernel drops the lock when the holder ends, even by
+kill -9. A work dir that already holds a run is refused unless --resume (continue it) or --overwrite
+(delete it first) is given. Checkpoints hold only tensors and plain types (torch.load(weights_only=True)),
+keys without `module.` / `_orig_mod.`, and are written atomically (temp file, fsync, rename); weights
+holding NaN are never written (the run stops with exit code 1). --resume restores model, optimizer,
+grad scaler and the iteration, and refuses a config that changes the trajectory or a file of other
+contents than train.py writes. Every random number is a pure function of (seed, rank, iteration): the
+learning rate, the sample order, the crops and the model's own draws (drop path, dropout), so an
+interrupted run (even kill -9) resumes to bit-identical weights on CPU.
 """
 import argparse
 import contextlib
@@ -31,8 +35,9 @@ import torch
 
 import engine
 import groklst
-from checkpoints import clean_state_dict, load_weights, read_checkpoint, write_checkpoint
-from errors import ConfigError, DataError, TrainingError, command
+import locks
+from checkpoints import checkpoint_weights, clean_state_dict, fit_state_dict, load_weights, read_checkpoint, write_checkpoint
+from errors import ConfigError, DataError, TrainingError, UserError, command
 from geotiff import write_atomic
 from metrics import COLUMNS, format_table
 
@@ -82,6 +87,23 @@ def batches(dataset, batch_size, seed, rank, world, start_micro, num_workers=0):
 # --------------------------------------------------------------------------- work dir, checkpoints, resume
 
 
+def lock_work_dir(work_dir, rank):
+    """Make this run the work dir's one writer (locks.hold on rank 0, for the life of the process), before
+    anything in it is looked at. Every rank gets rank 0's outcome, so no rank starts alone: a ConfigError
+    naming the work dir and the pid of the run that holds it."""
+    problem = None
+    if rank == 0:
+        try:
+            locks.hold(work_dir, "train.py", elsewhere="choose another work_dir=...")
+        except UserError as e:
+            problem = str(e)
+        except OSError as e:  # a work dir that cannot be created or opened
+            problem = f"{work_dir}: cannot lock the work dir ({e.strerror or e})"
+    problem = engine.gather(problem)[0]
+    if problem:
+        raise ConfigError(problem)
+
+
 def check_work_dir(work_dir, args):
     """Refuse to mix two runs in one work dir -> the old run's files that --overwrite is to delete."""
     overwrite = getattr(args, "overwrite", False)
@@ -89,7 +111,9 @@ def check_work_dir(work_dir, args):
         raise ConfigError("--resume and --overwrite contradict each other: continue the run or delete it")
     last = os.path.join(work_dir, "last.pth")
     if args.resume in ("auto", last) and not os.path.exists(last):
-        raise ConfigError(f"--resume: {last} does not exist (nothing to resume)")
+        best = os.path.join(work_dir, "best.pth")  # a run killed after its first validation, before its first last.pth
+        hint = f"; go on from its best.pth with --resume {best}" if os.path.exists(best) else ""
+        raise ConfigError(f"--resume: {last} does not exist (nothing to resume){hint}")
     found = [f for f in RUN_FILES if os.path.exists(os.path.join(work_dir, f))]
     if found and not args.resume and not overwrite:
         raise ConfigError(f"{work_dir} already holds a run ({', '.join(found)}): continue it with --resume, choose "
@@ -123,21 +147,67 @@ def check_same_config(stored, cfg, path):
                           f"resume with the same config, or start a new run (another work_dir, or --overwrite)")
 
 
-def resume_from(path, cfg, model, optimizer, scaler, world):
-    """Restore a checkpoint of train.py -> (iteration, best validation RMSE)."""
-    ckpt = read_checkpoint(path)
+def _whole(v, low=0):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+# what train.py stores, as resume needs it: key -> (test, what it must be)
+RESUME_KEYS = {
+    "model": (lambda v: isinstance(v, dict), "a dict of tensors"),
+    "optimizer": (lambda v: isinstance(v, dict) and isinstance(v.get("state"), dict)
+                  and isinstance(v.get("param_groups"), list), "an optimizer state dict"),
+    "scaler": (lambda v: isinstance(v, dict), "a dict"),
+    "iter": (_whole, "an integer >= 0"),
+    "best_rmse": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, "a number >= 0"),
+    "config": (lambda v: v is None or isinstance(v, dict), "a config mapping"),
+    "world": (lambda v: _whole(v, 1), "an integer >= 1"),
+}
+
+
+def check_resume_state(ckpt, path):
+    """DataError naming `path` unless `ckpt` holds what train.py stores, of the types it stores."""
+    if not isinstance(ckpt, dict):
+        raise DataError(f"{path}: holds a {type(ckpt).__name__}, not a train.py checkpoint to resume")
     missing = [k for k in ("model", "optimizer", "scaler", "iter", "best_rmse") if k not in ckpt]
     if missing:
         raise DataError(f"{path}: not a train.py checkpoint to resume (no {', '.join(missing)}); to start from its "
                         f"weights use --init {path}")
+    bad = [f"{k}={ckpt[k]!r:.40} is not {what}" for k, (ok, what) in RESUME_KEYS.items() if k in ckpt and not ok(ckpt[k])]
+    if bad:
+        raise DataError(f"{path}: not a train.py checkpoint to resume ({'; '.join(bad)}); resume from a checkpoint "
+                        f"train.py wrote, or start afresh (--overwrite)")
+
+
+def load_optimizer_state(optimizer, scaler, ckpt, path):
+    """The optimizer's and scaler's states of a checked checkpoint; DataError naming `path` when they do
+    not belong to this model (parameter groups, moment shapes)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    state = ckpt["optimizer"]["state"]
+    odd = [i for i, s in state.items() if not (_whole(i) and i < len(params) and isinstance(s, dict)) or any(
+           torch.is_tensor(v) and v.ndim and v.shape != params[i].shape for v in s.values())]
+    try:
+        if odd:
+            raise ValueError(f"state of parameter(s) {', '.join(map(str, odd[:3]))} does not fit")
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise DataError(f"{path}: its optimizer state does not fit this model ({reason}); to start from its "
+                        f"weights use --init {path}") from None
+
+
+def resume_from(path, cfg, model, optimizer, scaler, world):
+    """Restore a checkpoint of train.py -> (iteration, best validation RMSE). Anything of another type or
+    shape than train.py stores is a DataError naming `path` (one line)."""
+    ckpt = read_checkpoint(path)
+    check_resume_state(ckpt, path)
     check_same_config(ckpt.get("config"), cfg, path)
-    model.load_state_dict(clean_state_dict(ckpt["model"]))
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scaler.load_state_dict(ckpt["scaler"])
+    model.load_state_dict(fit_state_dict(model, checkpoint_weights(ckpt, path), path, name=cfg["model"]["name"]))
+    load_optimizer_state(optimizer, scaler, ckpt, path)
     if ckpt.get("world", world) != world:
         print(f"warning: {path} was written by {ckpt['world']} processes, now {world}: the shards and random "
               "streams differ from the original run's", file=sys.stderr)
-    return ckpt["iter"], ckpt["best_rmse"]
+    return ckpt["iter"], float(ckpt["best_rmse"])
 
 
 def truncate_log(path, last_iter):
@@ -304,6 +374,7 @@ def train(cfg, args, rank, world, device):
     tcfg, dcfg, work_dir = cfg["train"], cfg["data"], cfg["work_dir"]
     main_process = rank == 0
     summary_writer = require_tensorboard() if tcfg["tensorboard"] else None
+    lock_work_dir(work_dir, rank)
     old_files = check_work_dir(work_dir, args)
 
     # build

@@ -147,7 +147,7 @@ def all_figures(reuse_runs):
         f"python docs/make_figures.py errors data/demo {FIG}/errors.png work_dirs/pred_bicubic work_dirs/pred_mocolsk",
         "python docs/make_figures.py scene data/scene",
         f"python predict.py {demo} --checkpoint {best} --lst data/scene/lst_240m.tif --guidance data/scene/bands_30m.tif "
-        f"--out data/scene/lst_30m_mocolsk.tif --png && cp data/scene/lst_30m_mocolsk.png {FIG}/scene.png",
+        f"--out data/scene/lst_30m_mocolsk.tif --png --overwrite && cp data/scene/lst_30m_mocolsk.png {FIG}/scene.png",
     ]
     for cmd in steps:
         run(cmd)

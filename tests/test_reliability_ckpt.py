@@ -262,6 +262,30 @@ def test_damaged_checkpoint_is_one_line(tiny_run, damage, cli):
     assert not (tmp / f"{damage}.json").exists()
 
 
+def test_checkpoint_with_nan_weights_is_refused_by_test_and_predict(tiny_run, cli, tmp_path):
+    """Weights of a run that diverged: one error line in test.py and predict.py, nothing written."""
+    import geotiff
+    tmp, cfg_path, ckpt = tiny_run
+    state = torch.load(ckpt, weights_only=True)
+    name = next(k for k, v in state["model"].items() if v.is_floating_point() and v.numel() > 1)
+    state["model"][name] = state["model"][name].clone()
+    state["model"][name].view(-1)[1] = float("nan")
+    nan = tmp_path / "nan.pth"
+    torch.save(state, nan)
+    assert_user_error(cli("test.py", cfg_path, str(nan), "--out", str(tmp_path / "t.json")), nan, name,
+                      "NaN or infinity", "diverged")
+    lst, gui = tmp_path / "lst.tif", tmp_path / "gui.tif"
+    geotiff.write_geotiff(str(lst), np.full((4, 4), 290.0, np.float32), geotiff.make_geo(500000.0, 4300000.0, 240.0))
+    bands = groklst.load_config(cfg_path)["data"]["guidance_bands"]
+    geotiff.write_geotiff(str(gui), np.ones((len(bands), 32, 32), np.float32), geotiff.make_geo(500000.0, 4300000.0, 30.0),
+                          band_names=bands)
+    r = cli("predict.py", cfg_path, "--checkpoint", str(nan), "--lst", str(lst), "--guidance", str(gui),
+            "--out", str(tmp_path / "out.tif"))
+    assert_user_error(r, nan, name, "NaN or infinity")
+    assert len([line for line in r.stderr.splitlines() if line.startswith("error")]) == 1
+    assert not (tmp_path / "t.json").exists() and not (tmp_path / "out.tif").exists()
+
+
 def test_missing_checkpoint(tiny_run):
     tmp, cfg_path, _ = tiny_run
     with pytest.raises(DataError, match="nothing.pth: checkpoint not found"):
@@ -294,6 +318,8 @@ def test_model_name_override_drops_the_other_models_keys(tiny_run, cli):
     ("train.eta_min=-1e-7", "train.eta_min=-1e-07: must be >= 0"),
     ("train.weight_decay=-0.1", "train.weight_decay=-0.1: must be >= 0"),
     ("train.warmup_iters=-5", "train.warmup_iters=-5: must be >= 0"),
+    ("train.warmup_iters=10000", "train.warmup_iters=10000: must be >= 0 and < train.max_iters"),  # max_iters 10000
+    ("train.eta_min=0.001", "train.eta_min=0.001: must be >= 0 and <= train.lr"),  # lr 1e-4
     ("train.restart_period=0", "train.restart_period=0: must be >= 1"),
     ("train.clip_grad=0", "train.clip_grad=0.0: must be null or > 0"),
     ("train.clip_grad=fast", "train.clip_grad='fast': expected float"),

@@ -1,6 +1,7 @@
 """Nothing silently wrong, nothing lost (issue #15), on the training and data-reading side: every case runs
 through the real command line (train.py, test.py, groklst.py stats) and checks the exit code, the one
 `error:` line naming the file / key / value at fault, and that nothing on disk was lost or half-written."""
+import copy
 import errno
 import importlib.util
 import json
@@ -8,7 +9,9 @@ import os
 import resource
 import shutil
 import signal
+import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -19,10 +22,11 @@ import yaml
 import data
 import geotiff
 import layout
+import locks
 import prepare
 import train
 from checkpoints import write_checkpoint
-from errors import DataError
+from errors import ConfigError, DataError
 
 SRCNN = {"name": "srcnn"}
 TINY_MOCOLSK = {"name": "mocolsk", "num_feats": 8, "reduction": 4, "num_stages": 1, "n_resblocks": 1}
@@ -154,7 +158,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, demo_root, run
     line = fails(out, "saving the checkpoint failed", "is intact", "--resume")
     assert f"{wd}{os.sep}" in line and ".pth:" in line
     assert {f: (wd / f).read_bytes() for f in ("last.pth", "best.pth")} == before
-    assert sorted(os.listdir(wd)) == ["best.pth", "config.yaml", "last.pth", "log.jsonl"]  # no temp file left
+    assert sorted(os.listdir(wd)) == [".lock", "best.pth", "config.yaml", "last.pth", "log.jsonl"]  # no temp file left
 
 
 def test_full_disk_during_save_names_the_file(tmp_path, monkeypatch):
@@ -170,6 +174,153 @@ def test_full_disk_during_save_names_the_file(tmp_path, monkeypatch):
     assert path in message and "No space left on device" in message and "previous last.pth is intact" in message
     assert "free some space and continue with --resume" in message
     assert torch.load(path, weights_only=True) == {"iter": 1} and os.listdir(tmp_path) == ["last.pth"]
+
+
+# --------------------------------------------------------------------------- one writer per work dir
+
+
+def hold_in_child(folder):
+    """A Python process that holds `folder`'s lock (locks.hold) until killed; returned once it holds it."""
+    code = (f"import sys, time; sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r}); "
+            f"import locks; locks.hold({str(folder)!r}, 'test'); print('held', flush=True); time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_work_dir_lock_names_its_holder_and_dies_with_it(tmp_path):
+    wd = tmp_path / "run"
+    holder = hold_in_child(wd)
+    try:
+        assert locks.holder(str(wd)) == holder.pid
+        with pytest.raises(ConfigError) as e:
+            locks.hold(str(wd), "train.py", elsewhere="choose another work_dir=...")
+        assert str(e.value) == (f"{wd} is in use by another run (pid {holder.pid}, test); wait for it to end, "
+                                f"stop it (kill {holder.pid}), or choose another work_dir=...")
+    finally:
+        holder.send_signal(signal.SIGKILL)  # no chance to clean up: the kernel releases the lock
+        holder.wait()
+    assert locks.holder(str(wd)) is None
+    locks.hold(str(wd), "test")
+    assert (wd / ".lock").read_text() == f"{os.getpid()} test\n" and locks.holder(str(wd)) is None  # our own
+    locks.release(str(wd))
+
+
+@pytest.mark.slow
+def test_second_run_in_a_work_dir_is_refused_while_the_first_runs(tmp_path, demo_root, run, write_config, root):
+    """Two train.py on one work dir: the second (also a --resume) stops at once with the first's pid, and
+    writes nothing; once the first is killed (-9) the work dir is free again."""
+    cfg = write_config(tmp_path, demo_root, max_iters=1000000, val_interval=1000000, log_interval=1, ckpt_interval=1)
+    wd = tmp_path / "run"
+    first_run = subprocess.Popen([sys.executable, "train.py", cfg, f"work_dir={wd}", "--no-test"], cwd=root,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        t0 = time.time()
+        while not (wd / "last.pth").exists():  # it holds the work dir and has saved a checkpoint
+            assert first_run.poll() is None and time.time() - t0 < 180, first_run.stdout.read()
+            time.sleep(0.2)
+        for extra in ([], ["--resume"], ["--overwrite"]):
+            line = fails(run(["train.py", cfg, f"work_dir={wd}", "--no-test", *extra]),
+                         f"{wd} is in use by another run (pid {first_run.pid}, train.py)", "work_dir=")
+            assert "already holds a run" not in line
+        assert first_run.poll() is None  # untouched
+    finally:
+        first_run.kill()
+        first_run.wait()
+    assert locks.holder(str(wd)) is None
+    succeeds(run(["train.py", cfg, f"work_dir={wd}", "train.max_iters=1", "--overwrite", "--no-test"]))
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_all_stop_when_the_work_dir_is_held(tmp_path, demo_root, run, write_config):
+    """Under torchrun only rank 0 takes the lock; the other ranks learn its outcome and stop too (no hang)."""
+    cfg = write_config(tmp_path, demo_root)
+    wd = tmp_path / "run"
+    locks.hold(str(wd), "test")
+    try:
+        out = run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", cfg,
+                   f"work_dir={wd}", "--no-test"], timeout=300)
+    finally:
+        locks.release(str(wd))
+    assert out.returncode != 0
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2 and all(f"{wd} is in use by another run (pid {os.getpid()}, test)" in e for e in errors)
+    assert sorted(os.listdir(wd)) == [".lock"]
+
+
+# --------------------------------------------------------------------------- NaN weights, hostile checkpoints
+
+
+@pytest.mark.slow
+def test_divergence_at_the_last_iteration_saves_nothing(tmp_path, demo_root, run, write_config, root):
+    """A NaN weight after the last optimizer step: exit code 1 and one error line; best.pth and last.pth
+    stay those of earlier iterations, finite; no test table."""
+    cfg = write_config(tmp_path, demo_root, max_iters=3, val_interval=1, ckpt_interval=1)
+    wd = tmp_path / "run"
+    poison = ("import sys, torch; sys.path.insert(0, %r); import train\n"
+              "step, calls = torch.optim.AdamW.step, [0]\n"
+              "def last_step_poisons(self, *a, **k):\n"
+              "    out = step(self, *a, **k)\n"
+              "    calls[0] += 1\n"
+              "    if calls[0] == 3:\n"
+              "        with torch.no_grad():\n"
+              "            self.param_groups[0]['params'][0].view(-1)[0] = float('nan')\n"
+              "    return out\n"
+              "torch.optim.AdamW.step = last_step_poisons\n"
+              "train.main(sys.argv[1:])\n") % root
+    line = fails(run(["-c", poison, cfg, f"work_dir={wd}"]), str(wd / "last.pth"), "not saved", "NaN or infinity",
+                 "conv1.weight", "train.lr")
+    assert "best.pth" not in line
+    for name, upto in (("last.pth", 2), ("best.pth", 2)):
+        ckpt = torch.load(wd / name, weights_only=True)
+        assert ckpt["iter"] <= upto and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    assert torch.load(wd / "last.pth", weights_only=True)["iter"] == 2
+    assert not (wd / "test_table.md").exists() and not any(".tmp" in f for f in os.listdir(wd))
+
+
+@pytest.fixture(scope="module")
+def resumable(tmp_path_factory, demo_root, tiny_config):
+    """(config, a 1-iteration train.py checkpoint of it): trained in this process."""
+    tmp = tmp_path_factory.mktemp("resumable")
+    cfg = tiny_config(tmp, demo_root, SRCNN, max_iters=1)
+    train.main([cfg, f"work_dir={tmp / 'run'}", "--no-test"])
+    return cfg, torch.load(tmp / "run" / "last.pth", weights_only=True)
+
+
+@pytest.mark.parametrize("damage, named", [
+    (dict(iter="2"), "iter='2' is not an integer >= 0"),
+    (dict(best_rmse=[1.0]), "best_rmse=[1.0] is not a number >= 0"),
+    (dict(optimizer="adamw"), "optimizer='adamw' is not an optimizer state dict"),
+    (dict(config="cfg"), "config='cfg' is not a config mapping"),
+    (dict(model=["weights"]), "model=['weights'] is not a dict of tensors"),
+    (dict(world=0), "world=0 is not an integer >= 1"),
+    ("exp_avg of another shape", "its optimizer state does not fit this model"),
+    ("a parameter group less", "its optimizer state does not fit this model"),
+    ("list", "holds a list, not a train.py checkpoint"),
+])
+def test_hostile_checkpoint_on_resume_is_one_error_line(tmp_path, resumable, damage, named):
+    cfg, ckpt = resumable
+    wd = tmp_path / "run"
+    wd.mkdir()
+    if isinstance(damage, dict):
+        bad = dict(ckpt, **damage)
+    elif damage == "list":
+        bad = [ckpt]
+    else:
+        optimizer = copy.deepcopy(ckpt["optimizer"])
+        if damage == "a parameter group less":
+            optimizer["param_groups"] = []
+        else:
+            optimizer["state"][0]["exp_avg"] = torch.zeros(3)
+        bad = dict(ckpt, optimizer=optimizer)
+    torch.save(bad, wd / "last.pth")
+    with pytest.raises(SystemExit) as e:
+        train.main([cfg, f"work_dir={wd}", "train.max_iters=2", "--resume", "--no-test"])
+    message = str(e.value)
+    assert message.startswith(f"error: {wd / 'last.pth'}: ") and named in message and "\n" not in message
+    assert torch.load(wd / "last.pth", weights_only=False) is not None  # not replaced
+    assert not (wd / "log.jsonl").exists()
 
 
 # --------------------------------------------------------------------------- no-data, validation, file checks

@@ -258,12 +258,12 @@ def test_predict_fits_tsharp_once_on_the_whole_scene(tmp_path, monkeypatch, conf
     assert np.abs(per_tile[0, 0].numpy() - reference[:48, :48]).max() > 1e-3  # a tile's own fit differs
 
 
-@pytest.mark.parametrize("name", ["bicubic", "tsharp"])
-def test_predict_consistency_flag(tmp_path, name, config):
+@pytest.mark.parametrize("name, mode", [("bicubic", "bicubic"), ("tsharp", "bicubic"), ("bicubic", "atpk")])
+def test_predict_consistency_flag(tmp_path, name, mode, config):
     lr, gui, lst, guidance = write_scene(tmp_path)
     out_path = str(tmp_path / "out.tif")
     predict.main([config("bicubic_x4"), f"model.name={name}", "--lst", lst, "--guidance", guidance, "--out", out_path,
-                  "--lr-tile", "12", "--lr-overlap", "4", "--consistency"])
+                  "--lr-tile", "12", "--lr-overlap", "4", "--consistency", mode])
     out = geotiff.read_geotiff(out_path)[0][0]
     coarse = data.block_mean(out, 4, max_nan_fraction=1.0)
     valid = np.isfinite(lr)

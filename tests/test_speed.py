@@ -1,10 +1,15 @@
 """speed.py: one process per model, the numbers it reports, its JSON, its errors."""
 import json
+import os
 import subprocess
 import sys
+import types
 
 import pytest
+import torch
 
+import groklst
+import predict
 import speed
 
 
@@ -56,3 +61,82 @@ def test_speed_unknown_model_and_missing_scale(tmp_path, run_speed):
     r = run_speed("mocolsk", "--scale", "3", "--hr", "32", "--json", str(tmp_path / "x.json"))
     assert r.returncode != 0 and "mocolsk supports scales [2, 4, 8], not --scale 3" in r.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+SRCNN_MACS_PER_PIXEL = 9 * 9 * 1 * 64 + 1 * 1 * 64 * 32 + 5 * 5 * 32 * 1  # its three convolutions, at the output size
+
+
+def test_macs_of_srcnn_counted_by_hand():
+    assert speed.count_macs("srcnn", 8, 256, 1) == 256 * 256 * SRCNN_MACS_PER_PIXEL / 1e9
+    cfg = groklst.load_config(os.path.join(os.path.dirname(speed.__file__), "configs", "srcnn_x4.yaml"),
+                              ["model.channels=[1,16,8,1]"])  # the run's own model arguments count
+    assert groklst.count_macs(cfg, 128, 2) == 2 * 128 * 128 * (81 * 16 + 16 * 8 + 25 * 8) / 1e9
+
+
+def test_throughput_runs_predict_rows_at_auto_precision():
+    """speed.throughput times predict.py's own inference (predict_rows, one tile, no overlap) at the precision
+    --amp auto resolves to: bf16 on a CPU with native bf16 for a model with weights, else float32."""
+    calls = []
+
+    def predict_rows(model, normalizer, lst, gui, scale, tile, overlap, batch, device, amp):
+        calls.append((lst.shape, None if gui is None else gui.shape, scale, tile, overlap, batch, amp))
+        return predict.predict_rows(model, normalizer, lst, gui, scale, tile, overlap, batch, device, amp)
+    spy = types.SimpleNamespace(resolve_amp=predict.resolve_amp, predict_rows=predict_rows)
+    native = predict.cpu_has_bf16()
+    for name, scale, bands, amp in [("srcnn", 8, None, "bf16" if native else "none"), ("bicubic", 4, None, "none"),
+                                    ("dgf", 8, (10, 64, 64), "bf16" if native else "none")]:
+        calls.clear()
+        r = speed.throughput(name, spy, scale=scale, hr=64, steps=2, warmup=1)
+        assert calls == [((64 // scale,) * 2, bands, scale, 64 // scale, 0, 1, amp)] * 3  # warm-up + 2 timed
+        assert r["amp"] == amp and len(r["forward_s_all"]) == 2
+        assert abs(64 * 64 / 1e6 / r["mpx_per_s"] - min(r["forward_s_all"])) <= 1e-4  # the fastest step (both rounded)
+        assert r["cpu"] and r["threads"] == torch.get_num_threads()
+    assert r["parameters"] == groklst.num_parameters(groklst.create_model("dgf", scale=8))
+
+
+def test_list_markdown_takes_costs_from_the_throughput_file(tmp_path, capsys):
+    path = tmp_path / "throughput.json"
+    path.write_text(json.dumps({"machine": {"cpu": "Test CPU", "threads": 3, "torch": "9.9", "command": "speed.py ..."},
+                                "rows": [{"model": "srcnn", "scale": 8, "mpx_per_s": 0.25, "gmacs": 0.5264},
+                                         {"model": "ctn", "scale": 4, "mpx_per_s": 0.0123, "gmacs": 1.7596},
+                                         {"model": "rf", "error": "timed out after 9 s (--timeout)"}]}))
+    table = {}
+    for pattern in ("srcnn", "ctn", "rf"):
+        groklst.main(["list", pattern, "--markdown", "--throughput", str(path)])
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0] == ("| model | kind | scales | parameters (x2 / x4 / x8) | GMACs per 256² output | CPU Mpx/s "
+                            "| paper |")
+        table[pattern] = lines[2].split(" | ")
+        assert "Test CPU, 3 threads, torch 9.9" in lines[-1]
+    assert table["srcnn"][3:6] == ["8,129 / 8,129 / 8,129", "0.526", "0.25"]
+    assert table["ctn"][4:6] == ["1.76 (x4)", "0.0123 (x4)"]  # no x8: measured at its largest scale
+    assert table["rf"][4:6] == ["-", "failed"]  # its error is in the JSON
+
+
+@pytest.mark.slow
+def test_throughput_cli_merges_rows_into_its_json(tmp_path, run_speed):
+    out = tmp_path / "throughput.json"
+    r = run_speed("bicubic", "srcnn", "--hr", "64", "--throughput", "--steps", "1", "--warmup", "0", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    first = json.loads(out.read_text())
+    assert [row["model"] for row in first["rows"]] == ["bicubic", "srcnn"]
+    assert first["machine"]["cpu"] and first["machine"]["cores"] == os.cpu_count() and "--throughput" in first["machine"]["command"]
+    r = run_speed("srcnn", "--hr", "64", "--throughput", "--steps", "1", "--warmup", "0", "--timeout", "0.01",
+                  "--json", str(out))
+    assert r.returncode == 0 and "srcnn      x8 error: timed out after 0.01 s" in r.stdout, r.stdout + r.stderr
+    second = json.loads(out.read_text())
+    assert second["rows"][0] == first["rows"][0] and "error" in second["rows"][1]  # bicubic's kept, srcnn's replaced
+    r = run_speed("srcnn", "--throughput", "--amp", "bf16", "--json", str(out))
+    assert r.returncode == 1 and "--throughput measures CPU inference" in r.stderr
+
+
+@pytest.mark.slow
+def test_committed_throughput_file_matches_the_models(root):
+    """docs/throughput_cpu.json (what docs/models.md shows) was measured on the models as they are: the same
+    parameters and GMACs, a row per registered model."""
+    rows, machine = groklst.read_throughput()
+    assert machine["cpu"] and machine["threads"] >= 1
+    for name, row in rows.items():
+        assert "parameters" not in row or row["parameters"] == groklst.count_parameters(name, row["scale"]), name
+        if row["gmacs"] is not None:  # also of a model whose measurement failed
+            assert abs(speed.count_macs(name, row["scale"], row["hr"], 1) - row["gmacs"]) < 1e-3, name

@@ -61,6 +61,9 @@ def test_resume_without_checkpoint_is_an_error(tmp_path, demo_root, run, write_c
     cfg = write_config(tmp_path, demo_root)
     out = run(["train.py", cfg, f"work_dir={tmp_path / 'none'}", "--resume"])
     assert out.returncode != 0 and "nothing to resume" in out.stderr
+    (tmp_path / "none" / "best.pth").write_bytes(b"")  # killed after its first validation, before its first last.pth
+    out = run(["train.py", cfg, f"work_dir={tmp_path / 'none'}", "--resume"])
+    assert out.returncode == 1 and f"go on from its best.pth with --resume {tmp_path / 'none' / 'best.pth'}" in out.stderr
 
 
 DDP_SCRIPT = """
@@ -158,7 +161,12 @@ def test_table_ix_of_work_dirs(tmp_path, demo_root, run, write_config):
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.strip().splitlines()
     assert lines[0].startswith("| method | x4 RMSE | x4 MAE") and "x8 RSD |" in lines[0]
-    rows = {line.split("|")[1].strip(): line for line in lines[2:]}
+    header = [c.strip() for c in lines[0].split("|")[1:-1]]
+    rows = {line.split("|")[1].strip(): dict(zip(header[1:], (c.strip() for c in line.split("|")[2:-1])))
+            for line in lines[2:] if line.startswith("| ")}
     assert set(rows) == {"mocolsk", "srcnn", "bicubic"}  # run names without _x<scale>: a row per method
-    assert rows["mocolsk"].count(" - ") == 6 and rows["bicubic"].count(" - ") == 0  # five metrics + CONS
+    metrics = [f"x{s} {m}" for s in (4, 8) for m in ("RMSE", "MAE", "BIAS", "CC", "RSD", "CONS")]
+    assert [rows["mocolsk"][c] == "-" for c in metrics] == [False] * 6 + [True] * 6  # x4 only
+    assert "-" not in [rows["bicubic"][c] for c in metrics]
+    assert rows["srcnn"]["x8 params"] == "8,129" and rows["srcnn"]["x4 params"] == "-"
     assert (tmp_path / "table.md").read_text().strip() == out.stdout.strip()
