@@ -334,21 +334,10 @@ def read_coarse_scene(coarse_path, guidance_path, band_names=None, min_valid=0.5
 # --------------------------------------------------------------------------- prepare
 
 
-def check_scales(scales):
+def check_options(scales, split, max_nodata, lr_max_nodata, degradation):
     bad = [s for s in scales if isinstance(s, bool) or not isinstance(s, int) or s < 2]
     if not scales or bad:
         raise DataError(f"--scales {list(scales)}: integer scales >= 2 (GrokLST has 2 4 8; 16, 32, ... also work)")
-
-
-def check_arguments(tile, step, block, scales, split, max_nodata, lr_max_nodata, degradation):
-    check_scales(scales)
-    if tile <= 0 or any(tile % s for s in scales):
-        raise DataError(f"--tile {tile}: must be a positive multiple of every scale {list(scales)}")
-    if step <= 0:
-        raise DataError(f"--step {step}: must be positive")
-    if block <= 0 or block % tile or block % step:
-        raise DataError(f"--block {block}: must be a multiple of --tile {tile} and of --step {step} "
-                        f"(split blocks lie on the tile-step grid)")
     if len(split) != 3 or min(split) < 0 or abs(sum(split) - 1) > 1e-6 or split[0] <= 0:
         raise DataError(f"--split {list(split)}: three fractions train val test, >= 0, summing to 1, train > 0")
     for flag, v in (("--max-nodata", max_nodata), ("--lr-max-nodata", lr_max_nodata)):
@@ -356,6 +345,16 @@ def check_arguments(tile, step, block, scales, split, max_nodata, lr_max_nodata,
             raise DataError(f"{flag} {v}: a fraction in [0, 1]")
     if degradation not in ("wald", "gaussian"):
         raise DataError(f"--degradation {degradation!r}: expected wald or gaussian")
+
+
+def check_geometry(tile, step, block, scales):
+    if tile <= 0 or any(tile % s for s in scales):
+        raise DataError(f"--tile {tile}: must be a positive multiple of every scale {list(scales)}")
+    if step <= 0:
+        raise DataError(f"--step {step}: must be positive")
+    if block <= 0 or block % tile or block % step:
+        raise DataError(f"--block {block}: must be a multiple of --tile {tile} and of --step {step} "
+                        f"(split blocks lie on the tile-step grid)")
 
 
 def cut_scene(out, k, name, scene, grid, blocks, tile, step, block, scales, max_nodata, degrade_lr):
@@ -401,6 +400,7 @@ def prepare(scenes, out, band_names=None, tile=None, step=None, block=None, scal
     Returns the summary dict (also written to <out>/prepare.yaml; format_summary prints it)."""
     scales = sorted(set(scales))
     split = [float(f) for f in split]
+    check_options(scales, split, max_nodata, lr_max_nodata, degradation)
     hr_folder = os.path.join(out, "30m", "lst")
     if os.path.isdir(hr_folder) and os.listdir(hr_folder):
         raise DataError(f"{out}: already holds a dataset; choose another --out or delete it")
@@ -415,27 +415,26 @@ def prepare(scenes, out, band_names=None, tile=None, step=None, block=None, scal
         if quantity != quantities[0]:
             raise DataError(f"{lst_path}: holds {LST_QUANTITIES[quantity]} ({quantity!r}), the first scene "
                             f"{LST_QUANTITIES[quantities[0]]} ({quantities[0]!r}): prepare them as two datasets")
-    check_scales(scales)
     auto = tile is None
     if auto:
         tile = auto_tile(shapes, scales, step, block)
     step = step or tile // 2
     block = block or tile
-    check_arguments(tile, step, block, scales, split, max_nodata, lr_max_nodata, degradation)
+    check_geometry(tile, step, block, scales)
     grids = [block_grid(shape, tile, step, block) for shape in shapes]
     blocks = assign_blocks(grids, split, seed)
     make_layout(out, scales)
     degrade_lr = functools.partial(degrade, method=degradation, max_nan_fraction=lr_max_nodata, sigma=sigma)
-    tiles, report, first, warnings, fine, fine_moments = {k: [] for k in SPLITS}, [], None, [], {}, {}
+    tiles, report, bands, warnings, fine, fine_moments = {k: [] for k in SPLITS}, [], None, [], {}, {}
     for k, ((lst_path, gui_path), name) in enumerate(zip(scenes, names)):
         scene = loaded[k] if coarse else read_scene(lst_path, gui_path, band_names)
-        if first is None:
-            first = scene
-        elif scene["bands"] != first["bands"]:
-            if sorted(scene["bands"]) != sorted(first["bands"]):
-                raise DataError(f"{gui_path}: bands {scene['bands']} differ from the first scene's {first['bands']}")
-            scene["guidance"] = scene["guidance"][[scene["bands"].index(b) for b in first["bands"]]]
-            scene["bands"] = first["bands"]
+        if bands is None:
+            bands = scene["bands"]
+        elif scene["bands"] != bands:
+            if sorted(scene["bands"]) != sorted(bands):
+                raise DataError(f"{gui_path}: bands {scene['bands']} differ from the first scene's {bands}")
+            scene["guidance"] = scene["guidance"][[scene["bands"].index(b) for b in bands]]
+            scene["bands"] = bands
         scene_tiles, row = cut_scene(out, k, name, scene, grids[k], blocks, tile, step, block, scales,
                                      max_nodata, degrade_lr)
         report.append({"name": name, "lst": lst_path, "guidance": gui_path, **row})
@@ -453,10 +452,9 @@ def prepare(scenes, out, band_names=None, tile=None, step=None, block=None, scal
         if not coarse:
             del scene
     write_splits(out, tiles)
-    bands = first["bands"] if first else None
     summary = {
         "out": out, "mode": "coarse" if coarse else "scenes", "scenes": report, "bands": bands,
-        "lst_quantity": first["quantity"] if first else "lst",
+        "lst_quantity": quantities[0],
         "tile": tile, "tile_auto": auto, "step": step, "block": block, "scales": scales, "split": split, "seed": seed,
         "max_nodata": max_nodata, "lr_max_nodata": lr_max_nodata, "degradation": degradation,
         "sigma": sigma if degradation == "gaussian" else None, "min_valid": min_valid if coarse else None,
