@@ -391,6 +391,17 @@ def test_scales_16_and_32(small, tmp_path):
         groklst.load_config(os.path.join(out, "cpu_mocolsk_x32.yaml"))  # MoCoLSK-Net builds up to x16
 
 
+@pytest.mark.slow  # a training run (2 iterations) in a subprocess
+def test_trains_at_x32(small, run_script, tmp_path):
+    out = str(tmp_path / "x32")
+    prepare.prepare([(os.path.join(small["folder"], "cut.tif"), os.path.join(small["folder"], "cut_gui.tif"))], out,
+                    scales=(32,))
+    result = run_script(["train.py", os.path.join(out, "base_x32.yaml"), "model.name=djf", "train.max_iters=2",
+                         "train.val_interval=2", f"work_dir={tmp_path / 'w'}"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "test x32" in (tmp_path / "w" / "test_table.md").read_text()
+
+
 # --------------------------------------------------------------------------- --coarsen
 
 
