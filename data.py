@@ -5,7 +5,11 @@ Layout of a GrokLST-style dataset (the original's, with .mat or .tif files):
     <root>/30m/lst/<name>.{mat,tif}        HR LST, the target, (H, W) Kelvin
     <root>/30m/guidance/<name>.{mat,tif}   HR guidance, 10 bands (BANDS), (C, H, W)
     <root>/{60m,120m,240m}/lst/<name>.*    LR LST for scale 2/4/8, (H/s, W/s) Kelvin
+    <root>/<30*s>m/lst/<name>.*            LR LST for any other integer scale s (480m: x16, 960m: x32)
     <root>/split/{train,val,trainval,test}.txt
+
+The folder names are nominal: "30m" is the target grid and "<30*s>m" that grid coarsened by s, whatever
+the pixel size (prepare.py --coarse-lst writes a 1 km target under "30m").
 
 A split file lists one sample per line: a file name (stem) shared by all folders, or, as in
 the original release, an integer index into the sorted 30m/lst listing. Samples are always
@@ -18,6 +22,7 @@ reaches the loss or the metrics as a number.
 import hashlib
 import math
 import os
+import re
 import shlex
 import warnings
 
@@ -28,12 +33,32 @@ from errors import ConfigError, DataError
 from geotiff import read_geotiff, read_header
 
 BANDS = ("dem", "deepblue", "blue", "green", "red", "vre", "nir", "ndmvi", "ndvi", "ndwi")
-LR_FOLDERS = {2: "60m", 4: "120m", 8: "240m"}
 RASTER_EXTENSIONS = (".tif", ".tiff", ".mat")
 LST_FIELD = "data"  # variable name of LST arrays in the original .mat files
 
 
 # --------------------------------------------------------------------------- the rules of the layout
+
+
+def lr_folder(scale):
+    """The folder of the LR LST for an integer scale s >= 2: "<30*s>m" (GrokLST's 60m / 120m / 240m for
+    2 / 4 / 8, then 480m, 960m, ...). DataError for anything else."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 2:
+        raise DataError(f"scale {scale!r}: expected an integer >= 2")
+    return f"{30 * int(scale)}m"
+
+
+LR_FOLDERS = {s: lr_folder(s) for s in (2, 4, 8)}  # the scales of the GrokLST release
+
+
+def dataset_scales(root):
+    """The integer scales whose LR LST folder (<root>/<30*s>m/lst) exists, sorted."""
+    found = []
+    for entry in os.listdir(root) if os.path.isdir(root) else []:
+        m = re.fullmatch(r"(\d+)m", entry)
+        if m and int(m.group(1)) % 30 == 0 and int(m.group(1)) >= 60 and os.path.isdir(os.path.join(root, entry, "lst")):
+            found.append(int(m.group(1)) // 30)
+    return sorted(found)
 
 
 def lst_band(array, path):
@@ -304,10 +329,12 @@ class GrokLSTDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, root, split, scale, guidance_bands=(), hr_crop=None, seed=0, cache=False, lst_units=None):
-        if scale not in LR_FOLDERS:
-            raise DataError(f"scale {scale} not supported (GrokLST has {sorted(LR_FOLDERS)})")
         if not os.path.isdir(root):
             raise DataError(f"{root}: dataset folder not found")
+        lr_lst_folder = os.path.join(root, lr_folder(scale), "lst")
+        if not os.path.isdir(lr_lst_folder):
+            raise DataError(f"{lr_lst_folder}: no LR LST for scale {scale} (this dataset has scales "
+                            f"{dataset_scales(root)}; prepare.py --scales {scale} writes it)")
         self.root, self.scale, self.bands = root, scale, list(guidance_bands)
         self.hr_crop, self.seed, self.epoch = hr_crop, seed, 0
         # cache: memory-mapped float32 .npy copies under <root>/.cache, rebuilt when a source changes
@@ -318,7 +345,7 @@ class GrokLSTDataset(torch.utils.data.Dataset):
         self.names = read_split(root, split)
         self.paths = []
         for name in self.names:  # fail early, naming the first missing file
-            p = {"lr_lst": find_raster(os.path.join(root, LR_FOLDERS[scale], "lst"), name),
+            p = {"lr_lst": find_raster(lr_lst_folder, name),
                  "hr_lst": find_raster(os.path.join(root, "30m", "lst"), name)}
             if self.bands:
                 p["hr_guidance"] = find_raster(os.path.join(root, "30m", "guidance"), name)
@@ -474,6 +501,32 @@ def dataset_bands(root, split):
     return guidance_names(header["bands"], header["shape"][0], path)
 
 
+LST_QUANTITIES = {  # LST band descriptions (landsat.py, prepare.py) -> what the values are, for labels
+    "lst": "land surface temperature",
+    "bt": "brightness temperature",
+    "bt_emissivity_corrected": "emissivity-corrected brightness temperature",
+}
+
+
+def lst_quantity(root):
+    """What a dataset's LST holds: the band description of its first HR LST tile (sorted 30m/lst) when it is
+    one of LST_QUANTITIES ('bt' for a Landsat Level-1 brightness temperature), else 'lst' (no or another
+    description, .mat files). LST_QUANTITIES[lst_quantity(root)] is the label of a figure or a table."""
+    folder = os.path.join(root, "30m", "lst")
+    stems = list_stems(folder) if os.path.isdir(folder) else []
+    if not stems:
+        return "lst"
+    path = find_raster(folder, stems[0])
+    return "lst" if path.endswith(".mat") else lst_quantity_of(read_header(path)["bands"])
+
+
+def lst_quantity_of(band_names):
+    """What an LST raster holds, from its band descriptions (geotiff header 'bands'): a key of LST_QUANTITIES,
+    'lst' when it has no or another description."""
+    name = (band_names or ["lst"])[0].lower()
+    return name if name in LST_QUANTITIES else "lst"
+
+
 def compute_stats(root, split, bands=BANDS):
     """Mean / std / min / max of every LST resolution and guidance band over a split (float64,
     finite pixels only). Returns {'lst': {'30m': {...}, '60m': ...}, 'guidance': {band: {...}}}."""
@@ -490,7 +543,7 @@ def compute_stats(root, split, bands=BANDS):
             s[3] = min(s[3], a.min())
             s[4] = max(s[4], a.max())
 
-    folders = ["30m"] + [LR_FOLDERS[s] for s in sorted(LR_FOLDERS)]
+    folders = ["30m"] + [lr_folder(s) for s in dataset_scales(root)]
     for name in names:
         for res in folders:
             folder = os.path.join(root, res, "lst")

@@ -31,7 +31,7 @@ import torch
 import yaml
 
 from checkpoints import checkpoint_weights, fit_state_dict, load_weights, misfit_hint, read_checkpoint, write_checkpoint
-from data import BANDS, LR_FOLDERS, LST_UNITS, GrokLSTDataset, Normalizer, compute_stats, dataset_bands
+from data import BANDS, LST_UNITS, GrokLSTDataset, Normalizer, compute_stats, dataset_bands, dataset_scales, lr_folder
 from engine import AMP_DTYPES, CONSISTENCY_MODES, LOSSES
 from errors import ConfigError, DataError, UserError, command
 from geotiff import write_atomic
@@ -642,7 +642,7 @@ def cmd_stats(args):
     bands = [b.strip() for b in args.bands.split(",") if b.strip()] if args.bands else dataset_bands(args.root, args.split)
     stats = compute_stats(args.root, args.split, bands)
     print(f"# statistics of {args.root} split {args.split}; paste under `norm:`")
-    for scale, res in LR_FOLDERS.items():
+    for scale, res in ((s, lr_folder(s)) for s in dataset_scales(args.root)):
         if res in stats["lst"]:
             print(f"# x{scale}: lst: {{method: zscore, {', '.join(f'{k}: {v}' for k, v in stats['lst'][res].items())}}}")
     print("guidance:\n  method: zscore\n  stats:")

@@ -9,27 +9,30 @@ import os
 
 import numpy as np
 
-from data import BANDS, LR_FOLDERS, LST_FIELD, block_mean
+from data import BANDS, LR_FOLDERS, LST_FIELD, block_mean, lr_folder
 from errors import ConfigError, DataError
 from geotiff import geo_window, make_geo, write_geotiff
 
 # --------------------------------------------------------------------------- the layout
 
 
-def write_sample(root, name, hr_lst, hr_guidance, bands, geo, scales=tuple(LR_FOLDERS), degrade=block_mean):
+def write_sample(root, name, hr_lst, hr_guidance, bands, geo, scales=tuple(LR_FOLDERS), degrade=block_mean,
+                 quantity=None):
     """One sample of the layout: HR LST (H, W) K and guidance (C, H, W) named `bands` under 30m/, and
-    LR LST `degrade(hr_lst, s)` under each scale's folder, with the LR grid's georeferencing
-    (pixel size x s, same corner). geo: the HR tile's georeferencing."""
-    write_geotiff(os.path.join(root, "30m", "lst", name + ".tif"), hr_lst, geo)
+    LR LST `degrade(hr_lst, s)` under each scale's folder (data.lr_folder), with the LR grid's
+    georeferencing (pixel size x s, same corner). geo: the HR tile's georeferencing. quantity: the LST
+    files' band description ('lst', 'bt', ...: data.lst_quantity reads it back), None for none."""
+    lst_band = [quantity] if quantity else None
+    write_geotiff(os.path.join(root, "30m", "lst", name + ".tif"), hr_lst, geo, band_names=lst_band)
     write_geotiff(os.path.join(root, "30m", "guidance", name + ".tif"), hr_guidance, geo, band_names=bands)
     for s in scales:
-        write_geotiff(os.path.join(root, LR_FOLDERS[s], "lst", name + ".tif"), degrade(hr_lst, s),
-                      geo_window(geo, 0, 0, 1 / s))
+        write_geotiff(os.path.join(root, lr_folder(s), "lst", name + ".tif"), degrade(hr_lst, s),
+                      geo_window(geo, 0, 0, 1 / s), band_names=lst_band)
 
 
 def make_layout(root, scales=tuple(LR_FOLDERS)):
     """The folders of an empty dataset."""
-    for sub in ["30m/lst", "30m/guidance", "split"] + [f"{LR_FOLDERS[s]}/lst" for s in scales]:
+    for sub in ["30m/lst", "30m/guidance", "split"] + [f"{lr_folder(s)}/lst" for s in scales]:
         os.makedirs(os.path.join(root, sub), exist_ok=True)
 
 

@@ -314,7 +314,7 @@ class Sharpener(nn.Module):
     lr_lst (B, 1, h, w) K, hr_guidance (B, C, H, W) physical units -> (B, 1, H, W) K float32."""
 
     kind = "gisr"
-    scales = (2, 4, 8)
+    scales = (2, 4, 8, 16, 32)
     lr_multiple = 1
     unused_parameters = ()
     physical_units = True  # groklst.downscale: Kelvin and physical guidance in, Kelvin out

@@ -214,7 +214,7 @@ class ACT(nn.Module):
     """
 
     kind = "sisr"
-    scales = (2, 4, 8)
+    scales = (2, 4, 8, 16, 32)
     lr_multiple = 1
     unused_parameters = ("cnn_branch.4.",)  # trailing conv of cnn_branch, never called (as upstream)
 

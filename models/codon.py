@@ -69,7 +69,7 @@ class CODON(nn.Module):
     """
 
     kind = "gisr"
-    scales = (4, 8)
+    scales = (4, 8, 16, 32)
     lr_multiple = 1
     unused_parameters = ("attention_c5", "attention_s5")  # defined upstream, never used in forward
 

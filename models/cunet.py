@@ -79,7 +79,7 @@ class CUNet(nn.Module):
     """
 
     kind = "gisr"
-    scales = (2, 4, 8)
+    scales = (2, 4, 8, 16, 32)
     lr_multiple = 1
     unused_parameters = ()
 

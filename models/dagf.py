@@ -252,7 +252,7 @@ class DAGF(nn.Module):
     """
 
     kind = "gisr"
-    scales = (2, 4, 8)
+    scales = (2, 4, 8, 16, 32)
     lr_multiple = 1
     unused_parameters = ("tail_conv.", "res_scale.", "init_conv.0.layers.", "init_conv.1.layers.",
                          "init_conv.2.layers.", "p_layers.0.layer2.", "p_layers.1.layer2.", "p_layers.0.layer3.",

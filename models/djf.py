@@ -48,7 +48,7 @@ class DJF(nn.Module):
         residual: add the bicubic LST to the output (upstream default and config: False).
     """
     kind = "gisr"
-    scales = (2, 4, 8)
+    scales = (2, 4, 8, 16, 32)
     lr_multiple = 1
     unused_parameters = ()
 
@@ -99,7 +99,7 @@ class DJFR(nn.Module):
         guidance_channels: number of guidance bands C (10 in GrokLST).
     """
     kind = "gisr"
-    scales = (2, 4, 8)
+    scales = (2, 4, 8, 16, 32)
     lr_multiple = 1
     unused_parameters = ()
 

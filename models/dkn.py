@@ -120,7 +120,7 @@ class DKN(nn.Module):
     """
 
     kind = "gisr"
-    scales = (2, 4, 8)
+    scales = (2, 4, 8, 16, 32)
     lr_multiple = 1
     unused_parameters = ()
 
@@ -222,7 +222,7 @@ class FDKN(nn.Module):
     """
 
     kind = "gisr"
-    scales = (2, 4, 8)
+    scales = (2, 4, 8, 16, 32)
     lr_multiple = 1
     unused_parameters = ()
 

@@ -66,7 +66,7 @@ class DSRN(nn.Module):
         guidance_channels: number of guidance bands C (10 in GrokLST).
     """
     kind = "gisr"
-    scales = (2, 4, 8)
+    scales = (2, 4, 8, 16, 32)
     lr_multiple = 1
     unused_parameters = ()
 

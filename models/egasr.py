@@ -190,7 +190,7 @@ class EGASR(nn.Module):
     """
 
     kind = "sisr"
-    scales = (2, 4, 8)
+    scales = (2, 4, 8, 16, 32)
     lr_multiple = 1
     unused_parameters = _unused_names(10, 16)  # default depth; the instance attribute follows the real depth
 

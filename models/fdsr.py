@@ -101,7 +101,7 @@ class FDSR(nn.Module):
         kernel_size: side of the convolutions (3; the paddings assume 3).
     """
     kind = "gisr"
-    scales = (2, 4, 8)
+    scales = (2, 4, 8, 16, 32)
     lr_multiple = 1
     unused_parameters = ("rgb_cbl4.conv.conv_h2l", "rgb_cbl4.conv.conv_l2l")
 

@@ -121,7 +121,7 @@ class FeNet(nn.Module):
     """
 
     kind = "sisr"
-    scales = (2, 4, 8)
+    scales = (2, 4, 8, 16, 32)
     lr_multiple = 1
     unused_parameters = ()
 

@@ -187,7 +187,7 @@ class HAUNet(nn.Module):
     """
 
     kind = "sisr"
-    scales = (2, 4, 8)
+    scales = (2, 4, 8, 16, 32)
     lr_multiple = 1
     unused_parameters = ("lateral_nafblock.qkv.0.project_out2.",)
 

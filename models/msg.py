@@ -88,7 +88,7 @@ class DMSG(nn.Module):
             behaviour, see the module docstring).
     """
     kind = "gisr"
-    scales = (2, 4, 8)
+    scales = (2, 4, 8, 16, 32)
     lr_multiple = 1
     unused_parameters = ("gaussian",)
 

@@ -33,7 +33,7 @@ class PixTransformNet(nn.Module):
             (None: (1e-4, 1e-3, 1e-4)); not used by train.py.
     """
     kind = "gisr"
-    scales = (2, 4, 8)
+    scales = (2, 4, 8, 16, 32)
     lr_multiple = 1
     unused_parameters = ()
 

@@ -135,7 +135,7 @@ class PMBA(nn.Module):
     """
 
     kind = "gisr"
-    scales = (2, 4, 8)
+    scales = (2, 4, 8, 16)
     lr_multiple = 1
     # built upstream but never called in forward (kept for parameter/key parity)
     unused_parameters = ("feat_color2.", "m4.", "c4.", "c5.", "r1_5.", "r2_5.", "r3_5.", "down4.",

@@ -192,7 +192,7 @@ class SAN(nn.Module):
     """
 
     kind = "sisr"
-    scales = (2, 4, 8)
+    scales = (2, 4, 8, 16, 32)
     lr_multiple = 1
     # never used by the forward pass (see module docstring); RG.<i>.gamma listed for the default 20 groups
     unused_parameters = ("conv_last.", "non_local.soca.") + tuple(f"RG.{i}.gamma" for i in range(20))

@@ -326,7 +326,7 @@ class SGNet(nn.Module):
     """
 
     kind = "gisr"
-    scales = (2, 4, 8)
+    scales = (2, 4, 8, 16)
     lr_multiple = 1
     # built upstream but never called in forward (kept for parameter/key parity)
     unused_parameters = ("gradNet.re_d", "gradNet.c_sab", "bridge1.spa_att", "bridge2.spa_att",

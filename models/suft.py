@@ -125,7 +125,7 @@ class SUFTNet(nn.Module):
     """
 
     kind = "gisr"
-    scales = (2, 4, 8)
+    scales = (2, 4, 8, 16)
     lr_multiple = 1
     unused_parameters = ()
 

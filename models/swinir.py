@@ -240,7 +240,7 @@ class SwinIR(nn.Module):
     """
 
     kind = "sisr"
-    scales = (2, 4, 8)
+    scales = (2, 4, 8, 16, 32)
     lr_multiple = 1  # pads internally to window_size multiples and crops back
     unused_parameters = ()
 

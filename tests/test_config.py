@@ -33,7 +33,7 @@ def test_overrides_are_typed(config):
     ("model.num_featz=3", r"unknown config key 'model.num_featz' for model 'mocolsk'; valid: num_feats"),
     ("model.name=mocolks", r"Did you mean 'mocolsk'"),
     ("model.scale=4", r"derived from data.scale"),
-    ("data.scale=3", r"supports scales \[2, 4, 8\], not data.scale=3"),
+    ("data.scale=3", r"supports scales \[2, 4, 8, 16\], not data.scale=3"),
     ("train", r"expected key.sub=value"),
 ])
 def test_override_errors(override, message, config):
@@ -62,7 +62,7 @@ def test_registry():
     model = groklst.create_model("bicubic", scale=4)
     assert sum(p.numel() for p in model.parameters()) == 0
     for name, cls in groklst.MODELS.items():
-        assert cls.kind in ("sisr", "gisr") and set(cls.scales) <= {2, 4, 8}, name
+        assert cls.kind in ("sisr", "gisr") and set(cls.scales) <= {2, 4, 8, 16, 32}, name
         assert groklst.paper(name) != "-", name
 
 

@@ -226,3 +226,47 @@ def test_fill_holes_rings_and_empty():
     one = data.fill_holes(x, rings=1)
     assert torch.isfinite(one).sum() == 5 and (one[torch.isfinite(one)] == 300.0).all()  # the cross only
     assert (data.fill_holes(x) == 300.0).all()
+
+
+def test_lr_folder_rule():
+    assert {s: data.lr_folder(s) for s in (2, 4, 8)} == data.LR_FOLDERS == {2: "60m", 4: "120m", 8: "240m"}
+    assert (data.lr_folder(16), data.lr_folder(32), data.lr_folder(3)) == ("480m", "960m", "90m")
+    for bad in (1, 0, 2.0, True, "8"):
+        with pytest.raises(DataError, match=f"scale {bad!r}: expected an integer >= 2"):
+            data.lr_folder(bad)
+
+
+def test_any_integer_scale_on_disk(tmp_path):
+    """A dataset written at x4 and x16 (480m) reads at both, with Wald's block means and the LR grid's
+    georeferencing; a scale it lacks is a one-line error naming the folder and the scales present."""
+    root = str(tmp_path / "ds")
+    lst, gui = layout.synth_scene(64, 96, seed=6)
+    layout.make_layout(root, (4, 16))
+    geo = geotiff.make_geo(500000.0, 4300000.0, 30.0)
+    layout.write_sample(root, "a", lst, gui, BANDS, geo, scales=(4, 16))
+    layout.write_splits(root, {"train": ["a"], "val": [], "test": []})
+    assert data.dataset_scales(root) == [4, 16] and sorted(os.listdir(root)) == ["120m", "30m", "480m", "split"]
+    item = GrokLSTDataset(root, "train", 16, ["ndvi"])[0]
+    assert item["lr_lst"].shape == (1, 4, 6) and item["hr_guidance"].shape == (1, 64, 96)
+    ref = lst.astype(np.float64).reshape(4, 16, 6, 16).mean((1, 3))  # the block means, computed here
+    assert np.allclose(item["lr_lst"][0].numpy(), ref, atol=1e-3)
+    lr_geo = geotiff.read_header(os.path.join(root, "480m", "lst", "a.tif"))["geo"]
+    assert geotiff.geo_transform(lr_geo) == (500000.0, 480.0, 0.0, 4300000.0, 0.0, -480.0)
+    assert set(data.compute_stats(root, "train", ["ndvi"])["lst"]) == {"30m", "120m", "480m"}
+    with pytest.raises(DataError, match=r"240m/lst: no LR LST for scale 8 \(this dataset has scales \[4, 16\]; "
+                                        r"prepare.py --scales 8"):
+        GrokLSTDataset(root, "train", 8)
+
+
+def test_lst_quantity(demo_root, tmp_path):
+    """The LST quantity of a dataset is its first HR LST tile's band description (Landsat Level-1: 'bt')."""
+    assert data.lst_quantity(demo_root) == "lst"  # no description
+    root = str(tmp_path / "bt")
+    lst, gui = layout.synth_scene(32, 32, seed=7)
+    layout.make_layout(root, (8,))
+    for name in ("b", "a"):
+        layout.write_sample(root, name, lst, gui, BANDS, {}, scales=(8,), quantity="bt")
+    assert data.lst_quantity(root) == "bt" and data.LST_QUANTITIES["bt"] == "brightness temperature"
+    assert geotiff.read_header(os.path.join(root, "240m", "lst", "a.tif"))["bands"] == ["bt"]
+    assert data.lst_quantity_of(["LST_Day_1km"]) == "lst" and data.lst_quantity_of(["BT_Emissivity_Corrected"]) == \
+        "bt_emissivity_corrected"

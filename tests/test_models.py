@@ -38,7 +38,8 @@ REFERENCE = {
     # not in the original toolkit: the statistical sharpeners of sharpeners.py
     "tsharp": {2: 0, 4: 0, 8: 0}, "linreg": {2: 0, 4: 0, 8: 0}, "rf": {2: 0, 4: 0, 8: 0}, "dms": {2: 0, 4: 0, 8: 0},
 }
-CASES = [(n, s) for n in groklst.list_models() for s in groklst.MODELS[n].scales]
+# the original's scales (2 / 4 / 8); scales 16 and 32, where models have them, are tests/test_scales.py's
+CASES = [(n, s) for n in groklst.list_models() for s in groklst.MODELS[n].scales if s in REFERENCE.get(n, {})]
 
 
 def test_registry_is_complete():
@@ -51,7 +52,7 @@ def test_registry_is_complete():
 
 @pytest.mark.parametrize("name, scale", CASES, ids=[f"{n}-x{s}" for n, s in CASES])
 def test_parameter_count_and_scales(name, scale):
-    assert set(groklst.MODELS[name].scales) == set(REFERENCE[name])
+    assert set(groklst.MODELS[name].scales) - {16, 32} == set(REFERENCE[name])
     assert groklst.count_parameters(name, scale) == REFERENCE[name][scale]
 
 
