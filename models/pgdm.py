@@ -443,12 +443,15 @@ class PGDM(nn.Module):
             gen_device = generator.device if generator is not None else device
             return torch.randn(y.shape, generator=generator, device=gen_device, dtype=dtype).to(device)
 
+        # input_scale's divisors as Python floats (the same float64 arithmetic): no tensor index, so a
+        # draw also runs on the meta device (speed.py counts its MACs there)
+        divisor = [self.kappa * self.sqrt_etas[step].item() * 3 + 1 if self.normalize_input else 1.0 for step in taken]
         draws = []
         for _ in range(num_samples):
             x_t = y + self.kappa * self.sqrt_etas[-1].item() * noise()
             for k in reversed(range(len(taken))):
                 t = torch.full((B,), taken[k], dtype=torch.long, device=device)
-                x0 = self.denoise(geo, y, x_t / self.input_scale(t[:1]).item(), t)
+                x0 = self.denoise(geo, y, x_t / divisor[k], t)
                 x_t = coef_xt[k].item() * x_t + coef_x0[k].item() * x0 + (sigma[k].item() if k > 0 else 0.0) * noise()
             draws.append(x_t[..., :H, :W])
         draws = torch.stack(draws)
