@@ -4,6 +4,8 @@ sharded evaluation, the torchrun process group, compilation and memory readings.
 Every model computes forward(lr_lst, hr_guidance) on normalised tensors; `downscale` is the one place that
 normalises its inputs and decodes its output, so train.py, test.py, predict.py and the speed tool all see
 Kelvin. Models with `physical_units = True` (sharpeners.py) take Kelvin and physical guidance as they are.
+Models that bring their own objective and sampler (groklst.py's docstring; PGDM) are trained through
+`model_loss` and sampled by `downscale` with a seeded generator, which can also return their spread.
 """
 import os
 import resource
@@ -24,25 +26,70 @@ AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # tr
 
 # --------------------------------------------------------------------------- Kelvin in, Kelvin out
 
+SAMPLING_SEED = 0  # a stochastic model's draws in downscale: the original PGDM evaluates with seed 0, one draw
 
-def downscale(model, normalizer, lr_lst, hr_guidance=None, amp="none", consistency="none"):
+
+def bare_model(model):
+    """The model inside DDP's and torch.compile's wrappers: the object whose attributes (stochastic,
+    training_loss, physical_units) say how to run it."""
+    while True:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
+
+
+def has_objective(model):
+    """True for a model that brings its own training objective (a `training_loss` method)."""
+    return callable(getattr(bare_model(model), "training_loss", None))
+
+
+def encode_inputs(normalizer, lr_lst, hr_guidance=None):
+    """Kelvin LR LST (B, 1, h, w) and physical guidance (B, C, H, W) or None -> the normalised model inputs.
+    LR holes are filled from their valid neighbours (data.fill_holes), not with the mean: a valid pixel
+    beside a hole then sees what it would see at the edge of a scene cropped there."""
+    x = normalizer.encode_lst(fill_holes(lr_lst))
+    return x, normalizer.encode_guidance(hr_guidance) if hr_guidance is not None else None
+
+
+def downscale(model, normalizer, lr_lst, hr_guidance=None, amp="none", consistency="none", spread=False,
+              num_samples=None, seed=SAMPLING_SEED):
     """Kelvin in, Kelvin out: fill LR holes from their neighbours (data.fill_holes), normalise, run the model
     (optionally under autocast), decode in float32, then make the output coarse-consistent (make_consistent;
     'none' = as the paper).
-    lr_lst (B, 1, h, w) K, hr_guidance (B, C, H, W) physical units or None. A model with
+    lr_lst (B, 1, h, w) K, hr_guidance (B, C, H, W) physical units or None -> (B, 1, H, W) K. A model with
     `physical_units = True` (sharpeners.py) gets lr_lst and hr_guidance as they are, NaN included,
-    and returns Kelvin: no normalising, decoding or autocast."""
-    if getattr(model, "physical_units", False):
+    and returns Kelvin: no normalising, decoding or autocast.
+
+    A model with `stochastic = True` (PGDM) is run as model.sample(x, g, num_samples, generator): the mean of
+    num_samples draws (None: the model's own num_samples), every draw from a torch.Generator on the input's
+    device seeded with `seed` at each call, so the output is a function of the inputs (seed=None: the
+    global RNG). spread=True returns (mean K, sigma K): sigma (B, 1, H, W) is the draws' population std
+    times the LST normaliser's scale (K per normalised unit), not touched by `consistency`; 0 for one draw.
+    spread=True with a deterministic model is a ConfigError."""
+    net = bare_model(model)
+    stochastic = getattr(net, "stochastic", False)
+    if spread and not stochastic:
+        raise ConfigError(f"model {type(net).__name__} is deterministic: it has no sample spread "
+                          f"(models with stochastic = True have, e.g. pgdm)")
+    if getattr(net, "physical_units", False):
         out = model(lr_lst, hr_guidance)
     else:
-        # holes (clouds, scene collars) filled from their valid neighbours, not with the mean: a valid pixel
-        # beside a hole then sees what it would see at the edge of a scene cropped there
-        x = normalizer.encode_lst(fill_holes(lr_lst))
-        g = normalizer.encode_guidance(hr_guidance) if hr_guidance is not None else None
+        x, g = encode_inputs(normalizer, lr_lst, hr_guidance)
         dtype = AMP_DTYPES[amp]
         with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
-            out = normalizer.decode_lst(model(x, g))
-    return make_consistent(out, lr_lst, consistency)
+            if stochastic:
+                generator = None if seed is None else torch.Generator(x.device).manual_seed(seed)
+                mean, std = net.sample(x, g, num_samples=num_samples, generator=generator)
+            else:
+                mean = model(x, g)
+        out = normalizer.decode_lst(mean)
+    out = make_consistent(out, lr_lst, consistency)
+    if spread:
+        return out, std.float() * normalizer.lst[1]
+    return out
 
 
 def make_consistent(pred, lr_lst, mode="bicubic", footprint=None):
@@ -164,6 +211,30 @@ LOSSES = {  # train.loss -> loss over the valid pixels' values (1-D tensors), Ke
 def pixel_loss(pred, target, mask, kind):
     """Mean loss over valid pixels, float32, Kelvin: pred, target (B, 1, H, W), mask bool like them."""
     return LOSSES[kind](pred.float()[mask], target.float()[mask])
+
+
+LOSS_UNITS = {"l1": "K", "smooth_l1": "K", "mse": "K^2"}
+
+
+def model_loss(model, normalizer, lr_lst, hr_guidance, hr_lst, mask, amp="none"):
+    """The objective of a model that brings its own (has_objective): lr_lst (B, 1, h, w) K, hr_guidance
+    (B, C, H, W) physical units or None, hr_lst (B, 1, H, W) K, mask (B, 1, H, W) bool (True = valid)
+    -> its training_loss as a float32 scalar in the model's units (loss_units). Inputs are normalised as
+    downscale normalises them, hr_lst with the LST normaliser. The call goes through the model's forward,
+    model(x, g, hr_lst=..., mask=...), so that DDP's hooks see it and all-reduce its gradients."""
+    x, g = encode_inputs(normalizer, lr_lst, hr_guidance)
+    dtype = AMP_DTYPES[amp]
+    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+        loss = model(x, g, hr_lst=normalizer.encode_lst(hr_lst), mask=mask)
+    return loss.float()
+
+
+def loss_units(model, kind):
+    """What a training loss is measured in: the model's `loss_units` ('normalised' if it does not say)
+    for a model with its own objective, else those of the pixel loss `kind` (train.loss)."""
+    if has_objective(model):
+        return getattr(bare_model(model), "loss_units", "normalised")
+    return LOSS_UNITS[kind]
 
 
 # --------------------------------------------------------------------------- processes and devices

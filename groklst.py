@@ -14,7 +14,21 @@ Every model has the signature forward(lr_lst, hr_guidance=None) on normalised te
 lr_lst (B, 1, h, w) -> (B, 1, h*scale, w*scale). The registry is the plain dict MODELS. Models
 with the class attribute `physical_units = True` (the statistical sharpeners of sharpeners.py)
 take Kelvin and physical guidance instead; engine.downscale is the one place that knows.
-Where to change what: docs/where.md.
+
+Models that bring their own objective and sampler (diffusion, flows; models/pgdm.py) add, on the same
+normalised tensors (LST in units of the config's norm.lst scale, z-score by default):
+    training_loss(lr_lst, hr_guidance, hr_lst, mask, generator=None) -> scalar in the model's units
+        (attribute loss_units, e.g. 'normalised^2'); hr_lst (B, 1, H, W), mask (B, 1, H, W) bool, True
+        = valid; random draws from `generator`, else the global RNG (train.py reseeds it every iteration).
+    forward(lr_lst, hr_guidance, hr_lst=..., mask=...) -> that loss: train.py calls it through the
+        (DDP / compiled) wrapper (engine.model_loss), so DDP all-reduces its gradients, instead of a pixel
+        loss on forward; the logged loss is in loss_units (log.jsonl's `loss_units`).
+    stochastic = True and sample(lr_lst, hr_guidance, num_samples=None, generator=None) -> (mean, std),
+        each (B, 1, H, W) normalised: engine.downscale calls it with a generator seeded with
+        engine.SAMPLING_SEED (0) at every call, so evaluation is reproducible and the same on any number of
+        processes; forward without hr_lst returns the mean of the model's num_samples draws (global RNG);
+        downscale(..., spread=True) also returns sigma = std x the LST scale in K.
+test.py, predict.py, zoo.py and speed.py need nothing else. Where to change what: docs/where.md.
 """
 import argparse
 import collections
@@ -64,6 +78,7 @@ from models.ngswin import NGswin
 from models.omni import OmniSR
 from models.p2p import PixTransformNet
 from models.pac import PAC
+from models.pgdm import PGDM
 from models.pmba import PMBA
 from models.rcan import RCAN
 from models.rdn import RDN
@@ -113,6 +128,8 @@ MODELS = {
     "sgnet": SGNet,
     "suft": SUFTNet,
     "svlrm": SVLRM,
+    # guided, with its own objective and sampler (diffusion; the protocol in the module docstring)
+    "pgdm": PGDM,
     # single-image (SISR)
     "act": ACT,
     "cfgn": CFGN,

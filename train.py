@@ -251,12 +251,15 @@ def log_record(work_dir, writer, record, line):
 
 def train_step(model, optimizer, scaler, normalizer, stream, it, tcfg, rank, world, device):
     """One optimizer step over tcfg['grad_accum'] micro-batches -> {'lr', 'loss' (sum over the micro-batches
-    with valid pixels, K), 'batches' (those), 'skipped' (micro-batches without a valid pixel), 'grad_norm',
-    'data_wait' (s)}. No step is taken when no process had a valid pixel."""
+    with valid pixels, in 'loss_units': K for the pixel losses, the model's units for a model with its own
+    objective), 'batches' (those), 'skipped' (micro-batches without a valid pixel), 'grad_norm', 'data_wait' (s)}.
+    No step is taken when no process had a valid pixel."""
     lr = learning_rate(it, tcfg["lr"], tcfg["warmup_iters"], tcfg["restart_period"], tcfg["eta_min"])
     for group in optimizer.param_groups:
         group["lr"] = lr
-    out = {"lr": lr, "loss": 0.0, "batches": 0, "skipped": 0, "grad_norm": 0.0, "data_wait": 0.0}
+    own = engine.has_objective(model)  # a model that brings its own objective (groklst.py): its training_loss
+    out = {"lr": lr, "loss": 0.0, "batches": 0, "skipped": 0, "grad_norm": 0.0, "data_wait": 0.0,
+           "loss_units": engine.loss_units(model, tcfg["loss"])}
     for micro in range(tcfg["grad_accum"]):
         t0 = time.time()
         batch = next(stream)
@@ -268,10 +271,14 @@ def train_step(model, optimizer, scaler, normalizer, stream, it, tcfg, rank, wor
         # DDP all-reduces gradients in backward; with accumulation only the last micro-batch needs to
         sync = micro == tcfg["grad_accum"] - 1 or world == 1
         with contextlib.nullcontext() if sync else model.no_sync():
-            pred = engine.downscale(model, normalizer, batch["lr_lst"], batch.get("hr_guidance"), tcfg["amp"])
+            if own:  # through the model's forward (DDP), in normalised units; 0 with a graph without a valid pixel
+                pred = loss = engine.model_loss(model, normalizer, batch["lr_lst"], batch.get("hr_guidance"),
+                                                batch["hr_lst"], batch["mask"], tcfg["amp"])
+            else:
+                pred = engine.downscale(model, normalizer, batch["lr_lst"], batch.get("hr_guidance"), tcfg["amp"])
             if batch["mask"].any():
-                # in Kelvin and float32 whatever the autocast dtype: bf16 has 2 K steps at 300 K
-                loss = engine.pixel_loss(pred, batch["hr_lst"], batch["mask"], tcfg["loss"])
+                if not own:  # in Kelvin and float32 whatever the autocast dtype: bf16 has 2 K steps at 300 K
+                    loss = engine.pixel_loss(pred, batch["hr_lst"], batch["mask"], tcfg["loss"])
                 if not torch.isfinite(loss):  # stop before a NaN reaches the weights (and a checkpoint)
                     raise TrainingError(f"loss is {loss.item()} at iteration {it + 1}, samples {batch['name']}: "
                                         f"lower train.lr or set train.clip_grad")
@@ -307,10 +314,11 @@ def interval_record(acc, done, tcfg, world, device):
     speed = acc["iters"] / elapsed
     eta = (tcfg["max_iters"] - done) / speed
     mem = engine.peak_memory_mb(device)
-    record = {"iter": done, "loss": loss_avg, "lr": acc["lr"], "grad_norm_max": acc["grad_norm_max"],
-              "it_per_s": speed, "data_wait": acc["data_wait"] / elapsed, "skipped_batches": skipped,
-              "peak_mem_mb": mem}
-    line = (f"iter {done}/{tcfg['max_iters']} | loss {'-' if loss_avg is None else f'{loss_avg:.4f}'} K | lr {acc['lr']:.2e} "
+    record = {"iter": done, "loss": loss_avg, "loss_units": acc["loss_units"], "lr": acc["lr"],
+              "grad_norm_max": acc["grad_norm_max"], "it_per_s": speed, "data_wait": acc["data_wait"] / elapsed,
+              "skipped_batches": skipped, "peak_mem_mb": mem}
+    line = (f"iter {done}/{tcfg['max_iters']} | loss {'-' if loss_avg is None else f'{loss_avg:.4f}'} {acc['loss_units']} "
+            f"| lr {acc['lr']:.2e} "
             f"| grad norm <= {acc['grad_norm_max']:.3g} | {speed:.2f} it/s (data {100 * acc['data_wait'] / elapsed:.0f}%) "
             f"| eta {time.strftime('%H:%M:%S', time.gmtime(eta))} | peak mem {mem:.0f} MB"
             + (f" | skipped {skipped} batches without valid pixels" if skipped else ""))
@@ -327,7 +335,7 @@ def add_step(acc, step):
         acc[k] += step[k]
     acc["grad_norm_max"] = max(acc["grad_norm_max"], step["grad_norm"])
     acc["iters"] += 1
-    acc["lr"] = step["lr"]
+    acc["lr"], acc["loss_units"] = step["lr"], step["loss_units"]
 
 
 def validate(model, normalizer, val_set, split, device, amp, consistency, done, best_rmse):

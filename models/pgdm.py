@@ -210,8 +210,10 @@ class GuidanceGate(nn.Module):
 class PGDM(nn.Module):
     """PGDM: ResShift diffusion with a physically guided U-Net (see the module docstring).
 
-    Training calls `training_loss` (the ResShift objective) instead of a pixel loss on `forward`;
-    `stochastic = True` tells the toolkit that `sample` gives a mean and a spread.
+    The toolkit's protocol for models that bring their own objective and sampler (groklst.py): train.py
+    trains it with `training_loss` (the ResShift objective, in normalised units: `loss_units`), called
+    through forward(lr_lst, hr_guidance, hr_lst=..., mask=...); `stochastic = True` tells engine.downscale
+    to call `sample` with a seeded generator, which gives a mean and a spread.
 
     Args (each is the config key `model.<arg>`, except scale and guidance_channels, which are
     derived from data.scale and len(data.guidance_bands)):
@@ -251,11 +253,12 @@ class PGDM(nn.Module):
             original's transforms.Resize on torchvision >= 0.17) or PyTorch's plain bicubic (False, a = -0.75).
     """
 
+    paper = "PGDM: Physically guided diffusion model for land surface temperature downscaling (RSE 2025)."
     kind = "gisr"
-    scales = (2, 4, 8)
+    scales = (2, 4, 8, 16, 32)  # the U-Net works on the upsampled LST, so any scale builds and runs
     lr_multiple = 1  # the HR size is padded to a multiple of 2**(len(ch_mult) - 1) internally
     unused_parameters = ()
-    stochastic = True
+    stochastic = True  # sample() gives a mean and a spread; forward returns the mean
 
     def __init__(self, scale: int = 8, guidance_channels: int = 10, ch_base: int = 32, ch_mult=(1, 2, 4, 8, 16),
                  attn_levels=(3, 4), num_att_heads: int = 4, num_affine: int = 3, use_gate: bool = False,
@@ -285,6 +288,7 @@ class PGDM(nn.Module):
         self.residual_limit, self.antialias, self.multiple = residual_limit, antialias, 2 ** (len(ch_mult) - 1)
         self.timesteps, self.kappa, self.normalize_input, self.sampling_steps = timesteps, kappa, normalize_input, sampling_steps
         self.sqrt_etas = sqrt_etas  # a plain float64 tensor, not a buffer: the state dict stays the original's
+        self.loss_units = "normalised^2" if loss_type == "mse" else "normalised"  # what training_loss returns
 
         # registration order = the original's state-dict order (its checkpoints load unchanged)
         chs = [ch_base * m for m in ch_mult]
@@ -439,12 +443,15 @@ class PGDM(nn.Module):
             gen_device = generator.device if generator is not None else device
             return torch.randn(y.shape, generator=generator, device=gen_device, dtype=dtype).to(device)
 
+        # input_scale's divisors as Python floats (the same float64 arithmetic): no tensor index, so a
+        # draw also runs on the meta device (speed.py counts its MACs there)
+        divisor = [self.kappa * self.sqrt_etas[step].item() * 3 + 1 if self.normalize_input else 1.0 for step in taken]
         draws = []
         for _ in range(num_samples):
             x_t = y + self.kappa * self.sqrt_etas[-1].item() * noise()
             for k in reversed(range(len(taken))):
                 t = torch.full((B,), taken[k], dtype=torch.long, device=device)
-                x0 = self.denoise(geo, y, x_t / self.input_scale(t[:1]).item(), t)
+                x0 = self.denoise(geo, y, x_t / divisor[k], t)
                 x_t = coef_xt[k].item() * x_t + coef_x0[k].item() * x0 + (sigma[k].item() if k > 0 else 0.0) * noise()
             draws.append(x_t[..., :H, :W])
         draws = torch.stack(draws)
@@ -458,9 +465,13 @@ class PGDM(nn.Module):
         land_cover (B, 1, H, W) class indices and channel_mask (B, C + 1): see encode_geo / full_mask."""
         return self.sample_upsampled(self.upsample(lr_lst), hr_guidance, num_samples, generator, land_cover, channel_mask)
 
-    def forward(self, lr_lst, hr_guidance, land_cover=None, channel_mask=None):
+    def forward(self, lr_lst, hr_guidance, hr_lst=None, mask=None, land_cover=None, channel_mask=None):
         """lr_lst (B, 1, h, w) normalised LST, hr_guidance (B, C, h*scale, w*scale) normalised guidance
-        -> (B, 1, h*scale, w*scale) normalised LST: the mean of self.num_samples draws (global RNG)."""
+        -> (B, 1, h*scale, w*scale) normalised LST: the mean of self.num_samples draws (global RNG).
+        With hr_lst (B, 1, h*scale, w*scale) normalised and mask (like it, bool, True = valid): the
+        training_loss scalar instead (global RNG), so that a wrapper's forward (DDP) sees the training call."""
+        if hr_lst is not None:
+            return self.training_loss(lr_lst, hr_guidance, hr_lst, mask, land_cover=land_cover, channel_mask=channel_mask)
         return self.sample(lr_lst, hr_guidance, land_cover=land_cover, channel_mask=channel_mask)[0]
 
     def training_loss(self, lr_lst, hr_guidance, hr_lst, mask, generator=None, land_cover=None, channel_mask=None):
@@ -468,7 +479,7 @@ class PGDM(nn.Module):
         step t per sample, x_t ~ q(x_t | x_0, y), loss_type between the U-Net's x0_hat and hr_lst over
         the valid pixels (invalid ones enter x_t as y). lr_lst (B, 1, h, w), hr_guidance (B, C, H, W), hr_lst (B, 1, H, W), all
         normalised; mask (B, 1, H, W) bool, True = valid -> scalar (normalised units; 0 with no valid
-        pixel). train.py calls this instead of its pixel loss on forward. Random draws (t, noise,
+        pixel). train.py calls it, through forward, instead of its pixel loss. Random draws (t, noise,
         guidance_drop) come from `generator` when given."""
         y = self.upsample(lr_lst)
         H, W = y.shape[-2:]
@@ -489,9 +500,9 @@ class PGDM(nn.Module):
             pred = self.denoise(geo, y, x_t, t)
         else:
             pred = self.denoise(geo, y)
-        err = pred[..., :H, :W] - hr_lst
+        err = torch.where(mask, pred[..., :H, :W] - hr_lst, 0.0)  # NaN at an invalid target pixel stays out
         err = err.square() if self.loss_type == "mse" else err.abs()
-        return (err * mask).sum() / mask.sum().clamp(min=1)
+        return err.sum() / mask.sum().clamp(min=1)
 
 
 def convert_original_state_dict(state, guidance_bands):

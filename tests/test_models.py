@@ -37,14 +37,16 @@ REFERENCE = {
     "bicubic": {2: 0, 4: 0, 8: 0}, "bilinear": {2: 0, 4: 0, 8: 0},
     # not in the original toolkit: the statistical sharpeners of sharpeners.py
     "tsharp": {2: 0, 4: 0, 8: 0}, "linreg": {2: 0, 4: 0, 8: 0}, "rf": {2: 0, 4: 0, 8: 0}, "dms": {2: 0, 4: 0, 8: 0},
+    # not in the original toolkit: PGDM (cas222huan/PGDM, its GrokLST x8 U-Net, the same at every scale)
+    "pgdm": {2: 48108217, 4: 48108217, 8: 48108217},
 }
 # the original's scales (2 / 4 / 8); scales 16 and 32, where models have them, are tests/test_scales.py's
 CASES = [(n, s) for n in groklst.list_models() for s in groklst.MODELS[n].scales if s in REFERENCE.get(n, {})]
 
 
 def test_registry_is_complete():
-    """The 20 SISR and 21 GISR models of the original toolkit, the two interpolation baselines, and the
-    statistical sharpeners of sharpeners.py (not in the original)."""
+    """The 20 SISR and 21 GISR models of the original toolkit, the two interpolation baselines, the
+    statistical sharpeners of sharpeners.py and PGDM (not in the original)."""
     missing = sorted(set(REFERENCE) - set(groklst.MODELS))
     assert not missing, f"not registered yet: {missing}"
     assert set(groklst.MODELS) == set(REFERENCE)

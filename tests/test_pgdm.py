@@ -373,3 +373,182 @@ def test_file_runs_when_copied_alone(tmp_path, root):
 def test_bad_arguments_name_the_argument(kw, match):
     with pytest.raises(ValueError, match=match), torch.device("meta"):
         PGDM(**kw)
+
+
+# --------------------------------------------------------------------------- the toolkit's protocol
+
+
+def test_registered_with_configs_in_the_originals_kelvin(config):
+    """pgdm is a registered GISR model; each config's kappa and residual clamp are the original's 0.02 and
+    40/180 of its 44.395 K unit, in the config's own norm.lst.std; schedule and seed as the original's."""
+    import groklst
+    assert groklst.MODELS["pgdm"] is PGDM
+    unit = (330.92 - 242.13) / 2
+    for name in ("pgdm_x2", "pgdm_x4", "pgdm_x8", "demo_pgdm_x8"):
+        cfg = groklst.load_config(config(name))
+        std, m, t = cfg["norm"]["lst"]["std"], cfg["model"], cfg["train"]
+        assert m["kappa"] * std == pytest.approx(0.02 * unit, rel=1e-4)
+        assert m["residual_limit"] * std == pytest.approx(40 / 180 * unit, rel=1e-4)
+        if name.startswith("pgdm"):
+            assert (t["lr"], t["weight_decay"], t["eta_min"], t["batch_size"], t["seed"]) == (1e-4, 1e-4, 1e-5, 4, 42)
+            assert t["restart_period"] == t["max_iters"] == 300 * t["val_interval"]  # one cosine over 300 "epochs"
+            assert cfg["data"]["hr_crop"] is None and m["num_samples"] == 1
+    with torch.device("meta"):
+        assert groklst.num_parameters(groklst.build_model(groklst.load_config(config("pgdm_x8")))) == 48108217
+
+
+def test_forward_with_a_target_is_the_training_loss():
+    """forward(lr, g, hr_lst=, mask=) is training_loss with the global RNG: the call DDP sees."""
+    model = tiny()
+    lr, gui = lr_and_guidance()
+    hr = torch.randn(2, 1, 24, 20)
+    mask = torch.rand(2, 1, 24, 20) > 0.2
+    torch.manual_seed(5)
+    a = model(lr, gui, hr_lst=hr, mask=mask)
+    b = model.training_loss(lr, gui, hr, mask, generator=torch.Generator().manual_seed(5))
+    assert a.dim() == 0 and torch.equal(a, b)
+    assert model.loss_units == "normalised^2" and tiny(loss_type="mae").loss_units == "normalised"
+
+
+def normalizer_and_kelvin(model_scale=4):
+    from data import Normalizer
+    norm = {"lst": {"method": "zscore", "mean": 290.0, "std": 8.0},
+            "guidance": {"method": "zscore", "stats": {f"b{i}": {"mean": 0.5 * i, "std": 2.0} for i in range(10)}}}
+    lr, gui = lr_and_guidance(scale=model_scale)
+    return Normalizer(norm, [f"b{i}" for i in range(10)]), 290.0 + 8.0 * lr, 2.0 * gui + 0.5 * torch.arange(10.0).view(1, 10, 1, 1)
+
+
+def test_downscale_samples_with_seed_0_and_returns_sigma_in_kelvin():
+    """engine.downscale of a stochastic model: mean and sigma (K) of model.sample on the normalised inputs
+    with a generator seeded with engine.SAMPLING_SEED, the same at every call; sigma = std x norm.lst.std."""
+    import engine
+    model = tiny(num_samples=2).eval()
+    normalizer, lr_k, gui_k = normalizer_and_kelvin()
+    with torch.no_grad():
+        mean, sigma = engine.downscale(model, normalizer, lr_k, gui_k, spread=True, num_samples=4)
+        again = engine.downscale(model, normalizer, lr_k, gui_k, num_samples=4)
+        own = engine.downscale(model, normalizer, lr_k, gui_k)  # the model's num_samples: 2
+        lr, gui = lr_and_guidance()  # the same tensors, normalised by hand
+        ref_mean, ref_std = model.sample(lr, gui, num_samples=4, generator=torch.Generator().manual_seed(0))
+        ref_two = model.sample(lr, gui, num_samples=2, generator=torch.Generator().manual_seed(0))[0]
+    assert engine.SAMPLING_SEED == 0
+    assert mean.shape == sigma.shape == (2, 1, 24, 20) and torch.equal(mean, again)
+    assert torch.allclose(mean, 290.0 + 8.0 * ref_mean, atol=1e-4) and torch.allclose(sigma, 8.0 * ref_std, atol=1e-6)
+    assert (sigma > 0).all() and torch.allclose(own, 290.0 + 8.0 * ref_two, atol=1e-4)
+    with torch.no_grad():
+        one = engine.downscale(model, normalizer, lr_k, gui_k, spread=True, num_samples=1)[1]
+    assert torch.equal(one, torch.zeros_like(one))
+
+
+def test_spread_of_a_deterministic_model_is_an_error():
+    import engine
+    import groklst
+    from errors import ConfigError
+    normalizer, lr_k, gui_k = normalizer_and_kelvin()
+    for model in (groklst.create_model("bicubic", scale=4), tiny(diffusion=False)):
+        with pytest.raises(ConfigError, match="deterministic"):
+            engine.downscale(model, normalizer, lr_k, gui_k, spread=True)
+
+
+def test_model_loss_normalises_and_goes_through_the_wrapper():
+    """engine.model_loss: Kelvin in, the model's training_loss on the normalised tensors out (NaN targets at
+    invalid pixels stay out), via forward; has_objective and loss_units look through torch.compile's wrapper."""
+    import engine
+    import groklst
+    model = tiny()
+    normalizer, lr_k, gui_k = normalizer_and_kelvin()
+    hr = torch.randn(2, 1, 24, 20)
+    mask = torch.rand(2, 1, 24, 20) > 0.3
+    hr_k = torch.where(mask, 290.0 + 8.0 * hr, float("nan"))
+    torch.manual_seed(2)
+    loss = engine.model_loss(model, normalizer, lr_k, gui_k, hr_k, mask)
+    lr, gui = lr_and_guidance()
+    ref = model.training_loss(lr, gui, torch.where(mask, hr, 0.0), mask, generator=torch.Generator().manual_seed(2))
+    assert loss.dtype == torch.float32 and torch.isfinite(loss) and math.isclose(loss.item(), ref.item(), rel_tol=1e-5)
+    wrapped = torch.compile(model)  # lazy: nothing is compiled until it is called
+    assert engine.bare_model(wrapped) is model and engine.has_objective(wrapped)
+    assert engine.loss_units(wrapped, "l1") == "normalised^2"
+    bicubic = groklst.create_model("bicubic", scale=4)
+    assert not engine.has_objective(bicubic) and engine.loss_units(bicubic, "l1") == "K"
+    assert engine.loss_units(bicubic, "mse") == "K^2"
+
+
+TINY_PGDM = {"name": "pgdm", "ch_base": 8, "ch_mult": [1, 2], "attn_levels": []}
+
+
+@pytest.mark.slow
+def test_train_kill_and_resume_gives_identical_weights(tmp_path, demo_root, tiny_config, run_script, root):
+    """A tiny PGDM through train.py: its own objective (the log says normalised^2), killed with SIGKILL in
+    iteration 5, resumed from the checkpoint of iteration 4, to every weight bit for bit (the diffusion's t
+    and noise come from the global RNG, which train.py reseeds from (seed, rank, iteration))."""
+    import json
+    cfg = tiny_config(tmp_path, demo_root, TINY_PGDM, ckpt_interval=2)
+    full = run_script(["train.py", cfg, f"work_dir={tmp_path / 'full'}", "--no-test"])
+    assert full.returncode == 0, full.stderr[-3000:]
+    assert "normalised^2 | lr" in full.stdout
+    killer = ("import os, signal, sys; sys.path.insert(0, %r); import engine, train\n"
+              "calls, real = [0], engine.model_loss\n"
+              "def dying(*a, **k):\n"
+              "    calls[0] += 1\n"
+              "    if calls[0] == 5: os.kill(os.getpid(), signal.SIGKILL)\n"
+              "    return real(*a, **k)\n"
+              "engine.model_loss = dying\n"
+              "train.main(sys.argv[1:])\n") % root
+    killed = run_script(["-c", killer, cfg, f"work_dir={tmp_path / 'cut'}", "--no-test"])
+    assert killed.returncode == -9
+    assert torch.load(tmp_path / "cut" / "last.pth", weights_only=True)["iter"] == 4
+    resumed = run_script(["train.py", cfg, f"work_dir={tmp_path / 'cut'}", "--resume", "--no-test"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = torch.load(tmp_path / "full" / "last.pth", weights_only=True)["model"]
+    b = torch.load(tmp_path / "cut" / "last.pth", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    log = [json.loads(line) for line in open(tmp_path / "cut" / "log.jsonl")]
+    assert [r["iter"] for r in log if "loss" in r] == list(range(1, 9))
+    assert all(r["loss_units"] == "normalised^2" and 0 < r["loss"] < 100 for r in log if "loss" in r)
+
+
+DDP_SCRIPT = """
+import argparse, json, os, sys
+sys.path.insert(0, {root!r})
+import torch, engine, groklst, train
+torch.set_num_threads(1)
+rank, world, device = engine.setup_distributed()
+try:
+    cfg = groklst.load_config(sys.argv[1], sys.argv[2:])
+    if world > 1:
+        normalizer, model = train.train(cfg, argparse.Namespace(resume=None, init=None), rank, world, device)
+        torch.save(model.state_dict(), os.path.join(cfg["work_dir"], f"rank{{rank}}.pt"))
+    else:
+        normalizer, model = groklst.build_normalizer(cfg), groklst.build_model(cfg)
+        model.load_state_dict(torch.load(os.path.join(cfg["work_dir"], "rank0.pt")))
+    means, rows = engine.evaluate(model, normalizer, groklst.build_dataset(cfg, "test"), device)
+    if rank == 0:
+        json.dump({{"means": means, "rows": rows}}, open(os.path.join(cfg["work_dir"], f"eval{{world}}.json"), "w"))
+    engine.teardown_distributed(barrier=True)
+finally:
+    engine.teardown_distributed()
+"""
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_keeps_the_ranks_identical(tmp_path, demo_root, tiny_config, run_script, root):
+    """Two gloo processes train a tiny PGDM: its loss goes through DDP's forward, so the gradients are
+    all-reduced and both ranks end with the same weights (a call that bypassed forward would leave them
+    apart); the sharded evaluation, every image sampled with seed 0, equals one process's."""
+    import json
+    cfg = tiny_config(tmp_path, demo_root, TINY_PGDM, max_iters=3)
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT.format(root=root))
+    wd = tmp_path / "ddp"
+    out = run_script(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), cfg,
+                      f"work_dir={wd}"], timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r0, r1 = torch.load(wd / "rank0.pt"), torch.load(wd / "rank1.pt")
+    torch.manual_seed(0)  # train.seed_everything's seed (the demo base's train.seed): the initial weights
+    init = PGDM(scale=4, ch_base=8, ch_mult=(1, 2), attn_levels=()).state_dict()
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)
+    assert any(not torch.equal(r0[k], init[k]) for k in r0)  # and they were trained
+    single = run_script([str(script), cfg, f"work_dir={wd}"])
+    assert single.returncode == 0, single.stderr[-3000:]
+    two, one = json.load(open(wd / "eval2.json")), json.load(open(wd / "eval1.json"))
+    assert two["rows"] == one["rows"] and two["means"] == one["means"]
