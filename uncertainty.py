@@ -55,7 +55,6 @@ than below P, and q is 2.4-7 times too large on layout.synth_scene (docs/notruth
    q as the score's scale, so k q_scene relative_sigma covers 1 - alpha of the pixels of images
    exchangeable with those, and each scene keeps its own error level.
 """
-import inspect
 import math
 
 import torch
@@ -180,12 +179,6 @@ class WithSpread(nn.Module):
             raise ConfigError("a deep ensemble needs at least 2 checkpoints")
         self.lr_multiple = getattr(members[0], "lr_multiple", 1)
         self.guided = getattr(members[0], "kind", "gisr") != "sisr"  # a single-image model is given no guidance
-        if self.source == "draws":
-            import engine
-            if "spread" not in inspect.signature(engine.downscale).parameters:
-                # the seam: stochastic models give their draws' spread through engine.downscale(spread=True)
-                raise ConfigError(f"model {type(members[0]).__name__} is stochastic: its sigma is the spread of its "
-                                  f"draws, which this version's engine.downscale does not return (no `spread`)")
 
     def _run(self, model, lr_lst, hr_guidance):
         import engine

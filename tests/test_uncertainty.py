@@ -348,12 +348,7 @@ def test_relative_sigma_half_width_and_transfer_settings():
 
 
 def test_stochastic_models_use_the_spread_of_engine_downscale():
-    """The seam for stochastic models (PGDM): sigma is engine.downscale(..., spread=True)'s; an engine without
-    that parameter is a one-line ConfigError, not a silent zero."""
-    import inspect
-
-    import engine
-
+    """Stochastic models (PGDM): sigma is engine.downscale(..., spread=True)'s, the draws' std in Kelvin."""
     class Draws(Ramp):
         stochastic = True
 
@@ -362,9 +357,5 @@ def test_stochastic_models_use_the_spread_of_engine_downscale():
             return mean, torch.full_like(mean, 0.5)  # the draws' std in normalised units
 
     norm = identity_normalizer()
-    if "spread" not in inspect.signature(engine.downscale).parameters:
-        with pytest.raises(ConfigError, match="stochastic"):
-            U.WithSpread([Draws()], norm)
-        return
     out = U.WithSpread([Draws()], norm)(290 + torch.rand(1, 1, 4, 4))
     assert torch.allclose(out[:, 1], torch.full_like(out[:, 1], 0.5))  # norm 'none': K per unit is 1
