@@ -15,19 +15,9 @@ lr_lst (B, 1, h, w) -> (B, 1, h*scale, w*scale). The registry is the plain dict 
 with the class attribute `physical_units = True` (the statistical sharpeners of sharpeners.py)
 take Kelvin and physical guidance instead; engine.downscale is the one place that knows.
 
-Models that bring their own objective and sampler (diffusion, flows; models/pgdm.py) add, on the same
-normalised tensors (LST in units of the config's norm.lst scale, z-score by default):
-    training_loss(lr_lst, hr_guidance, hr_lst, mask, generator=None) -> scalar in the model's units
-        (attribute loss_units, e.g. 'normalised^2'); hr_lst (B, 1, H, W), mask (B, 1, H, W) bool, True
-        = valid; random draws from `generator`, else the global RNG (train.py reseeds it every iteration).
-    forward(lr_lst, hr_guidance, hr_lst=..., mask=...) -> that loss: train.py calls it through the
-        (DDP / compiled) wrapper (engine.model_loss), so DDP all-reduces its gradients, instead of a pixel
-        loss on forward; the logged loss is in loss_units (log.jsonl's `loss_units`).
-    stochastic = True and sample(lr_lst, hr_guidance, num_samples=None, generator=None) -> (mean, std),
-        each (B, 1, H, W) normalised: engine.downscale calls it with a generator seeded with
-        engine.SAMPLING_SEED (0) at every call, so evaluation is reproducible and the same on any number of
-        processes; forward without hr_lst returns the mean of the model's num_samples draws (global RNG);
-        downscale(..., spread=True) also returns sigma = std x the LST scale in K.
+Models that bring their own objective and sampler (diffusion: models/pgdm.py) add `training_loss`,
+forward(..., hr_lst=, mask=) returning it, `stochastic = True` and `sample` -> (mean, std); the protocol and
+why it goes through forward: docs/models.md#models-that-bring-their-own-objective-and-sampler.
 test.py, predict.py, zoo.py and speed.py need nothing else. Where to change what: docs/where.md.
 """
 import argparse
@@ -36,7 +26,6 @@ import copy
 import difflib
 import fnmatch
 import inspect
-import json
 import os
 import re
 import sys
@@ -45,9 +34,10 @@ import torch
 import yaml
 
 from checkpoints import checkpoint_weights, fit_state_dict, load_weights, misfit_hint, read_checkpoint, write_checkpoint
+from costs import COST_HR, THROUGHPUT_JSON, read_throughput
 from data import BANDS, LST_UNITS, GrokLSTDataset, Normalizer, compute_stats, dataset_bands, dataset_scales, lr_folder
 from engine import AMP_DTYPES, CONSISTENCY_MODES, LOSSES
-from errors import ConfigError, DataError, UserError, command
+from errors import ConfigError, UserError, command
 from geotiff import write_atomic
 from layout import make_demo
 from models.act import ACT
@@ -97,62 +87,20 @@ from sharpeners import DMS, LinReg, RFSharpener, TsHARP
 # Each model name (the config's model.name) and its class, in one explicit dict.
 
 MODELS = {
-    # baselines
-    "bicubic": Bicubic,
-    "bilinear": Bilinear,
-    # statistical sharpeners (parameter-free, fit per image; sharpeners.py)
-    "dms": DMS,
-    "linreg": LinReg,
-    "rf": RFSharpener,
-    "tsharp": TsHARP,
+    # baselines; statistical sharpeners (parameter-free, fitted per image: sharpeners.py)
+    "bicubic": Bicubic, "bilinear": Bilinear,
+    "dms": DMS, "linreg": LinReg, "rf": RFSharpener, "tsharp": TsHARP,
     # guided (GISR); "msg" is the original config name of DMSG
-    "ahmf": AHMF,
-    "codon": CODON,
-    "cunet": CUNet,
-    "dagf": DAGF,
-    "dct": DCTNet,
-    "dgf": DGF,
-    "djf": DJF,
-    "djfr": DJFR,
-    "dkn": DKN,
-    "dmsg": DMSG,
-    "dsrn": DSRN,
-    "fdkn": FDKN,
-    "fdsr": FDSR,
-    "mocolsk": MoCoLSKNet,
-    "msg": DMSG,
-    "p2p": PixTransformNet,
-    "pac": PAC,
-    "pmba": PMBA,
-    "rsag": RSAG,
-    "sgnet": SGNet,
-    "suft": SUFTNet,
-    "svlrm": SVLRM,
-    # guided, with its own objective and sampler (diffusion; the protocol in the module docstring)
+    "ahmf": AHMF, "codon": CODON, "cunet": CUNet, "dagf": DAGF, "dct": DCTNet, "dgf": DGF, "djf": DJF, "djfr": DJFR,
+    "dkn": DKN, "dmsg": DMSG, "dsrn": DSRN, "fdkn": FDKN, "fdsr": FDSR, "mocolsk": MoCoLSKNet, "msg": DMSG,
+    "p2p": PixTransformNet, "pac": PAC, "pmba": PMBA, "rsag": RSAG, "sgnet": SGNet, "suft": SUFTNet, "svlrm": SVLRM,
+    # guided, with its own objective and sampler (diffusion)
     "pgdm": PGDM,
     # single-image (SISR)
-    "act": ACT,
-    "cfgn": CFGN,
-    "ctn": CTNet,
-    "dbpn": DBPN,
-    "dctlsa": DCTLSA,
-    "edsr": EDSR,
-    "egasr": EGASR,
-    "fen": FENet,
-    "fenet": FeNet,
-    "han": HAN,
-    "haunet": HAUNet,
-    "ngswin": NGswin,
-    "omni": OmniSR,
-    "rcan": RCAN,
-    "rdn": RDN,
-    "safmn": SAFMN,
-    "san": SAN,
-    "srcnn": SRCNN,
-    "srfbn": SRFBN,
-    "swinir": SwinIR,
+    "act": ACT, "cfgn": CFGN, "ctn": CTNet, "dbpn": DBPN, "dctlsa": DCTLSA, "edsr": EDSR, "egasr": EGASR, "fen": FENet,
+    "fenet": FeNet, "han": HAN, "haunet": HAUNet, "ngswin": NGswin, "omni": OmniSR, "rcan": RCAN, "rdn": RDN,
+    "safmn": SAFMN, "san": SAN, "srcnn": SRCNN, "srfbn": SRFBN, "swinir": SwinIR,
 }
-
 
 
 def paper(name):
@@ -204,47 +152,6 @@ def count_parameters(name, scale):
     """Parameters of a model at its default settings, built on the meta device (no memory)."""
     with torch.device("meta"):
         return num_parameters(create_model(name, scale=scale))
-
-
-# --------------------------------------------------------------------------- cost of a forward
-# What a model costs, beside what it achieves: GMACs counted here, CPU throughput measured by speed.py
-# --throughput into a JSON that `list --markdown` and zoo.py's table read (a measurement is not rerun
-# each time a table is printed, and the committed file keeps docs/models.md reproducible).
-
-THROUGHPUT_JSON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "docs", "throughput_cpu.json")
-COST_HR = 256  # side of the output the costs are given for (pixels)
-
-
-def count_macs(cfg, hr=COST_HR, batch=1):
-    """GMACs of one forward of the config's model (model.*, data.scale, data.guidance_bands) for `batch`
-    outputs of hr x hr pixels, counted by torch's FlopCounterMode on the meta device: shapes only, no
-    memory, no compute; MACs = FLOPs / 2. A model that needs values while it runs (the statistical
-    sharpeners fit per image) raises NotImplementedError or RuntimeError there."""
-    from torch.utils.flop_counter import FlopCounterMode
-    scale = cfg["data"]["scale"]
-    with torch.device("meta"):
-        model = build_model(cfg)
-        lr_lst = torch.zeros(batch, 1, hr // scale, hr // scale)
-        hr_guidance = torch.zeros(batch, len(guidance_bands(cfg)), hr, hr) if model.kind == "gisr" else None
-        with FlopCounterMode(display=False) as counter:
-            model(lr_lst, hr_guidance)
-    return counter.get_total_flops() / 2e9
-
-
-def read_throughput(path=THROUGHPUT_JSON):
-    """speed.py --throughput's JSON -> ({model: row}, the file's `machine` dict); ({}, {}) when there is no
-    such file. A row: model, scale, hr, gmacs and either the measurement (amp, mpx_per_s, parameters, the
-    machine: cpu, threads, torch, load_average) or the `error` that stopped it."""
-    if not os.path.exists(path):
-        return {}, {}
-    try:
-        with open(path) as f:
-            content = json.load(f)
-        rows = {r["model"]: r for r in content["rows"]}
-        return rows, content.get("machine", {})
-    except (ValueError, KeyError, TypeError) as e:
-        raise DataError(f"{path}: not a throughput file of speed.py --throughput ({type(e).__name__}: {e}); "
-                        f"measure again: python speed.py all --hr {COST_HR} --throughput --json {path}") from None
 
 
 # --------------------------------------------------------------------------- configuration

@@ -40,6 +40,7 @@ import time
 import numpy as np
 import torch
 
+import costs
 import engine
 import groklst
 from data import BANDS, GrokLSTDataset
@@ -60,9 +61,8 @@ def inputs(model, scale, hr, batch, device, dtype=torch.float32):
 
 def count_macs(name, scale, hr, batch, **model_kwargs):
     """GMACs of one forward of a registered model (its arguments at their defaults unless given, the
-    ten GrokLST bands for a guided one), counted on the meta device (groklst.count_macs)."""
-    cfg = {"model": {"name": name, **model_kwargs}, "data": {"scale": scale, "guidance_bands": list(BANDS)}}
-    return groklst.count_macs(cfg, hr, batch)
+    ten GrokLST bands for a guided one), counted on the meta device (costs.count_macs)."""
+    return costs.count_macs(lambda: groklst.create_model(name, scale=scale, **model_kwargs), scale, len(BANDS), hr, batch)
 
 
 def run_one(name, scale=8, hr=512, batch=1, train=False, device="cpu", amp="none", compile=False,
@@ -356,7 +356,7 @@ def main(argv=None):
     if not args.models:
         raise ConfigError("give model names (or 'all'), or --data-wait ROOT")
     args.steps = args.steps or 3
-    args.json = args.json or (groklst.THROUGHPUT_JSON if args.throughput else "speed.json")
+    args.json = args.json or (costs.THROUGHPUT_JSON if args.throughput else "speed.json")
     names = groklst.list_models() if args.models == ["all"] else args.models
     for name in names:  # typos and impossible scales fail before any work
         cls = groklst.get_model_class(name)

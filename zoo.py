@@ -40,6 +40,7 @@ import traceback
 import torch
 import yaml
 
+import costs
 import engine
 import figures
 import groklst
@@ -357,15 +358,15 @@ def weights_of(run_dir, cfg):
     return None
 
 
-COSTS = ("params", f"GMACs/{groklst.COST_HR}²", "CPU Mpx/s")  # the columns after the metrics of each scale
+COSTS = ("params", f"GMACs/{costs.COST_HR}²", "CPU Mpx/s")  # the columns after the metrics of each scale
 
 
-def costs(cfg, model, measured):
+def run_costs(cfg, model, measured):
     """{COSTS column: value or None} of a run: parameters of its model, GMACs per COST_HR² output (counted),
-    and the CPU throughput measured for that model (groklst.read_throughput rows), which holds only for
+    and the CPU throughput measured for that model (costs.read_throughput rows), which holds only for
     default model arguments, the ten GrokLST bands and the scale it was measured at."""
     try:
-        gmacs = groklst.count_macs(cfg)
+        gmacs = costs.count_macs(lambda: groklst.build_model(cfg), cfg["data"]["scale"], len(groklst.guidance_bands(cfg)))
     except (NotImplementedError, RuntimeError):  # sharpeners fit per image: nothing to count on the meta device
         gmacs = None
     row = measured.get(cfg["model"]["name"])
@@ -390,10 +391,10 @@ def evaluate_run(work_root, run, split, overrides, device, measured):
     model = groklst.load_model(cfg, weights, device)
     metrics = engine.evaluate(model, groklst.build_normalizer(cfg), groklst.build_dataset(cfg, data_split), device,
                               consistency=cfg["consistency"])[0]
-    return run_label(run, scale), cfg, dict(metrics, **costs(cfg, model, measured)), weights and os.path.basename(weights)
+    return run_label(run, scale), cfg, dict(metrics, **run_costs(cfg, model, measured)), weights and os.path.basename(weights)
 
 
-def table_ix(work_root, split=None, overrides=(), device="cpu", runs=None, throughput=groklst.THROUGHPUT_JSON,
+def table_ix(work_root, split=None, overrides=(), device="cpu", runs=None, throughput=costs.THROUGHPUT_JSON,
              failed=None):
     """Table IX of the paper (markdown) for the runs under work_root: trained ones (<run>/config.yaml and
     best.pth, or last.pth where the run has no best.pth: the label then says `(last.pth)`) and
@@ -404,7 +405,7 @@ def table_ix(work_root, split=None, overrides=(), device="cpu", runs=None, throu
     reason in a line under the table (and appended to `failed`, a list, when given)."""
     if not os.path.isdir(work_root):
         raise DataError(f"{work_root}: folder not found")
-    measured, machine = groklst.read_throughput(throughput) if throughput else ({}, {})
+    measured, machine = costs.read_throughput(throughput) if throughput else ({}, {})
 
     def ready(run):
         cfg = groklst.load_config(os.path.join(work_root, run, "config.yaml"), overrides)
@@ -444,7 +445,7 @@ def table_ix(work_root, split=None, overrides=(), device="cpu", runs=None, throu
             bicubic = groklst.build_model(ref).to(device)
             base = groklst.build_dataset(cfg, data_split, bands=[])
             results.setdefault("bicubic", {})[scale] = dict(
-                engine.evaluate(bicubic, groklst.build_normalizer(ref), base, device)[0], **costs(ref, bicubic, measured))
+                engine.evaluate(bicubic, groklst.build_normalizer(ref), base, device)[0], **run_costs(ref, bicubic, measured))
     order = sorted(results, key=lambda name: (name not in ("bicubic", "bilinear"), name))  # baselines first
     scales = sorted(data_of_scale)
     columns = COLUMNS + COSTS
@@ -495,7 +496,7 @@ def read_table(path):
 def tradeoff_points(rows, scale, measured):
     """(points, bicubic's RMSE) for figures.accuracy_vs_throughput from a table's rows at `scale`: (label,
     Mpx/s, RMSE, kind) of each method with both numbers; Mpx/s from the table's `CPU Mpx/s` column, else
-    from `measured` (groklst.read_throughput rows) when that model was measured at this scale."""
+    from `measured` (costs.read_throughput rows) when that model was measured at this scale."""
     points, reference = [], None
     for label, row in rows.items():
         name, rmse = label.split(" (")[0], row.get(f"x{scale} RMSE")
@@ -512,12 +513,12 @@ def tradeoff_points(rows, scale, measured):
     return points, reference
 
 
-def draw_tradeoff(table_path, out, throughput=groklst.THROUGHPUT_JSON, scale=None):
+def draw_tradeoff(table_path, out, throughput=costs.THROUGHPUT_JSON, scale=None):
     """figures.accuracy_vs_throughput of a table file at `scale` (default its largest)."""
     rows = read_table(table_path)
     scales = sorted({int(c.split()[0][1:]) for row in rows.values() for c in row if c.endswith(" RMSE")})
     scale = scale or scales[-1]
-    measured, machine = groklst.read_throughput(throughput) if throughput else ({}, {})
+    measured, machine = costs.read_throughput(throughput) if throughput else ({}, {})
     points, reference = tradeoff_points(rows, scale, measured)
     figures.accuracy_vs_throughput(out, points, None if reference is None else ("bicubic", reference),
                                    f"x{scale}: test RMSE ({os.path.basename(table_path)}) against CPU throughput "

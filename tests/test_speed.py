@@ -8,6 +8,7 @@ import types
 import pytest
 import torch
 
+import costs
 import groklst
 import predict
 import speed
@@ -59,7 +60,7 @@ def test_speed_unknown_model_and_missing_scale(tmp_path, run_speed):
     assert r.returncode != 0 and "mocolsk" in r.stderr  # the suggestion
     assert not (tmp_path / "x.json").exists()
     r = run_speed("mocolsk", "--scale", "3", "--hr", "32", "--json", str(tmp_path / "x.json"))
-    assert r.returncode != 0 and "mocolsk supports scales [2, 4, 8], not --scale 3" in r.stderr
+    assert r.returncode != 0 and "mocolsk supports scales [2, 4, 8, 16], not --scale 3" in r.stderr
     assert not (tmp_path / "x.json").exists()
 
 
@@ -70,7 +71,7 @@ def test_macs_of_srcnn_counted_by_hand():
     assert speed.count_macs("srcnn", 8, 256, 1) == 256 * 256 * SRCNN_MACS_PER_PIXEL / 1e9
     cfg = groklst.load_config(os.path.join(os.path.dirname(speed.__file__), "configs", "srcnn_x4.yaml"),
                               ["model.channels=[1,16,8,1]"])  # the run's own model arguments count
-    assert groklst.count_macs(cfg, 128, 2) == 2 * 128 * 128 * (81 * 16 + 16 * 8 + 25 * 8) / 1e9
+    assert costs.count_macs(lambda: groklst.build_model(cfg), 4, 0, 128, 2) == 2 * 128 * 128 * (81 * 16 + 16 * 8 + 25 * 8) / 1e9
 
 
 def test_throughput_runs_predict_rows_at_auto_precision():
@@ -136,7 +137,7 @@ def test_throughput_cli_merges_rows_into_its_json(tmp_path, run_speed):
 def test_committed_throughput_file_matches_the_models(root):
     """docs/throughput_cpu.json (what docs/models.md shows) was measured on the models as they are: the same
     parameters and GMACs, a row per registered model."""
-    rows, machine = groklst.read_throughput()
+    rows, machine = costs.read_throughput()
     assert machine["cpu"] and machine["threads"] >= 1
     for name, row in rows.items():
         assert "parameters" not in row or row["parameters"] == groklst.count_parameters(name, row["scale"]), name
