@@ -203,7 +203,7 @@ def test_dms_tiles_of_a_fitted_scene_use_the_global_model():
 
 def test_dms_registered_and_configured(config):
     cls = groklst.MODELS["dms"]
-    assert cls is sharpeners.DMS and cls.kind == "gisr" and cls.scales == (2, 4, 8) and cls.physical_units
+    assert cls is sharpeners.DMS and cls.kind == "gisr" and cls.scales == (2, 4, 8, 16, 32) and cls.physical_units
     assert groklst.count_parameters("dms", 8) == 0
     cfg = groklst.load_config(config("demo_dms_x8"), ["model.window=4", "model.n_estimators=5"])
     model = groklst.load_model(cfg, None, "cpu")  # .to(device): nn.Module's own methods still work

@@ -128,7 +128,7 @@ def test_rf_without_sklearn(monkeypatch):
 def test_sharpeners_registered_parameter_free(config):
     for name in ("tsharp", "linreg", "rf"):
         cls = groklst.MODELS[name]
-        assert cls.kind == "gisr" and cls.scales == (2, 4, 8) and cls.physical_units
+        assert cls.kind == "gisr" and cls.scales == (2, 4, 8, 16, 32) and cls.physical_units
         assert groklst.count_parameters(name, 8) == 0
         model = groklst.load_model(groklst.load_config(config("bicubic_x4"), [f"model.name={name}"]), None, "cpu")
         assert not any(True for _ in model.parameters())
