@@ -555,8 +555,8 @@ def test_ddp_two_processes_keeps_the_ranks_identical(tmp_path, demo_root, tiny_c
 
 
 def test_pgdm_numbers_spread_and_time(demo_root, tmp_path, tiny_config, root, capsys):
-    """tools/pgdm_numbers.py on a tiny untrained PGDM: the spread table (per image RMSE and mean sigma, r,
-    the face-value coverage) and the time per tile."""
+    """tools/pgdm_numbers.py on a tiny untrained PGDM: the spread table (test.py's metrics row of the mean,
+    per image RMSE and mean sigma, r, the face-value coverage) and the time per tile."""
     import importlib.util
 
     import groklst
@@ -568,6 +568,12 @@ def test_pgdm_numbers_spread_and_time(demo_root, tmp_path, tiny_config, root, ca
     torch.save({"model": groklst.build_model(groklst.load_config(cfg)).state_dict()}, tmp_path / "tiny.pth")
     tool.main(["spread", cfg, str(tmp_path / "tiny.pth"), "--samples", "2", "--split", "val"])
     printed = capsys.readouterr().out
+    spec = importlib.util.spec_from_file_location("groklst_test_script", os.path.join(root, "test.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main([cfg, str(tmp_path / "tiny.pth"), "model.num_samples=2", "--split", "val", "--out", str(tmp_path / "t.json")])
+    table = capsys.readouterr().out.split("| pgdm x4 |")[1].split("\n")[0]
+    assert f"| pgdm x4, mean of 2 draws |{table}" in printed  # the metrics row of test.py, from the same draws
     assert printed.count("| tile_") == 2 and "Pearson r (sigma vs |error|, every valid pixel)" in printed
     covered = float(re.search(r"covers ([0-9.]+) of the valid pixels, mean width ([0-9.]+) K", printed).group(1))
     assert 0.0 <= covered <= 1.0
