@@ -59,7 +59,7 @@ def test_speed_unknown_model_and_missing_scale(tmp_path, run_speed):
     assert r.returncode != 0 and "mocolsk" in r.stderr  # the suggestion
     assert not (tmp_path / "x.json").exists()
     r = run_speed("mocolsk", "--scale", "3", "--hr", "32", "--json", str(tmp_path / "x.json"))
-    assert r.returncode != 0 and "mocolsk supports scales [2, 4, 8], not --scale 3" in r.stderr
+    assert r.returncode != 0 and "mocolsk supports scales [2, 4, 8, 16], not --scale 3" in r.stderr
     assert not (tmp_path / "x.json").exists()
 
 
