@@ -38,7 +38,8 @@ def scene(tmp_path_factory):
 def run(config, scene, out, **kw):
     kw.setdefault("overrides", X4)
     kw.setdefault("guidance", scene["guidance"])
-    return predict.predict(config(kw.pop("name")), kw.pop("lst", scene["lst"]), str(out), progress=False, **kw)
+    kw.setdefault("progress", False)
+    return predict.predict(config(kw.pop("name")), kw.pop("lst", scene["lst"]), str(out), **kw)
 
 
 def bands(path):
@@ -175,7 +176,9 @@ def test_sigma_of_pgdm_is_the_spread_of_its_draws(tmp_path, config, capsys):
     model = groklst.build_model(cfg).eval()
     torch.save({"model": model.state_dict()}, tmp_path / "tiny.pth")
     run(config, small, tmp_path / "draws.tif", name="pgdm_x8", overrides=PGDM_TINY + ["model.num_samples=3"],
-        checkpoint=str(tmp_path / "tiny.pth"), uncertainty_band=True, lr_tile=16, lr_overlap=0)
+        checkpoint=str(tmp_path / "tiny.pth"), uncertainty_band=True, lr_tile=16, lr_overlap=0, progress=True)
+    printed = capsys.readouterr().err
+    assert "sigma from draws" in printed and "amp none" in printed  # the spread path runs float32
     out, names = bands(tmp_path / "draws.tif")
     with torch.no_grad():
         mean, sigma = engine.downscale(model, groklst.build_normalizer(cfg), torch.from_numpy(lr)[None, None],
