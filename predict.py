@@ -442,10 +442,10 @@ def predict(config, lst, out, guidance=(), guidance_dir=None, checkpoint=None, o
             except UserError as e:
                 raise _fit_error(name, lst, e) from None
         shape = (array.shape[0] * scale, array.shape[1] * scale)
-        if progress:
+        if progress:  # the spread path (net) runs float32 unless --amp bf16 (spread_model)
+            used = resolve_amp(amp, device, model)[0] if net is None else net.amp
             print(f"{name} x{scale}: {array.shape[1]} x {array.shape[0]} -> {shape[1]} x {shape[0]} px, tile {tile} "
-                  f"overlap {overlap} (LR px), batch {batch}, {device}, amp {resolve_amp(amp, device, model)[0]}",
-                  file=sys.stderr)
+                  f"overlap {overlap} (LR px), batch {batch}, {device}, amp {used}", file=sys.stderr)
         geo = None
         if geo_transform(info["geo"]) is not None:
             geo = geo_window(info["geo"], 0, 0, scale)

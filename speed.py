@@ -9,7 +9,11 @@
 Per model: parameters, GMACs of one forward (torch's FlopCounterMode on the meta device, so no
 compute; MACs = FLOPs / 2), median step time over --steps timed steps after --warmup, samples/s,
 peak memory (CUDA max allocated, or the process's peak RSS on CPU: each model runs in its own
-process, so the numbers do not mix). A train step is forward + L1 loss + backward + AdamW step.
+process, so the numbers do not mix). A train step is forward + L1 loss + backward + AdamW step; for a
+model that brings its own objective (engine.has_objective: PGDM) its training_loss + backward + AdamW
+step. A forward of a stochastic model is its sampler: the model's num_samples draws (1 by default), all
+their steps (PGDM: 3 U-Net evaluations, counted in its GMACs; its training loss is one evaluation, so
+the TFLOP/s of its train step are overstated about 3 times).
 Achieved TFLOP/s counts model FLOPs: 2 x MACs of the forward, x 3 for a train step (backward ~ twice
 the forward); recomputation (checkpointing) is not counted, so it shows as a lower rate.
 
@@ -80,14 +84,16 @@ def run_one(name, scale=8, hr=512, batch=1, train=False, device="cpu", amp="none
     target = torch.randn(batch, 1, hr, hr, device=device)
     step_model = engine.compile_model(model, device) if compile else model
     trainable = train and n_params > 0
+    objective = trainable and engine.has_objective(model)  # its own loss, through forward as train.py calls it
+    mask = torch.ones_like(target, dtype=torch.bool)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if trainable else None
     dtype = engine.AMP_DTYPES[amp]
 
     def step():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None), torch.set_grad_enabled(trainable):
-            out = step_model(x, g)
+            out = step_model(x, g, hr_lst=target, mask=mask) if objective else step_model(x, g)
         if trainable:
-            (out.float() - target).abs().mean().backward()
+            (out.float() if objective else (out.float() - target).abs().mean()).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":

@@ -37,9 +37,10 @@ the 1 - alpha interval, pooled over the pixels of the split, for: each image's o
 reduced-resolution experiment, corrected by the config's `consistency` as the prediction is) with no
 transfer, with the variogram transfer, and with the transfer measured on --calibration-split (default
 data.val_split; `k` there, uncertainty.calibrated_transfer), also with constant widths (sigma ignored)
-when the model has a sigma; and plain split conformal on that split (one q for every image, no
-anchoring). It also prints the transfer measured on this split: the number to give predict.py
---transfer. Rank 0 only, after the metrics; in the JSON under "uncertainty".
+when the model has a sigma; plain split conformal on that split (one q for every image, no
+anchoring); and, first, sigma taken at face value (mean +- z sigma, z = 1.645 at alpha 0.1: what a
+Gaussian reading of the spread promises) when the model has one. It also prints the transfer measured
+on this split: the number to give predict.py --transfer. Rank 0 only, after the metrics; in the JSON under "uncertainty".
 --uncertainty-figure PNG draws figures.uncertainty_panel of one image (--figure-samples' first).
 """
 import argparse
@@ -229,6 +230,9 @@ def uncertainty_report(cfg, checkpoint, split, device, alpha, calibration_split,
                      [U.half_width(r["sigma"], r["q"], k_cal) for r in images]))
         rows.insert(2, (f"split conformal on {calibration_split} (no anchoring)", f"q {q_val:.3f} K",
                         [U.half_width(r["sigma"], q_val) for r in images]))
+    if source != "none":  # sigma at face value: mean +- z sigma, z the standard normal's 1 - alpha / 2 quantile
+        z = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1.0 - alpha / 2)))
+        rows.insert(0, ("sigma as it is, Gaussian (no calibration)", f"z {z:.3f}", [z * r["sigma"] for r in images]))
     report.update(alpha=alpha, transfer_measured_here=k_here, intervals={},
                   in_sample=sum(bool(r["in_sample"]) for r in images))
     if report["in_sample"]:

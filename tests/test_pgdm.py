@@ -552,3 +552,31 @@ def test_ddp_two_processes_keeps_the_ranks_identical(tmp_path, demo_root, tiny_c
     assert single.returncode == 0, single.stderr[-3000:]
     two, one = json.load(open(wd / "eval2.json")), json.load(open(wd / "eval1.json"))
     assert two["rows"] == one["rows"] and two["means"] == one["means"]
+
+
+def test_pgdm_numbers_spread_and_time(demo_root, tmp_path, tiny_config, root, capsys):
+    """tools/pgdm_numbers.py on a tiny untrained PGDM: the spread table (test.py's metrics row of the mean,
+    per image RMSE and mean sigma, r, the face-value coverage) and the time per tile."""
+    import importlib.util
+
+    import groklst
+    spec = importlib.util.spec_from_file_location("pgdm_numbers", os.path.join(root, "tools", "pgdm_numbers.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    cfg = tiny_config(tmp_path, demo_root, TINY_PGDM)
+    torch.manual_seed(0)
+    torch.save({"model": groklst.build_model(groklst.load_config(cfg)).state_dict()}, tmp_path / "tiny.pth")
+    tool.main(["spread", cfg, str(tmp_path / "tiny.pth"), "--samples", "2", "--split", "val"])
+    printed = capsys.readouterr().out
+    spec = importlib.util.spec_from_file_location("groklst_test_script", os.path.join(root, "test.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main([cfg, str(tmp_path / "tiny.pth"), "model.num_samples=2", "--split", "val", "--out", str(tmp_path / "t.json")])
+    table = capsys.readouterr().out.split("| pgdm x4 |")[1].split("\n")[0]
+    assert f"| pgdm x4, mean of 2 draws |{table}" in printed  # the metrics row of test.py, from the same draws
+    assert printed.count("| tile_") == 2 and "Pearson r (sigma vs |error|, every valid pixel)" in printed
+    covered = float(re.search(r"covers ([0-9.]+) of the valid pixels, mean width ([0-9.]+) K", printed).group(1))
+    assert 0.0 <= covered <= 1.0
+    tool.main(["time", cfg, "--hr", "32", "--samples", "1", "2", "--repeat", "1"])
+    printed = capsys.readouterr().out
+    assert "32 x 32 output tile" in printed and "2 sample(s):" in printed

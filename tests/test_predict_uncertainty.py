@@ -38,7 +38,8 @@ def scene(tmp_path_factory):
 def run(config, scene, out, **kw):
     kw.setdefault("overrides", X4)
     kw.setdefault("guidance", scene["guidance"])
-    return predict.predict(config(kw.pop("name")), kw.pop("lst", scene["lst"]), str(out), progress=False, **kw)
+    kw.setdefault("progress", False)
+    return predict.predict(config(kw.pop("name")), kw.pop("lst", scene["lst"]), str(out), **kw)
 
 
 def bands(path):
@@ -156,3 +157,59 @@ def test_test_py_coverage_table(demo_root, tmp_path, config, root, capsys):
         from matplotlib.image import imread
         pixels = imread(str(figure))
         assert pixels.shape[1] > 3 * pixels.shape[0] and pixels[..., :3].mean(-1).std() > 0.05
+
+
+PGDM_TINY = ["data.scale=4", "model.ch_base=8", "model.ch_mult=[1,2]", "model.attn_levels=[]"]
+
+
+def test_sigma_of_pgdm_is_the_spread_of_its_draws(tmp_path, config, capsys):
+    """predict.py --uncertainty with a tiny untrained PGDM on a 64 x 64 scene (one unpadded tile): bands 1 and 2 are
+    engine.downscale's mean and sigma of its draws (source 'draws'); one draw warns and has sigma 0."""
+    import engine
+    hr, gui = layout.synth_scene(64, 64, seed=5)
+    lr = data.block_mean(hr, 4)
+    geotiff.write_geotiff(str(tmp_path / "lst.tif"), lr, geotiff.make_geo(X0, Y0, 120.0), ["lst"])
+    geotiff.write_geotiff(str(tmp_path / "bands.tif"), gui, geotiff.make_geo(X0, Y0, 30.0), list(data.BANDS))
+    small = {"lst": str(tmp_path / "lst.tif"), "guidance": [str(tmp_path / "bands.tif")]}
+    cfg = groklst.load_config(config("pgdm_x8"), PGDM_TINY + ["model.num_samples=3"])
+    torch.manual_seed(0)
+    model = groklst.build_model(cfg).eval()
+    torch.save({"model": model.state_dict()}, tmp_path / "tiny.pth")
+    run(config, small, tmp_path / "draws.tif", name="pgdm_x8", overrides=PGDM_TINY + ["model.num_samples=3"],
+        checkpoint=str(tmp_path / "tiny.pth"), uncertainty_band=True, lr_tile=16, lr_overlap=0, progress=True)
+    printed = capsys.readouterr().err
+    assert "sigma from draws" in printed and "amp none" in printed  # the spread path runs float32
+    out, names = bands(tmp_path / "draws.tif")
+    with torch.no_grad():
+        mean, sigma = engine.downscale(model, groklst.build_normalizer(cfg), torch.from_numpy(lr)[None, None],
+                                       torch.from_numpy(gui)[None], spread=True)
+    assert names == ["lst", "sigma"] and np.isfinite(out).all()
+    assert np.allclose(out[0], mean[0, 0].numpy(), atol=1e-3) and np.allclose(out[1], sigma[0, 0].numpy(), atol=1e-4)
+    assert (out[1] >= 0).all() and float(out[1].max()) > 0
+    run(config, small, tmp_path / "one.tif", name="pgdm_x8", overrides=PGDM_TINY, checkpoint=str(tmp_path / "tiny.pth"),
+        uncertainty_band=True, lr_tile=16, lr_overlap=0)
+    assert "averages 1 draw: sigma is 0" in capsys.readouterr().err
+    one, _ = bands(tmp_path / "one.tif")
+    assert np.array_equal(one[1], np.zeros_like(one[1]))
+
+
+def test_test_py_uncertainty_of_pgdm(demo_root, tmp_path, config, root, tiny_config, capsys):
+    """test.py --calibrate with a tiny untrained PGDM: sigma from its draws, and the raw Gaussian interval
+    (mean +- 1.645 sigma) first in the table."""
+    spec = importlib.util.spec_from_file_location("groklst_test_script", os.path.join(root, "test.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    cfg = tiny_config(tmp_path, demo_root, {"name": "pgdm", "ch_base": 8, "ch_mult": [1, 2], "attn_levels": []})
+    torch.manual_seed(0)
+    torch.save({"model": groklst.build_model(groklst.load_config(cfg)).state_dict()}, tmp_path / "tiny.pth")
+    out = tmp_path / "pgdm.json"
+    script.main([cfg, str(tmp_path / "tiny.pth"), "model.num_samples=2", "consistency=bicubic", "--calibrate",
+                 "--out", str(out)])
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())["uncertainty"]
+    assert report["source"] == "draws" and "sigma from draws" in printed
+    assert all(row["sigma_mean"] > 0 for row in report["per_image"].values())
+    rows = report["intervals"]
+    raw = rows["sigma as it is, Gaussian (no calibration)"]
+    assert list(rows)[0] == "sigma as it is, Gaussian (no calibration)" and raw["factor"] == "z 1.645"
+    assert 0.0 <= raw["coverage"] <= 1.0 and raw["width"] > 0 and len(rows) == 6

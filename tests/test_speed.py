@@ -143,3 +143,17 @@ def test_committed_throughput_file_matches_the_models(root):
         assert "parameters" not in row or row["parameters"] == groklst.count_parameters(name, row["scale"]), name
         if row["gmacs"] is not None:  # also of a model whose measurement failed
             assert abs(speed.count_macs(name, row["scale"], row["hr"], 1) - row["gmacs"]) < 1e-3, name
+
+
+def test_train_step_of_a_model_with_its_own_objective(monkeypatch):
+    """speed.py --train times PGDM's training_loss (not an L1 loss through its sampler); a small PGDM."""
+    from models.pgdm import PGDM
+    real, calls = groklst.create_model, []
+    monkeypatch.setattr(groklst, "create_model", lambda name, scale, **kw: real(
+        name, scale=scale, **dict(dict(ch_base=8, ch_mult=(1, 2), attn_levels=()), **kw)))
+    loss = PGDM.training_loss
+    monkeypatch.setattr(PGDM, "training_loss", lambda self, *a, **k: calls.append(1) or loss(self, *a, **k))
+    r = speed.run_one("pgdm", scale=4, hr=32, batch=1, train=True, steps=1, warmup=0, threads=1)
+    assert r["mode"] == "train" and r["step_s_median"] > 0 and len(calls) == 1
+    assert speed.run_one("pgdm", scale=4, hr=32, batch=1, steps=1, warmup=0, threads=1)["mode"] == "forward"
+    assert len(calls) == 1  # a forward samples

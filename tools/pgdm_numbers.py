@@ -7,7 +7,9 @@ CPU inference time per tile.
 spread: every image of the split (default data.test_split) downscaled with `--samples` draws
 (engine.downscale(..., spread=True), seed engine.SAMPLING_SEED); per image the RMSE of the mean of the
 draws and the mean sigma (K) over its valid pixels; then Pearson's r between the two over the images,
-and between sigma and |error| over all valid pixels.
+and between sigma and |error| over all valid pixels; and how many of those pixels mean +- 1.645 sigma
+(sigma at face value, a Gaussian 90 % interval) covers; first, the metrics of the mean as test.py
+prints them with model.num_samples=SAMPLES (no consistency), from the same draws.
 time: the wall time of engine.downscale on one random (1, 1, hr/scale, hr/scale) K input and its
 guidance, untrained weights (the time does not depend on them), after one warm-up call; the median of
 --repeat calls per --samples value, and the 1-minute load average of the machine while it ran.
@@ -25,7 +27,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import engine  # noqa: E402
 import groklst  # noqa: E402
-from metrics import image_metrics_by_name  # noqa: E402
+from metrics import COLUMNS, average, format_table, image_metrics_by_name  # noqa: E402
+
+Z90 = 1.645  # the standard normal's 0.95 quantile: mean +- Z90 sigma is a Gaussian 90 % interval
 
 
 def pearson(a, b):
@@ -36,11 +40,13 @@ def pearson(a, b):
 
 @torch.no_grad()
 def spread_vs_error(cfg, checkpoint, samples, split=None, device="cpu"):
-    """[(name, RMSE of the mean K, mean sigma K)] over the split's images, and r over the valid pixels."""
+    """[(name, RMSE of the mean K, mean sigma K)] over the split's images; over all their valid pixels: r between
+    sigma and |error|, the fraction with |error| <= Z90 sigma and the mean width 2 Z90 sigma (K); and the
+    metrics of the mean averaged over the images (test.py's table: engine.evaluate's rows, no consistency)."""
     model = groklst.load_model(cfg, checkpoint, device)
     normalizer = groklst.build_normalizer(cfg)
     dataset = groklst.build_dataset(cfg, split or cfg["data"]["test_split"])
-    rows, sigmas, errors = [], [], []
+    rows, metrics, sigmas, errors = [], [], [], []
     for i in range(len(dataset)):
         item = {k: v[None].to(device) if torch.is_tensor(v) else v for k, v in dataset[i].items()}
         mean, sigma = engine.downscale(model, normalizer, item["lr_lst"], item.get("hr_guidance"), spread=True,
@@ -48,11 +54,13 @@ def spread_vs_error(cfg, checkpoint, samples, split=None, device="cpu"):
         mask = item["mask"]
         if not mask.any():
             continue
-        rmse = image_metrics_by_name(mean, item["hr_lst"], mask, item["lr_lst"])[0]["RMSE"]
-        rows.append((item["name"], rmse, sigma[mask].double().mean().item()))
+        metrics.append(image_metrics_by_name(mean, item["hr_lst"], mask, item["lr_lst"])[0])
+        rows.append((item["name"], metrics[-1]["RMSE"], sigma[mask].double().mean().item()))
         sigmas.append(sigma[mask].double().cpu().numpy())
         errors.append((mean - item["hr_lst"])[mask].abs().double().cpu().numpy())
-    return rows, pearson(np.concatenate(sigmas), np.concatenate(errors))
+    sigmas, errors = np.concatenate(sigmas), np.concatenate(errors)
+    return (rows, pearson(sigmas, errors), float((errors <= Z90 * sigmas).mean()), float(2 * Z90 * sigmas.mean()),
+            average(metrics))
 
 
 @torch.no_grad()
@@ -100,7 +108,9 @@ def main(argv=None):
     cfg = groklst.load_config(args.config, args.overrides)
     if args.cmd == "spread":
         t0 = time.time()
-        rows, r_pixels = spread_vs_error(cfg, args.checkpoint, args.samples, args.split)
+        rows, r_pixels, inside, width, means = spread_vs_error(cfg, args.checkpoint, args.samples, args.split)
+        print(format_table({f"{cfg['model']['name']} x{cfg['data']['scale']}, mean of {args.samples} draws": means},
+                           columns=COLUMNS) + "\n")
         print(f"| image | RMSE of the {args.samples}-draw mean (K) | mean sigma (K) |\n|---|---|---|")
         for name, rmse, sigma in rows:
             print(f"| {name} | {rmse:.4f} | {sigma:.4f} |")
@@ -108,6 +118,8 @@ def main(argv=None):
         r_images = pearson([r[2] for r in rows], [r[1] for r in rows])
         print(f"Pearson r (per-image mean sigma vs RMSE, {len(rows)} images): {r_images:.3f}")
         print(f"Pearson r (sigma vs |error|, every valid pixel): {r_pixels:.3f}")
+        print(f"sigma at face value, mean +- {Z90} sigma (a Gaussian 90 % interval): covers {inside:.3f} of the valid "
+              f"pixels, mean width {width:.3f} K")
         print(f"{time.time() - t0:.0f} s")
     else:
         load = os.getloadavg()[0]
