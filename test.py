@@ -13,6 +13,8 @@ the JSON's five "metrics" (its own keys "CONS", "per_image_CONS"). The config ke
 (none | nearest | bicubic, groklst.make_consistent) makes every prediction coarse-consistent.
 --save-dir writes each prediction as a float32 GeoTIFF (K), NaN where the LR input had no data,
 georeferenced like its HR tile. Table IX of many trained runs: `python zoo.py --table-only --root DIR`.
+On a dataset without fine truth (no 30m/lst: prepare.py --real-ratio) only CONS is scored, and the output
+says so; its JSON has "fine_truth": false and null for the five.
 An image the model cannot predict (a sharpener that cannot fit it: a DataError such as sharpeners'
 CannotFit) gets a NaN row, left out of the means; the reason is printed and stored in the JSON under
 "skipped" ({image: reason}). A failed JSON write (a full disk) is one error line after the table.
