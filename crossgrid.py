@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from errors import ConfigError
-from footprint import Footprint, Grid
+from footprint import CoarseCoordinates, Footprint, Grid
 
 RATIO_RANGE = (0.5, 2.0)  # sensor pixel / the model's LR pixel (side) that a learned model is run at
 
@@ -43,9 +43,14 @@ def interpolation_mode(model):
 def sensor_pixel(fp):
     """Side of a coarse pixel in fine pixels, measured at the centre of the fine grid (the square root of the
     area of a fine pixel's footprint on the coarse grid, inverted)."""
-    H, W = fp.fine.shape
+    return pixel_side(fp.fine.shape, fp.to_coarse)
+
+
+def pixel_side(fine_shape, to_coarse):
+    """sensor_pixel from the fine grid's shape and its footprint.CoarseCoordinates map (no weights built)."""
+    H, W = fine_shape
     r, c = H // 2, W // 2
-    rows, cols = fp.to_coarse(np.array([r, r + 1.0]), np.array([c, c + 1.0]))
+    rows, cols = to_coarse(np.array([r, r + 1.0]), np.array([c, c + 1.0]))
     ys = [rows[0, 0], rows[0, 1], rows[1, 1], rows[1, 0]]  # the four corners in order
     xs = [cols[0, 0], cols[0, 1], cols[1, 1], cols[1, 0]]
     area = sum(xs[k] * ys[(k + 1) % 4] - xs[(k + 1) % 4] * ys[k] for k in range(4)) / 2  # shoelace
@@ -84,6 +89,15 @@ def to_lr_grid(lst, coarse, lr, ratio):
         out = Footprint(coarse, lr, min_valid=0.5).aggregate(lst)
         how = "the area-weighted mean of the sensor pixels over each LR pixel"
     return np.asarray(out, np.float32), how
+
+
+def onto_grid(values, source, target):
+    """Rasters (..., h, w) on Grid `source` -> (float32 on Grid `target`, how): to_lr_grid's rule with the ratio
+    (source pixel / target pixel) measured at the target's centre: bicubic at the target pixel centres from
+    an equal or coarser source, the area-weighted mean of a finer one. prepare.py --real-ratio brings the
+    guidance onto the coarse LST's grid refined by the scale with it."""
+    ratio = pixel_side(target.shape, CoarseCoordinates(target, source))
+    return to_lr_grid(values, source, target, ratio)
 
 
 def sharpen_on_footprint(model, lst, guidance, fp):

@@ -11,6 +11,11 @@ Layout of a GrokLST-style dataset (the original's, with .mat or .tif files):
 The folder names are nominal: "30m" is the target grid and "<30*s>m" that grid coarsened by s, whatever
 the pixel size (prepare.py --coarse-lst writes a 1 km target under "30m").
 
+A dataset without fine truth (prepare.py --real-ratio: a sensor's coarse LST and the guidance at the ratio
+the model is applied at) has no 30m/lst. It trains only with train.objective=consistency (the loss
+compares footprint means with the coarse LST) and is scored by CONS only; its split files name samples
+by file name, resolved against 30m/guidance.
+
 A split file lists one sample per line: a file name (stem) shared by all folders, or, as in
 the original release, an integer index into the sorted 30m/lst listing. Samples are always
 paired by name: the same stem must exist in every folder used.
@@ -81,7 +86,12 @@ def pick_bands(names, bands, path):
 
 
 def check_shapes(paths, scale, lr_shape, hr_shape, guidance_shape=None):
-    """A sample's grids agree: LR (h, w) x scale == HR (H, W) == guidance (H, W); DataError naming the file."""
+    """A sample's grids agree: LR (h, w) x scale == HR (H, W) == guidance (H, W); DataError naming the file.
+    hr_shape None (a dataset without fine truth): the guidance is the fine grid LR x scale must match."""
+    if hr_shape is None:
+        paths, hr_shape, guidance_shape = dict(paths, hr_lst=paths.get("hr_guidance")), guidance_shape, None
+        if hr_shape is None:
+            return
     if tuple(hr_shape) != (lr_shape[0] * scale, lr_shape[1] * scale):
         raise DataError(f"{paths['lr_lst']}: LR shape {tuple(lr_shape)} x scale {scale} does not match "
                         f"HR {paths['hr_lst']} shape {tuple(hr_shape)}")
@@ -289,13 +299,16 @@ def list_stems(folder):
 
 
 def read_split(root, split):
-    """Sample names of `<root>/split/<split>.txt` (names, or integer indices into 30m/lst)."""
+    """Sample names of `<root>/split/<split>.txt` (names, or integer indices into 30m/lst; in a dataset
+    without fine truth, no 30m/lst, into 30m/guidance)."""
     path = os.path.join(root, "split", f"{split}.txt")
     if not os.path.exists(path):
         raise DataError(f"{path}: split file not found")
     with open(path) as f:
         entries = [line.split()[0] for line in f if line.strip()]
     hr_folder = os.path.join(root, "30m", "lst")
+    if not os.path.isdir(hr_folder) and os.path.isdir(os.path.join(root, "30m", "guidance")):
+        hr_folder = os.path.join(root, "30m", "guidance")
     if not os.path.isdir(hr_folder):
         raise DataError(f"{hr_folder}: folder not found")
     stems = list_stems(hr_folder)
@@ -320,17 +333,30 @@ class GrokLSTDataset(torch.utils.data.Dataset):
 
     Each item is a dict of float32 tensors in physical units:
         lr_lst      (1, h, w)   Kelvin, h = H / scale
-        hr_lst      (1, H, W)   Kelvin (target)
+        hr_lst      (1, H, W)   Kelvin (target; only when the fine truth is read: has_truth)
         hr_guidance (C, H, W)   bands in `guidance_bands` order (only when C > 0)
-        mask        (1, H, W)   bool, True where hr_lst is finite
+        mask        (1, H, W)   bool, True where hr_lst is finite (only with hr_lst)
         name        str, index  int
     `hr_crop` (training only) takes a random HR crop aligned to the LR grid; the crop is a
     pure function of (seed, epoch, index), so resumed runs see identical crops.
+    truth: 'required' (30m/lst must exist: DataError naming it otherwise), 'if_present' (read when the
+    dataset has it: evaluation), 'none' (never read, even when present: training with the consistency
+    objective, so nothing of the fine truth reaches it, crops included). has_truth says which.
     """
 
-    def __init__(self, root, split, scale, guidance_bands=(), hr_crop=None, seed=0, cache=False, lst_units=None):
+    TRUTH = ("required", "if_present", "none")
+
+    def __init__(self, root, split, scale, guidance_bands=(), hr_crop=None, seed=0, cache=False, lst_units=None,
+                 truth="required"):
         if not os.path.isdir(root):
             raise DataError(f"{root}: dataset folder not found")
+        if truth not in self.TRUTH:
+            raise ValueError(f"truth={truth!r}: expected one of {self.TRUTH}")
+        truth_folder = os.path.join(root, "30m", "lst")
+        if truth == "required" and not os.path.isdir(truth_folder):
+            raise DataError(f"{truth_folder}: folder not found (no fine LST to train against; a dataset without "
+                            f"fine truth, such as prepare.py --real-ratio writes, trains with train.objective=consistency)")
+        self.has_truth = truth != "none" and os.path.isdir(truth_folder)
         lr_lst_folder = os.path.join(root, lr_folder(scale), "lst")
         if not os.path.isdir(lr_lst_folder):
             raise DataError(f"{lr_lst_folder}: no LR LST for scale {scale} (this dataset has scales "
@@ -345,8 +371,9 @@ class GrokLSTDataset(torch.utils.data.Dataset):
         self.names = read_split(root, split)
         self.paths = []
         for name in self.names:  # fail early, naming the first missing file
-            p = {"lr_lst": find_raster(lr_lst_folder, name),
-                 "hr_lst": find_raster(os.path.join(root, "30m", "lst"), name)}
+            p = {"lr_lst": find_raster(lr_lst_folder, name)}
+            if self.has_truth:
+                p["hr_lst"] = find_raster(truth_folder, name)
             if self.bands:
                 p["hr_guidance"] = find_raster(os.path.join(root, "30m", "guidance"), name)
             self.paths.append(p)
@@ -360,16 +387,19 @@ class GrokLSTDataset(torch.utils.data.Dataset):
     def __getitem__(self, index):
         p = self.paths[index]
         lr = read_lst(p["lr_lst"], self.cache_dir, self.lst_units)
-        hr = read_lst(p["hr_lst"], self.cache_dir, self.lst_units)
-        item = {"lr_lst": lr, "hr_lst": hr}
+        item = {"lr_lst": lr}
+        if self.has_truth:
+            item["hr_lst"] = read_lst(p["hr_lst"], self.cache_dir, self.lst_units)
         if self.bands:
             item["hr_guidance"] = read_guidance(p["hr_guidance"], self.bands, self.cache_dir)
-        check_shapes(p, self.scale, lr.shape[1:], hr.shape[1:], item["hr_guidance"].shape[1:] if self.bands else None)
+        check_shapes(p, self.scale, lr.shape[1:], item["hr_lst"].shape[1:] if self.has_truth else None,
+                     item["hr_guidance"].shape[1:] if self.bands else None)
         if self.hr_crop is not None:
             item = self._crop(item, index)
         out = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in item.items()}  # copies memmaps
-        # numpy, not torch.isfinite: on a busy CPU torch's 2-thread kernel took 150 ms per 512x512 tile (speed.py --data-wait)
-        out["mask"] = torch.from_numpy(np.isfinite(out["hr_lst"].numpy()))
+        if self.has_truth:
+            # numpy, not torch.isfinite: on a busy CPU torch's 2-thread kernel took 150 ms per 512x512 tile (speed.py --data-wait)
+            out["mask"] = torch.from_numpy(np.isfinite(out["hr_lst"].numpy()))
         out["name"], out["index"] = self.names[index], index
         return out
 
@@ -386,15 +416,19 @@ class GrokLSTDataset(torch.utils.data.Dataset):
         for p in self.paths:
             if any(path.endswith(".mat") for path in p.values()):
                 continue
-            lr, hr = read_header(p["lr_lst"]), read_header(p["hr_lst"])
+            lr = read_header(p["lr_lst"])
             check_lst_bands(lr["shape"][0], p["lr_lst"])
-            check_lst_bands(hr["shape"][0], p["hr_lst"])
+            hr_shape = None
+            if self.has_truth:
+                hr = read_header(p["hr_lst"])
+                check_lst_bands(hr["shape"][0], p["hr_lst"])
+                hr_shape = hr["shape"][1:]
             gui_shape = None
             if self.bands:
                 gui = read_header(p["hr_guidance"])
                 pick_bands(guidance_names(gui["bands"], gui["shape"][0], p["hr_guidance"]), self.bands, p["hr_guidance"])
                 gui_shape = gui["shape"][1:]
-            check_shapes(p, self.scale, lr["shape"][1:], hr["shape"][1:], gui_shape)
+            check_shapes(p, self.scale, lr["shape"][1:], hr_shape, gui_shape)
             self._check_crop(lr["shape"][1:], p)
 
     def _check_crop(self, lr_shape, paths):
@@ -405,8 +439,9 @@ class GrokLSTDataset(torch.utils.data.Dataset):
 
     def _crop(self, item, index):
         """A random crop aligned to the LR grid that holds valid target pixels: up to CROP_TRIES draws from
-        the (seed, epoch, index) stream, the first with a finite HR pixel (else the first draw; the training
-        loop skips a batch without any). Deterministic, so a resumed run sees the same crops."""
+        the (seed, epoch, index) stream, the first with a finite HR pixel (without fine truth: a finite LR
+        pixel, the consistency objective's target) (else the first draw; the training loop skips a batch
+        without any). Deterministic, so a resumed run sees the same crops."""
         s, lc = self.scale, self.hr_crop // self.scale
         h, w = item["lr_lst"].shape[1:]
         self._check_crop((h, w), self.paths[index])
@@ -416,7 +451,11 @@ class GrokLSTDataset(torch.utils.data.Dataset):
             left = int(torch.randint(0, w - lc + 1, (1,), generator=g))
             if attempt == 0:
                 first = top, left
-            if np.isfinite(item["hr_lst"][:, top * s:(top + lc) * s, left * s:(left + lc) * s]).any():
+            if "hr_lst" in item:
+                found = np.isfinite(item["hr_lst"][:, top * s:(top + lc) * s, left * s:(left + lc) * s]).any()
+            else:
+                found = np.isfinite(item["lr_lst"][:, top:top + lc, left:left + lc]).any()
+            if found:
                 break
         else:
             top, left = first

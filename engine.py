@@ -215,6 +215,84 @@ def pixel_loss(pred, target, mask, kind):
 
 LOSS_UNITS = {"l1": "K", "smooth_l1": "K", "mse": "K^2"}
 
+OBJECTIVES = ("truth", "consistency")  # train.objective: what the pixel loss compares the prediction with
+
+
+def consistency_loss(pred, lr_lst, kind="l1", fine_valid=None, footprint=None):
+    """The no-truth objective: the loss `kind` (LOSSES) between the prediction's footprint means and the
+    coarse LST, over the valid coarse pixels, float32; None when there is none (the caller skips the batch).
+
+    pred (B, 1, H, W) K, differentiable; lr_lst (B, 1, h, w) K; fine_valid (B, 1, H, W) bool or None: fine
+    pixels that may enter a mean (e.g. where the guidance has data; non-finite pred pixels never do).
+    Aligned grids (footprint None, H = h * scale): the block means over scale x scale, and a coarse pixel
+    counts only when lr_lst is finite and every one of its fine pixels is valid. The coarse LST is the mean
+    of the whole footprint, so the mean of a part of it is not compared with it: with fine pixels missing
+    the difference would measure where they are, not the prediction. A footprint.Footprint (lr_lst on
+    footprint.coarse, pred on footprint.fine, any CRS): its differentiable aggregate, with its own
+    min_valid rule for partly valid footprints. Units: those of `kind` (LOSS_UNITS). At least float32
+    (bf16 has 2 K steps at 300 K), float64 kept."""
+    dtype = torch.promote_types(pred.dtype, torch.float32)
+    pred, lr_lst = pred.to(dtype), lr_lst.to(dtype)
+    valid = torch.isfinite(pred) if fine_valid is None else torch.isfinite(pred) & fine_valid
+    masked = torch.where(valid, pred, float("nan"))
+    if footprint is None or footprint.scale is not None:
+        scale = pred.shape[-1] // lr_lst.shape[-1]
+        coarse = block_mean_tensor(masked, scale, max_nan_fraction=0.0)
+    else:
+        coarse = footprint.aggregate(masked)
+    used = torch.isfinite(coarse) & torch.isfinite(lr_lst)
+    if not bool(used.any()):
+        return None
+    return LOSSES[kind](coarse[used], lr_lst[used])
+
+
+def texture_loss(pred, guidance, fine_valid=None):
+    """Guidance-weighted regularity (train.texture_weight): fine detail where the guidance shows no edge.
+
+    pred (B, 1, H, W) K; guidance (B, C, H, W) normalised as the model sees it (Normalizer.encode_guidance:
+    every band in its own z-units, so no band dominates by its physical units) -> float32 scalar, K per
+    fine pixel step. Over each pair of 4-neighbours (right and down) with both pixels valid, the term is
+
+        |pred_a - pred_b| * exp(-e_ab / mean(e)),   e_ab = mean over bands of |g_a - g_b|,
+
+    the mean e taken over each image's valid pairs. Where the guidance is flat (e << its mean) a step in
+    the LST costs its full size, across a guidance edge (e >> its mean) almost nothing: the sub-pixel
+    detail that the consistency objective leaves free is placed where the surface changes (a field edge,
+    a shore, a ridge), not spread as texture of its own. The scale by mean(e) makes the weight independent
+    of the bands' units and of how busy a scene is. Weighted total variation, so steps are not smoothed
+    into ramps. 0 when no pair is valid."""
+    pred = pred.to(torch.promote_types(pred.dtype, torch.float32))
+    valid = torch.isfinite(pred) & torch.isfinite(guidance).all(1, keepdim=True)
+    if fine_valid is not None:
+        valid = valid & fine_valid
+    pred = torch.where(valid, pred, 0.0)
+    g = torch.nan_to_num(guidance.to(pred.dtype))
+    terms, edges, pairs = [], [], []
+    for dim in (-1, -2):
+        n = pred.shape[dim] - 1
+        step = (pred.narrow(dim, 1, n) - pred.narrow(dim, 0, n)).abs()
+        edge = (g.narrow(dim, 1, n) - g.narrow(dim, 0, n)).abs().mean(1, keepdim=True)
+        pair = valid.narrow(dim, 1, n) & valid.narrow(dim, 0, n)
+        terms.append(step), edges.append(edge), pairs.append(pair)
+    count = sum(p.flatten(1).sum(1) for p in pairs).clamp(min=1)  # (B,) valid pairs per image
+    mean_edge = sum((e * p).flatten(1).sum(1) for e, p in zip(edges, pairs)) / count
+    scale = mean_edge.clamp(min=1e-6).view(-1, 1, 1, 1)
+    total = sum((t * torch.exp(-e / scale) * p).flatten(1).sum(1) for t, e, p in zip(terms, edges, pairs))
+    return (total / count).mean()
+
+
+def consistency_objective(pred, lr_lst, hr_guidance, normalizer, kind="l1", texture_weight=0.0, footprint=None):
+    """train.objective=consistency, what train.py's train_step minimises: consistency_loss(pred, lr_lst) plus
+    texture_weight x texture_loss(pred, the normalised guidance). pred (B, 1, H, W) K from downscale,
+    lr_lst (B, 1, h, w) K, hr_guidance (B, C, H, W) physical units or None (then no texture term and every
+    fine pixel is valid; with it, fine pixels where a band is NaN are left out of both terms). No fine
+    truth is read. -> float32 scalar in loss_units, or None without a valid coarse pixel."""
+    fine_valid = None if hr_guidance is None else torch.isfinite(hr_guidance).all(1, keepdim=True)
+    loss = consistency_loss(pred, lr_lst, kind, fine_valid, footprint)
+    if loss is None or not texture_weight:
+        return loss
+    return loss + texture_weight * texture_loss(pred, normalizer.encode_guidance(hr_guidance), fine_valid)
+
 
 def model_loss(model, normalizer, lr_lst, hr_guidance, hr_lst, mask, amp="none"):
     """The objective of a model that brings its own (has_objective): lr_lst (B, 1, h, w) K, hr_guidance
@@ -229,12 +307,16 @@ def model_loss(model, normalizer, lr_lst, hr_guidance, hr_lst, mask, amp="none")
     return loss.float()
 
 
-def loss_units(model, kind):
+def loss_units(model, kind, objective="truth", texture_weight=0.0):
     """What a training loss is measured in: the model's `loss_units` ('normalised' if it does not say)
-    for a model with its own objective, else those of the pixel loss `kind` (train.loss)."""
+    for a model with its own objective, else those of the pixel loss `kind` (train.loss), with the
+    consistency objective's texture term (K per fine pixel step) added where it is on and kind is not in K."""
     if has_objective(model):
         return getattr(bare_model(model), "loss_units", "normalised")
-    return LOSS_UNITS[kind]
+    units = LOSS_UNITS[kind]
+    if objective == "consistency" and texture_weight and units != "K":
+        return f"{units} + K"
+    return units
 
 
 # --------------------------------------------------------------------------- processes and devices
@@ -313,7 +395,8 @@ def evaluate(model, normalizer, dataset, device, amp="none", consistency="none",
     averaged in dataset order: the same numbers as one process.
 
     Returns (means, per_image): means = metrics.average of the rows ({metric: mean} plus 'images'),
-    per_image = [(name, {metric: value})] with every metric of metrics.COLUMNS (the paper's five and CONS).
+    per_image = [(name, {metric: value})] with every metric of metrics.COLUMNS (the paper's five and CONS);
+    on a dataset without fine truth (dataset.has_truth False) CONS alone.
     consistency: make_consistent's mode for every prediction. on_prediction(index, item, pred): called
     with each dataset item (batched, on `device`) and its prediction (1, 1, H, W) K, e.g. to write it.
     on_error(name, message): given, an image whose prediction raises a DataError (a sharpener that cannot
@@ -335,7 +418,8 @@ def evaluate(model, normalizer, dataset, device, amp="none", consistency="none",
                 raise
             rows.append((i, item["name"], {k: float("nan") for k in COLUMNS}, str(e)))
             continue
-        rows.append((i, item["name"], image_metrics_by_name(pred, item["hr_lst"], item["mask"], item["lr_lst"])[0], None))
+        rows.append((i, item["name"], image_metrics_by_name(pred, item.get("hr_lst"), item.get("mask"),
+                                                            item["lr_lst"])[0], None))
         if on_prediction is not None:
             on_prediction(i, item, pred)
         if progress and rank == 0:

@@ -36,7 +36,7 @@ import yaml
 from checkpoints import checkpoint_weights, fit_state_dict, load_weights, misfit_hint, read_checkpoint, write_checkpoint
 from costs import COST_HR, THROUGHPUT_JSON, read_throughput
 from data import BANDS, LST_UNITS, GrokLSTDataset, Normalizer, compute_stats, dataset_bands, dataset_scales, lr_folder
-from engine import AMP_DTYPES, CONSISTENCY_MODES, LOSSES
+from engine import AMP_DTYPES, CONSISTENCY_MODES, LOSSES, OBJECTIVES
 from errors import ConfigError, UserError, command
 from geotiff import write_atomic
 from layout import make_demo
@@ -230,6 +230,20 @@ SCHEMA = {
     "train.warmup_iters": key(0, int, ((lambda v, cfg: 0 <= v and (v == 0 or v < cfg["train"]["max_iters"])),
                                        ">= 0 and < train.max_iters (0: none)")),
     "train.loss": key("l1", str, one_of(*LOSSES)),  # engine.LOSSES, over valid pixels, in Kelvin
+    # what train.loss compares: truth = the fine LST (30m/lst); consistency = the prediction's block means with
+    # the coarse input (engine.consistency_objective: no fine truth read, so a model can be fine-tuned with
+    # --init on the scene it will sharpen). Not for a model with its own objective (pgdm): it has no pixel loss.
+    # Fixed on resume: another objective is another run (train.py --init PATH starts it from those weights).
+    "train.objective": key("truth", str, ((lambda v, cfg: v in OBJECTIVES and (v == "truth" or not callable(
+        getattr(get_model_class(cfg["model"]["name"]), "training_loss", None)))),
+        f"one of {' | '.join(OBJECTIVES)} (consistency needs a model trained by train.loss, not one with its own "
+        f"objective such as pgdm)")),
+    # weight of engine.texture_loss (guidance-weighted total variation, K per fine pixel step) in the consistency
+    # objective; it reads the guidance, so > 0 needs a guided (gisr) model
+    "train.texture_weight": key(0.0, float, ((lambda v, cfg: v == 0 or (v > 0 and cfg["train"]["objective"] == "consistency"
+                                                                          and model_kind(cfg) == "gisr")),
+                                             ">= 0, and 0 unless train.objective=consistency with a guided (gisr) model "
+                                             "(the term weighs fine steps by the guidance)")),
     "train.clip_grad": key(None, float, above(0)),  # max gradient norm, or null
     "train.val_interval": key(1000, int, at_least(1), resume_free=True),
     "train.ckpt_interval": key(None, int, at_least(1), resume_free=True),  # last.pth every N iterations (default: val_interval)
@@ -501,11 +515,14 @@ def lst_units(cfg):
 
 def build_dataset(cfg, split, bands=None, train=False):
     """The config's dataset of `split`: the model's guidance bands unless `bands` is given ([] for
-    none), training crops (data.hr_crop) only with train=True."""
+    none), training crops (data.hr_crop) only with train=True. The fine truth (30m/lst): required for
+    training with train.objective=truth, never read for training with consistency, read when present
+    for evaluation (without it only CONS can be scored)."""
     d = cfg["data"]
     bands = guidance_bands(cfg) if bands is None else bands
+    truth = ("none" if cfg["train"]["objective"] == "consistency" else "required") if train else "if_present"
     return GrokLSTDataset(d["root"], split, d["scale"], bands, d["hr_crop"] if train else None, cfg["train"]["seed"],
-                          d["cache"], lst_units(cfg))
+                          d["cache"], lst_units(cfg), truth)
 
 
 def build_normalizer(cfg):

@@ -82,9 +82,12 @@ def consistency_error(pred, lr_lst):
 
 def image_metrics_by_name(pred, gt, mask, lr_lst):
     """Per-image rows keyed by metric name: [{RMSE, MAE, BIAS, CC, RSD, CONS}] (floats), one per image of
-    the batch; pred, gt (B, 1, H, W) K, mask as image_metrics, lr_lst (B, 1, h, w) K."""
-    paper = image_metrics(pred, gt, mask).tolist()
+    the batch; pred, gt (B, 1, H, W) K, mask as image_metrics, lr_lst (B, 1, h, w) K. gt None (a dataset
+    without fine truth): [{CONS}], the one metric that needs no truth."""
     cons = consistency_error(pred, lr_lst).tolist()
+    if gt is None:
+        return [{CONS: c} for c in cons]
+    paper = image_metrics(pred, gt, mask).tolist()
     return [dict(zip(METRICS, row), **{CONS: c}) for row, c in zip(paper, cons)]
 
 
@@ -93,11 +96,13 @@ def average(rows):
 
     The paper's METRICS are averaged over the images where all of them are finite (an image without
     valid pixels is skipped); any other metric (CONS) over the images where it is finite. Returns
-    {name: mean, ..., 'images': number of images the paper's metrics averaged}.
+    {name: mean, ..., 'images': number of images the paper's metrics averaged}. Rows without the paper's
+    metrics (no fine truth: CONS only) give means without them, and 'images' counts every row.
     """
     # callers pass rows in dataset-index order, so 1 process and N ranks that gathered the
     # same rows reduce identically and print bit-identical numbers
-    names = list(dict.fromkeys(list(METRICS) + [k for row in rows for k in row]))
+    shown = [k for k in METRICS if not rows or any(k in row for row in rows)]
+    names = list(dict.fromkeys(shown + [k for row in rows for k in row]))
     table = torch.tensor([[row.get(k, float("nan")) for k in names] for row in rows], dtype=torch.float64)
     table = table.reshape(len(rows), len(names))
     paper = [names.index(k) for k in METRICS if k in names]

@@ -6,6 +6,7 @@
     python prepare.py --scenes scenes.txt --out data/myregion    # one "LST GUIDANCE" pair per line
     python prepare.py --coarsen lst_30m.tif --scale 8 --out lst_240m.tif [--guidance bands_30m.tif]
     python prepare.py --coarse-lst modis_1km.tif --guidance s2_bands.tif --scale 4 --out data/modis_x4
+    python prepare.py --coarse-lst modis_1km.tif --guidance s2_bands.tif --scale 4 --real-ratio --out data/modis_rr4
 
 Three modes:
 
@@ -34,6 +35,13 @@ Three modes:
    statistics are those of the aggregated guidance (what the model sees in training); the fine guidance's
    own statistics are recorded beside them (stats.yaml `fine_guidance`), with a warning for each band
    whose fine values leave the training range.
+
+   With --real-ratio (and one --scale S): the dataset at the ratio the model is applied at, with no fine
+   truth. C is the INPUT (under "<30*S>m"), the guidance is brought once onto C's grid refined by S (pixel =
+   C's pixel / S, same corner and CRS; crossgrid.onto_grid: area-weighted means of finer guidance pixels,
+   bicubic from coarser ones) under "30m/guidance", and there is no 30m/lst. A model trains on it only with
+   train.objective=consistency (its block means against C) and is scored by CONS only: the way to
+   fine-tune a trained model on the very scene it will sharpen (docs/notruth.md).
 
 Output of modes 1 and 3 (data.py's layout; "30m" names the target grid whatever its pixel size, "<30*s>m"
 the grid s times coarser: 60m/120m/240m for GrokLST's 2/4/8, 480m for 16, 960m for 32):
@@ -315,8 +323,7 @@ def read_coarse_scene(coarse_path, guidance_path, band_names=None, min_valid=0.5
     gui, gui_info = read_geotiff(guidance_path)
     bands = scene_bands(gui_info["bands"], len(gui), guidance_path, band_names)
     fp = Footprint(Grid.from_geotiff(guidance_path, gui_info), Grid.from_geotiff(coarse_path, lst_info), min_valid)
-    rows, cols = np.nonzero(fp.coverage.numpy() > 0)
-    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    r0, r1, c0, c1 = covered_box(fp)
     aggregated = np.stack([fp.aggregate(band)[r0:r1, c0:c1] for band in gui]).astype(np.float32)
     rng = np.random.default_rng(0)
     fine_values = {}
@@ -329,6 +336,50 @@ def read_coarse_scene(coarse_path, guidance_path, band_names=None, min_valid=0.5
             "grids": {"coarse": describe_grid(coarse_path, lst.shape, lst_info["geo"]),
                       "fine": describe_grid(guidance_path, gui.shape[1:], gui_info["geo"]),
                       "crop": [int(r0), int(c0), int(r1 - r0), int(c1 - c0)]}}
+
+
+def covered_box(fp):
+    """(r0, r1, c0, c1): the bounding box of the coarse pixels of footprint `fp` that its fine grid touches."""
+    rows, cols = np.nonzero(fp.coverage.numpy() > 0)
+    return rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+
+
+def read_real_ratio_scene(coarse_path, guidance_path, scale, band_names=None, min_valid=0.5):
+    """Real-ratio mode: a coarse LST and a guidance on any grids -> read_scene's dict on the coarse grid refined
+    by `scale` (pixel = the coarse pixel / scale, same corner and CRS), the grid a model of that scale
+    predicts on. 'lst' is the coarse LST repeated over each scale x scale block (the LR tiles are taken back
+    from it: write_real_ratio_sample), 'guidance' the guidance brought there once (crossgrid.onto_grid: the
+    area-weighted mean of finer guidance pixels, bicubic from coarser ones). The coarse LST is cropped to
+    the pixels the guidance touches, as in coarse mode (covered_box). No fine truth: there is none."""
+    from crossgrid import onto_grid
+    from footprint import Footprint, Grid
+    lst, lst_info = read_lst_geotiff(coarse_path)
+    gui, gui_info = read_geotiff(guidance_path)
+    bands = scene_bands(gui_info["bands"], len(gui), guidance_path, band_names)
+    source, coarse = Grid.from_geotiff(guidance_path, gui_info), Grid.from_geotiff(coarse_path, lst_info)
+    r0, r1, c0, c1 = covered_box(Footprint(source, coarse, min_valid))
+    geo = geo_window(lst_info["geo"], int(r0), int(c0))
+    x0, dx, _, y0, _, dy = coarse.transform
+    fine = Grid((int(r1 - r0) * scale, int(c1 - c0) * scale),
+                (x0 + c0 * dx, dx / scale, 0.0, y0 + r0 * dy, 0.0, dy / scale), coarse.crs, f"{coarse_path} refined by {scale}")
+    guidance, how = onto_grid(gui, source, fine)
+    lst = lst[r0:r1, c0:c1].repeat(scale, 0).repeat(scale, 1)
+    return {"lst": lst, "guidance": np.asarray(guidance, np.float32), "bands": bands,
+            "geo": geo_window(geo, 0, 0, scale), "quantity": lst_quantity_of(lst_info["bands"]), "how": how,
+            "grids": {"coarse": describe_grid(coarse_path, (r1 - r0, c1 - c0), lst_info["geo"]),
+                      "fine": describe_grid(guidance_path, gui.shape[1:], gui_info["geo"]),
+                      "crop": [int(r0), int(c0), int(r1 - r0), int(c1 - c0)]}}
+
+
+def write_real_ratio_sample(root, name, lst, guidance, bands, geo, scales, degrade=None, quantity=None):
+    """write_sample's counterpart without fine truth: the guidance tile (C, H, W) under 30m/guidance and the
+    coarse LST under the one scale's folder, taken from `lst` (H, W), the coarse LST repeated over each
+    block (read_real_ratio_scene), by its first pixel per block; nothing under 30m/lst. degrade: unused
+    (the coarse LST is the data, not made from a fine one)."""
+    (s,) = scales
+    write_geotiff(os.path.join(root, "30m", "guidance", name + ".tif"), guidance, geo, band_names=bands)
+    write_geotiff(os.path.join(root, lr_folder(s), "lst", name + ".tif"), lst[::s, ::s], geo_window(geo, 0, 0, 1 / s),
+                  band_names=[quantity] if quantity else None)
 
 
 # --------------------------------------------------------------------------- prepare
@@ -357,9 +408,11 @@ def check_geometry(tile, step, block, scales):
                         f"(split blocks lie on the tile-step grid)")
 
 
-def cut_scene(out, k, name, scene, grid, blocks, tile, step, block, scales, max_nodata, degrade_lr):
-    """Write the kept tiles of scene number k (a read_scene dict); returns ({split: [tile names]}, its
-    summary row: tile positions, kept, dropped per reason, and the pixels kept tiles cover)."""
+def cut_scene(out, k, name, scene, grid, blocks, tile, step, block, scales, max_nodata, degrade_lr,
+              write=write_sample):
+    """Write the kept tiles of scene number k (a read_scene dict) with `write` (layout.write_sample's
+    arguments); returns ({split: [tile names]}, its summary row: tile positions, kept, dropped per reason,
+    and the pixels kept tiles cover)."""
     lst, gui = scene["lst"], scene["guidance"]
     invalid = ~(np.isfinite(lst) & np.isfinite(gui).all(0))
     covered = np.zeros(lst.shape, bool)
@@ -378,8 +431,8 @@ def cut_scene(out, k, name, scene, grid, blocks, tile, step, block, scales, max_
             row["nodata"] += 1
         else:
             tname = f"{name}_r{r:05d}_c{c:05d}"
-            write_sample(out, tname, lst[r:r + tile, c:c + tile], gui[:, r:r + tile, c:c + tile], scene["bands"],
-                         geo_window(scene["geo"], r, c), scales, degrade_lr, scene["quantity"])
+            write(out, tname, lst[r:r + tile, c:c + tile], gui[:, r:r + tile, c:c + tile], scene["bands"],
+                  geo_window(scene["geo"], r, c), scales, degrade_lr, scene["quantity"])
             tiles[which].append(tname)
             covered[r:r + tile, c:c + tile] = True
             row["kept"] += 1
@@ -391,21 +444,30 @@ def cut_scene(out, k, name, scene, grid, blocks, tile, step, block, scales, max_
 
 def prepare(scenes, out, band_names=None, tile=None, step=None, block=None, scales=(2, 4, 8),
             split=(0.6, 0.1, 0.3), seed=0, max_nodata=0.0, lr_max_nodata=0.0, degradation="wald",
-            sigma=None, coarse=False, min_valid=0.5, progress=False):
+            sigma=None, coarse=False, min_valid=0.5, progress=False, real_ratio=False):
     """Write a GrokLST-layout dataset from whole scenes (see the module docstring for the layout,
     the tiling and the split rule). scenes: [(lst_path, guidance_path)]; tile (None: auto_tile), step
     (None: tile/2), block (None: the tile) in HR pixels; max_nodata: largest no-data fraction of a kept
     tile; lr_max_nodata: largest NaN fraction of the fine pixels under a finite coarse pixel. coarse: the
-    LST paths are coarse scenes and the guidance is aggregated onto them (read_coarse_scene, min_valid).
+    LST paths are coarse scenes and the guidance is aggregated onto them (read_coarse_scene, min_valid);
+    with real_ratio too, the guidance is brought onto them refined by the one scale instead and no fine
+    truth is written (read_real_ratio_scene; tile, step and block in pixels of that grid).
     Returns the summary dict (also written to <out>/prepare.yaml; format_summary prints it)."""
     scales = sorted(set(scales))
     split = [float(f) for f in split]
     check_options(scales, split, max_nodata, lr_max_nodata, degradation)
-    hr_folder = os.path.join(out, "30m", "lst")
-    if os.path.isdir(hr_folder) and os.listdir(hr_folder):
-        raise DataError(f"{out}: already holds a dataset; choose another --out or delete it")
+    if real_ratio and (not coarse or len(scales) != 1):
+        raise DataError(f"--real-ratio: give --coarse-lst scenes and one --scale (the ratio the model is applied "
+                        f"at), not --scales {scales}")
+    for folder in ("30m/lst", "30m/guidance"):
+        hr_folder = os.path.join(out, folder)
+        if os.path.isdir(hr_folder) and os.listdir(hr_folder):
+            raise DataError(f"{out}: already holds a dataset; choose another --out or delete it")
     names = scene_names([p for p, _ in scenes])
-    if coarse:  # coarse grids are small: read (and aggregate) every scene first, to know the cropped sizes
+    if real_ratio:  # the refined grids are those of the coarse scenes: read them all first, as coarse mode does
+        loaded = [read_real_ratio_scene(c, g, scales[0], band_names, min_valid) for c, g in scenes]
+        shapes, quantities = [scene["lst"].shape for scene in loaded], [scene["quantity"] for scene in loaded]
+    elif coarse:  # coarse grids are small: read (and aggregate) every scene first, to know the cropped sizes
         loaded = [read_coarse_scene(c, g, band_names, min_valid) for c, g in scenes]
         shapes, quantities = [scene["lst"].shape for scene in loaded], [scene["quantity"] for scene in loaded]
     else:  # the split is decided from the headers' sizes before any pixel is read
@@ -424,6 +486,8 @@ def prepare(scenes, out, band_names=None, tile=None, step=None, block=None, scal
     grids = [block_grid(shape, tile, step, block) for shape in shapes]
     blocks = assign_blocks(grids, split, seed)
     make_layout(out, scales)
+    if real_ratio:
+        os.rmdir(os.path.join(out, "30m", "lst"))  # no fine truth: its absence is what the dataset says
     degrade_lr = functools.partial(degrade, method=degradation, max_nan_fraction=lr_max_nodata, sigma=sigma)
     tiles, report, bands, warnings, fine, fine_moments = {k: [] for k in SPLITS}, [], None, [], {}, {}
     for k, ((lst_path, gui_path), name) in enumerate(zip(scenes, names)):
@@ -436,9 +500,11 @@ def prepare(scenes, out, band_names=None, tile=None, step=None, block=None, scal
             scene["guidance"] = scene["guidance"][[scene["bands"].index(b) for b in bands]]
             scene["bands"] = bands
         scene_tiles, row = cut_scene(out, k, name, scene, grids[k], blocks, tile, step, block, scales,
-                                     max_nodata, degrade_lr)
+                                     max_nodata, degrade_lr, write_real_ratio_sample if real_ratio else write_sample)
         report.append({"name": name, "lst": lst_path, "guidance": gui_path, **row})
-        if coarse:
+        if real_ratio:
+            report[-1]["grids"], report[-1]["guidance_how"] = scene["grids"], scene["how"]
+        elif coarse:
             report[-1]["grids"] = scene["grids"]
             for b in scene["bands"]:
                 fine.setdefault(b, []).append(scene["fine_values"][b])
@@ -453,7 +519,7 @@ def prepare(scenes, out, band_names=None, tile=None, step=None, block=None, scal
             del scene
     write_splits(out, tiles)
     summary = {
-        "out": out, "mode": "coarse" if coarse else "scenes", "scenes": report, "bands": bands,
+        "out": out, "mode": "real_ratio" if real_ratio else "coarse" if coarse else "scenes", "scenes": report, "bands": bands,
         "lst_quantity": quantities[0],
         "tile": tile, "tile_auto": auto, "step": step, "block": block, "scales": scales, "split": split, "seed": seed,
         "max_nodata": max_nodata, "lr_max_nodata": lr_max_nodata, "degradation": degradation,
@@ -473,12 +539,12 @@ def prepare(scenes, out, band_names=None, tile=None, step=None, block=None, scal
                         f"{summary['dropped']['nodata']} over --max-nodata {max_nodata}, "
                         f"{summary['dropped']['straddling']} straddling splits)")
     stats = compute_stats(out, "train", bands)
-    if coarse:
+    if coarse and not real_ratio:
         summary["fine_guidance"] = {b: moments_stats(fine_moments[b]) for b in bands}
         warnings += fine_guidance_warnings(stats["guidance"], fine)
     write_stats(out, stats, len(tiles["train"]), summary.get("fine_guidance"))
     for s in scales:
-        write_base_config(out, s, bands, stats, coarse)
+        write_base_config(out, s, bands, stats, coarse, real_ratio)
         write_cpu_config(out, s)
     for band, v in stats["guidance"].items():
         if not v["std"] > 0:
@@ -612,13 +678,16 @@ def write_stats(out, stats, n_train, fine_guidance=None):
     _write_yaml(os.path.join(out, "stats.yaml"), content, header)
 
 
-def write_base_config(out, s, bands, stats, coarse=False):
-    """<out>/base_x{s}.yaml: the data and norm sections of a config for this dataset at scale s."""
+def write_base_config(out, s, bands, stats, coarse=False, real_ratio=False):
+    """<out>/base_x{s}.yaml: the data and norm sections of a config for this dataset at scale s (and, for a
+    dataset without fine truth, train.objective: consistency)."""
     res = lr_folder(s)
     content = {"data": {"root": out, "scale": s, "guidance_bands": list(bands),
                         "train_split": "train", "val_split": "val", "test_split": "test"},
                "norm": {"lst": _lst_norm(stats["lst"][res]),
                         "guidance": {"method": "zscore", "stats": stats["guidance"]}}}
+    if real_ratio:
+        content["train"] = {"objective": "consistency"}
     path = os.path.join(out, f"base_x{s}.yaml")
     ref = path if os.path.isabs(path) else os.path.relpath(path, "configs")  # `_base_` is relative to the config
     header = (f"# {out} at x{s} ({res} LST -> 30m), written by `prepare.py`: training-split statistics,\n"
@@ -626,7 +695,12 @@ def write_base_config(out, s, bands, stats, coarse=False):
               f"# directory train.py / test.py run in. Use it as the `_base_` of a model config\n"
               f"# (`_base_: {ref}` in configs/) or directly:\n"
               f"#   python train.py {out}/base_x{s}.yaml model.name=mocolsk work_dir=work_dirs/NAME\n")
-    if coarse:
+    if real_ratio:
+        header += (f"# Real-ratio mode (prepare.py --coarse-lst --real-ratio): no fine truth (no 30m/lst); '{res}' holds\n"
+                   f"# the coarse LST, '30m' the guidance on its grid refined by {s}. Only train.objective=consistency\n"
+                   f"# trains here, and only CONS scores. To fine-tune a trained model on this scene keep ITS config\n"
+                   f"# (its norm:) and override data.root: docs/notruth.md.\n")
+    elif coarse:
         header += (f"# Coarse mode (prepare.py --coarse-lst): '30m' holds the coarse LST (the target), '{res}' its\n"
                    f"# {s}-fold block means, the guidance is aggregated onto the coarse grid. A model trained here\n"
                    f"# is applied by predict.py to the coarse LST with the guidance on the coarse grid refined by\n"
@@ -649,13 +723,18 @@ def write_cpu_config(out, s):
     _write_yaml(os.path.join(out, f"cpu_mocolsk_x{s}.yaml"), content, header)
 
 
+MODE_WORDS = {"scenes": "", "coarse": "coarse ", "real_ratio": "real-ratio (no fine truth) coarse "}  # format_summary
+
+
 def format_summary(summary):
     """The summary dict of `prepare` as a few readable lines."""
     s = summary
     how = "Wald's protocol (block mean)" if s["degradation"] == "wald" else \
         f"Gaussian blur (sigma {s['sigma'] or 'scale/2'} px) + decimation"
+    if s["mode"] == "real_ratio":
+        how = "none (the coarse LST is the input)"
     auto = " (--tile auto)" if s["tile_auto"] else ""
-    lines = [f"prepared {s['out']}: {len(s['scenes'])} {'coarse ' if s['mode'] == 'coarse' else ''}scene(s) of "
+    lines = [f"prepared {s['out']}: {len(s['scenes'])} {MODE_WORDS[s['mode']]}scene(s) of "
              f"{LST_QUANTITIES[s['lst_quantity']]}, tile {s['tile']}{auto} step {s['step']}, split blocks {s['block']} px, "
              f"x{'/x'.join(map(str, s['scales']))} by {how}"]
     for r in s["scenes"]:
@@ -668,6 +747,8 @@ def format_summary(summary):
         if "grids" in r:
             lines.append(f"    coarse {r['grids']['coarse']}; fine {r['grids']['fine']}; coarse pixels used "
                          f"(row, col, rows, cols): {r['grids']['crop']}")
+        if "guidance_how" in r:
+            lines.append(f"    guidance brought onto the coarse grid refined by {s['scales'][0]} by {r['guidance_how']}")
     lines.append("  blocks: " + ", ".join(f"{k} {v}" for k, v in s["blocks"].items()))
     d, n = s["dropped"], max(s["positions"], 1)
     lines.append("  tiles:  " + ", ".join(f"{k} {v}" for k, v in s["tiles"].items()) +
@@ -705,6 +786,9 @@ def main(argv=None):
     p.add_argument("--coarse-lst", action="append", default=[],
                    help="coarse mode: a coarse LST scene (any grid) whose --guidance is finer (any grid): the coarse "
                         "LST becomes the target (reduced-resolution training)")
+    p.add_argument("--real-ratio", action="store_true",
+                   help="with --coarse-lst and one --scale S: no fine truth; the coarse LST is the INPUT and the "
+                        "guidance is brought onto its grid refined by S (train with train.objective=consistency)")
     p.add_argument("--min-valid", type=float, default=default["min_valid"],
                    help="coarse mode: fraction of a coarse pixel the guidance must cover (default 0.5)")
     p.add_argument("--coarsen", default=None, metavar="LST",
@@ -742,6 +826,9 @@ def main(argv=None):
                                      args.guidance[0] if args.guidance else None, args.guidance_out,
                                      args.degradation, args.lr_max_nodata, args.sigma)))
         return
+    if args.real_ratio and not args.coarse_lst:
+        raise DataError("--real-ratio goes with --coarse-lst C --guidance G --scale S: the coarse LST at the ratio "
+                        "the model is applied at")
     if args.coarse_lst and (args.lst or args.scenes):
         raise DataError("--coarse-lst (coarse mode) and --lst / --scenes (fine scenes) make different datasets: "
                         "give one or the other")
@@ -752,7 +839,7 @@ def main(argv=None):
     summary = prepare(scenes, args.out, band_names=args.band_names, tile=args.tile, step=args.step, block=args.block,
                       scales=args.scales, split=args.split, seed=args.seed, max_nodata=args.max_nodata,
                       lr_max_nodata=args.lr_max_nodata, degradation=args.degradation, sigma=args.sigma,
-                      coarse=bool(args.coarse_lst), min_valid=args.min_valid, progress=True)
+                      coarse=bool(args.coarse_lst), min_valid=args.min_valid, progress=True, real_ratio=args.real_ratio)
     print(format_summary(summary))
 
 

@@ -13,6 +13,8 @@ the JSON's five "metrics" (its own keys "CONS", "per_image_CONS"). The config ke
 (none | nearest | bicubic, groklst.make_consistent) makes every prediction coarse-consistent.
 --save-dir writes each prediction as a float32 GeoTIFF (K), NaN where the LR input had no data,
 georeferenced like its HR tile. Table IX of many trained runs: `python zoo.py --table-only --root DIR`.
+On a dataset without fine truth (no 30m/lst: prepare.py --real-ratio) only CONS is scored, and the output
+says so; its JSON has "fine_truth": false and null for the five.
 An image the model cannot predict (a sharpener that cannot fit it: a DataError such as sharpeners'
 CannotFit) gets a NaN row, left out of the means; the reason is printed and stored in the JSON under
 "skipped" ({image: reason}). A failed JSON write (a full disk) is one error line after the table.
@@ -283,6 +285,9 @@ def evaluate_split(args):
         cfg = groklst.load_config(args.config, args.overrides)
         split = args.split or cfg["data"]["test_split"]
         dataset = groklst.build_dataset(cfg, split)
+        if not dataset.has_truth and (args.figure or args.uncertainty or args.calibrate is not None):
+            raise DataError(f"{cfg['data']['root']}: no fine truth (30m/lst): --figure, --uncertainty and --calibrate "
+                            f"compare with it; on such a dataset test.py scores CONS only")
         model = groklst.load_model(cfg, args.checkpoint, device)
         normalizer = groklst.build_normalizer(cfg)
         save = prediction_writer(dataset, args.save_dir) if args.save_dir else None
@@ -296,6 +301,10 @@ def evaluate_split(args):
             if cfg["consistency"] != "none":
                 name += f" (consistency {cfg['consistency']})"
             print(format_table({name: means}, columns=COLUMNS))
+            if not dataset.has_truth:
+                print(f"note: {cfg['data']['root']} has no fine truth (30m/lst): only CONS, the prediction's block means "
+                      f"against the coarse input, is scored; RMSE and the others need a fine reference "
+                      f"(evaluate.py against an independent fine thermal scene)")
             for image, reason in skipped.items():
                 print(f"skipped {image} (NaN row, not in the means): {reason}")
             out = args.out
@@ -303,8 +312,9 @@ def evaluate_split(args):
                 out = (f"{os.path.splitext(args.checkpoint)[0]}.{split}.json" if args.checkpoint
                        else os.path.join(cfg["work_dir"], f"{split}.json"))
             write_text(out, json.dumps({"config": cfg["name"], "checkpoint": args.checkpoint, "split": split,
-                                        "metrics": {k: means[k] for k in METRICS}, "images": means["images"],
-                                        "per_image": {n: {k: m[k] for k in METRICS} for n, m in per_image},
+                                        "metrics": {k: means.get(k) for k in METRICS}, "images": means["images"],
+                                        "per_image": {n: {k: m.get(k) for k in METRICS} for n, m in per_image},
+                                        "fine_truth": dataset.has_truth,
                                         "consistency": cfg["consistency"], CONS: means[CONS],
                                         f"per_image_{CONS}": {n: m[CONS] for n, m in per_image},
                                         "skipped": skipped},

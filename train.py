@@ -6,9 +6,9 @@
 
 The work dir (work_dirs/<config name>/, or `work_dir`) receives config.yaml (resolved), log.jsonl
 (loss, lr, throughput, data wait, skipped batches, validation metrics), last.pth (every ckpt_interval
-iterations and at the end), best.pth (lowest validation RMSE; none with data.val_split=null) and, at the
-end, the test-split table of the weights used (best.pth, else last.pth) next to bicubic's; with
-train.tensorboard=true also TensorBoard events. One run at a time per work dir: the run holds an
+iterations and at the end), best.pth (lowest validation RMSE, or CONS on a split without fine truth; none
+with data.val_split=null) and, at the end, the test-split table of the weights used (best.pth, else
+last.pth) next to bicubic's; with train.tensorboard=true also TensorBoard events. One run at a time per work dir: the run holds an
 exclusive lock on <work_dir>/.lock (rank 0 under torchrun) for its whole life, and a second one (also a
 --resume) stops with the pid of the first; the kernel drops the lock when the holder ends, even by
 kill -9. A work dir that already holds a run is refused unless --resume (continue it) or --overwrite
@@ -39,7 +39,7 @@ import locks
 from checkpoints import checkpoint_weights, clean_state_dict, fit_state_dict, load_weights, read_checkpoint, write_checkpoint
 from errors import ConfigError, DataError, TrainingError, UserError, command
 from geotiff import write_atomic
-from metrics import COLUMNS, format_table
+from metrics import COLUMNS, CONS, format_table
 
 RUN_FILES = ("last.pth", "best.pth", "log.jsonl")  # what a work dir holds of a run that --overwrite deletes
 
@@ -258,8 +258,9 @@ def train_step(model, optimizer, scaler, normalizer, stream, it, tcfg, rank, wor
     for group in optimizer.param_groups:
         group["lr"] = lr
     own = engine.has_objective(model)  # a model that brings its own objective (groklst.py): its training_loss
+    consistency = tcfg["objective"] == "consistency"  # no fine truth: footprint means against the LR input
     out = {"lr": lr, "loss": 0.0, "batches": 0, "skipped": 0, "grad_norm": 0.0, "data_wait": 0.0,
-           "loss_units": engine.loss_units(model, tcfg["loss"])}
+           "loss_units": engine.loss_units(model, tcfg["loss"], tcfg["objective"], tcfg["texture_weight"])}
     for micro in range(tcfg["grad_accum"]):
         t0 = time.time()
         batch = next(stream)
@@ -276,8 +277,11 @@ def train_step(model, optimizer, scaler, normalizer, stream, it, tcfg, rank, wor
                                                 batch["hr_lst"], batch["mask"], tcfg["amp"])
             else:
                 pred = engine.downscale(model, normalizer, batch["lr_lst"], batch.get("hr_guidance"), tcfg["amp"])
-            if batch["mask"].any():
-                if not own:  # in Kelvin and float32 whatever the autocast dtype: bf16 has 2 K steps at 300 K
+            if consistency:  # None without a valid coarse pixel
+                loss = engine.consistency_objective(pred, batch["lr_lst"], batch.get("hr_guidance"), normalizer,
+                                                    tcfg["loss"], tcfg["texture_weight"])
+            if loss is not None if consistency else batch["mask"].any():
+                if not own and not consistency:  # in Kelvin and float32 whatever the autocast dtype: bf16 has 2 K steps at 300 K
                     loss = engine.pixel_loss(pred, batch["hr_lst"], batch["mask"], tcfg["loss"])
                 if not torch.isfinite(loss):  # stop before a NaN reaches the weights (and a checkpoint)
                     raise TrainingError(f"loss is {loss.item()} at iteration {it + 1}, samples {batch['name']}: "
@@ -338,12 +342,18 @@ def add_step(acc, step):
     acc["lr"], acc["loss_units"] = step["lr"], step["loss_units"]
 
 
+def selection_metric(dataset):
+    """What best.pth is chosen on: RMSE against the fine truth, or CONS on a split without one."""
+    return "RMSE" if dataset.has_truth else CONS
+
+
 def validate(model, normalizer, val_set, split, device, amp, consistency, done, best_rmse):
     """Validation metrics -> (record, line, improved). Runs on every rank: engine.evaluate shards the images
     over the ranks and gathers their metrics, so every rank gets the same numbers (and the same decision to
-    save best.pth). The config's `consistency` applies, as in test.py: best.pth is chosen on what is reported."""
+    save best.pth). The config's `consistency` applies, as in test.py: best.pth is chosen on what is reported
+    (selection_metric; `best_rmse` holds its best value)."""
     means, _ = engine.evaluate(model, normalizer, val_set, device, amp, consistency)
-    improved = means["RMSE"] < best_rmse  # NaN (no valid pixel in the split) never improves
+    improved = means[selection_metric(val_set)] < best_rmse  # NaN (no valid pixel in the split) never improves
     line = (f"val ({split}) iter {done}: " + " ".join(f"{k} {v:.4f}" for k, v in means.items() if k != "images")
             + (" *best*" if improved else ""))
     return {"iter": done, "split": split, **means}, line, improved
@@ -452,7 +462,7 @@ def train(cfg, args, rank, world, device):
                                               cfg["consistency"], done, best_rmse)
             log(record, line)
             if improved:
-                best_rmse = record["RMSE"]
+                best_rmse = record[selection_metric(val_set)]
                 save("best.pth", done)
         if done % ckpt_interval == 0 or last:
             save("last.pth", done)
@@ -502,6 +512,8 @@ def main(argv=None):
             rows = final_test(cfg, normalizer, model, device)
             if rank == 0:
                 table = format_table(rows, f"{cfg['data']['test_split']} x{cfg['data']['scale']}", COLUMNS)
+                if not any("RMSE" in m for m in rows.values()):  # a split without fine truth (engine.evaluate)
+                    table += "\n\nNo fine truth in this split (30m/lst): CONS only."
                 print(table)
                 write_atomic(os.path.join(cfg["work_dir"], "test_table.md"), (table + "\n").encode())
         engine.teardown_distributed(barrier=True)
