@@ -1,5 +1,5 @@
 """Shared test fixtures. The repository root comes from the `root` fixture (and `config` builds a path
-under configs/); scripts run through the `run_script` fixture; `tiny_config` writes a quick CPU config."""
+under configs/); scripts run through the `run_script` fixture; `tiny_config` writes a quick CPU config; `hold_in_child` holds a work dir's lock from another process."""
 import glob
 import os
 import subprocess
@@ -69,3 +69,18 @@ def _run_script(args, **kw):
 def run_script():
     """run_script([script, args...], **subprocess kwargs) -> CompletedProcess, in the repository root."""
     return _run_script
+
+
+def _hold_in_child(folder):
+    """A Python process that holds `folder`'s lock (locks.hold) until killed; returned once it holds it."""
+    code = (f"import sys, time; sys.path.insert(0, {_ROOT!r}); "
+            f"import locks; locks.hold({str(folder)!r}, 'test'); print('held', flush=True); time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+@pytest.fixture(scope="session")
+def hold_in_child():
+    """hold_in_child(folder) -> a child process holding folder's work-dir lock until it is killed."""
+    return _hold_in_child

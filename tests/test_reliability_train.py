@@ -179,16 +179,7 @@ def test_full_disk_during_save_names_the_file(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- one writer per work dir
 
 
-def hold_in_child(folder):
-    """A Python process that holds `folder`'s lock (locks.hold) until killed; returned once it holds it."""
-    code = (f"import sys, time; sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r}); "
-            f"import locks; locks.hold({str(folder)!r}, 'test'); print('held', flush=True); time.sleep(600)")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "held"
-    return proc
-
-
-def test_work_dir_lock_names_its_holder_and_dies_with_it(tmp_path):
+def test_work_dir_lock_names_its_holder_and_dies_with_it(tmp_path, hold_in_child):
     wd = tmp_path / "run"
     holder = hold_in_child(wd)
     try:

@@ -23,15 +23,6 @@ def configs(config):
     return lambda *names: [config(n) for n in names]
 
 
-def hold_in_child(folder):
-    """A Python process that holds `folder`'s lock (locks.hold) until killed; returned once it holds it."""
-    code = (f"import sys, time; sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r}); "
-            f"import locks; locks.hold({str(folder)!r}, 'test'); print('held', flush=True); time.sleep(600)")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "held"
-    return proc
-
-
 def test_models_and_scales_resolve_to_configs_skipping_missing_scales(root):
     paths = zoo.resolve_configs([], ["ctn", "srcnn"], [4, 8])  # ctn has no x8
     assert [os.path.basename(p) for p in paths] == ["ctn_x4.yaml", "srcnn_x4.yaml", "srcnn_x8.yaml"]
@@ -106,7 +97,7 @@ def test_plan_states_from_checkpoints_and_their_configs(tmp_path, configs, monke
     assert run["state"] == "failed" and "no stored config" in run["error"]
 
 
-def test_plan_reports_a_run_whose_work_dir_is_held(tmp_path, configs):
+def test_plan_reports_a_run_whose_work_dir_is_held(tmp_path, configs, hold_in_child):
     """A train.py that outlived its zoo.py (or runs by hand) is found by its work dir's lock, with its pid."""
     holder = hold_in_child(tmp_path / "runs" / "srcnn_x8")
     try:
@@ -195,7 +186,7 @@ def test_queue_trains_skips_resumes_and_reports_failures(tmp_path, demo_root, co
     assert list(table_rows(table)[1]) == ["bicubic", "bilinear"]
 
 
-def test_two_queues_on_one_root(tmp_path, root):
+def test_two_queues_on_one_root(tmp_path, root, hold_in_child):
     """One queue per root: a second zoo.py stops at once with the pid of the one that holds it."""
     holder = hold_in_child(tmp_path / "runs")
     try:
